@@ -1,0 +1,44 @@
+"""Convert a public preference benchmark's local files to mmreward records (JSONL).
+
+    python data/convert_benchmark.py videogen_rewardbench DATA/videogen-rewardbench.csv \
+        --out DATA/records.jsonl
+
+The JSONL stores media paths relative to its own folder and may not point outside it, so put
+``--out`` in a folder that contains the benchmark's media (usually the dataset folder itself).
+Relative media paths in the source resolve against ``--media-root`` (default: the source file's
+folder); media embedded in the source (VL-RewardBench's Parquet images) are written to
+``--media-out`` (default: ``media/<benchmark>`` next to ``--out``). Benchmarks, their layouts and
+how to fetch them: data/FORMATS_BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from pathlib import Path
+
+from mmreward.data.formats import READERS, read_benchmark
+from mmreward.data.records import write_records
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("benchmark", choices=sorted(READERS), help="benchmark format")
+    parser.add_argument("src", type=Path, help="the benchmark file (CSV / JSON / JSONL / Parquet)")
+    parser.add_argument("--out", type=Path, required=True, help="records JSONL to write")
+    parser.add_argument("--media-root", type=Path, default=None, help="folder the source's media paths start from")
+    parser.add_argument("--media-out", type=Path, default=None, help="folder for media embedded in the source")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    media_out = args.media_out if args.media_out is not None else args.out.parent / "media" / args.benchmark
+    records = read_benchmark(args.benchmark, args.src, media_root=args.media_root, media_out=media_out)
+    write_records(args.out, records)
+    overall = Counter(r.label["overall"] for r in records)
+    print(f"wrote {len(records)} records to {args.out} (overall labels: {dict(sorted(overall.items()))})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Shared helpers of the benchmark readers: loading source tables and building records.
+
+Every reader keeps the source fields it does not copy verbatim into the record (prompt and
+response texts) in ``meta``, so nothing of the source row is lost; keys the reader derives
+itself (``benchmark``, ``category``, ...) win, and a source column of the same name is kept as
+``src_<name>``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mmreward.data.records import RecordError
+
+# A source row and where it sits: the file line for CSV / JSONL, the 1-based position for JSON
+# arrays and Parquet tables.
+Row = tuple[int, dict[str, Any]]
+
+
+def load_rows(path: str | Path) -> list[Row]:
+    """Rows of a ``.csv``, ``.json`` (array of objects), ``.jsonl`` or ``.parquet`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.DictReader(f)
+            rows = []
+            for row in reader:
+                if None in row:  # more cells than header columns
+                    raise RecordError(f"row has {len(reader.fieldnames) + len(row[None])} cells for "
+                                      f"{len(reader.fieldnames)} columns", path, reader.line_num)
+                rows.append((reader.line_num, row))
+            return rows
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as f:
+            for lineno, text in enumerate(f, start=1):
+                if not text.strip():
+                    continue
+                try:
+                    rows.append((lineno, json.loads(text)))
+                except json.JSONDecodeError as e:
+                    raise RecordError(f"malformed JSON: {e}", path, lineno) from e
+        return [_check_object(r, path) for r in rows]
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RecordError(f"malformed JSON: {e}", path) from e
+        if not isinstance(data, list):
+            raise RecordError(f"expected a JSON array of objects, got {type(data).__name__}", path)
+        return [_check_object((i, r), path) for i, r in enumerate(data, start=1)]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq  # installed with `datasets`; only Parquet sources need it
+
+        return [(i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), start=1)]
+    raise ValueError(f"{path}: unsupported benchmark file type {suffix!r} (expected .csv, .json, .jsonl or .parquet)")
+
+
+def _check_object(row: Row, path: Path) -> Row:
+    if not isinstance(row[1], dict):
+        raise RecordError(f"expected a JSON object, got {type(row[1]).__name__}", path, row[0])
+    return row
+
+
+class RowContext:
+    """Error reporting for one source row: every message names the file, the row and the id."""
+
+    def __init__(self, path: Path, where: int, row: Mapping[str, Any], record_id: str | None = None):
+        self.path, self.where, self.row, self.record_id = path, where, row, record_id
+
+    def error(self, reason: str) -> RecordError:
+        return RecordError(reason, self.path, self.where, self.record_id)
+
+    def get(self, key: str, kind: type | tuple[type, ...] = str) -> Any:
+        """A required field of the given type (strings must be non-empty)."""
+        if key not in self.row or self.row[key] is None:
+            raise self.error(f"missing field {key!r}")
+        value = self.row[key]
+        if not isinstance(value, kind) or (isinstance(value, str) and value == ""):
+            raise self.error(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}, got {value!r}")
+        return value
+
+    def label(self, key: str, mapping: Mapping[Any, str]) -> str:
+        """A field's value translated to "a" / "b" / "tie"."""
+        value = self.get(key, object)
+        if value not in mapping:
+            raise self.error(f"field {key!r} has unknown value {value!r}; expected one of {sorted(mapping, key=str)}")
+        return mapping[value]
+
+
+def media_path(root: Path, value: str) -> Path:
+    """A source media path joined to the (resolved) media folder; the file itself is not resolved,
+    so a symlinked file inside the folder keeps its in-folder path, as in read_records."""
+    return root / value
+
+
+def build_meta(row: Mapping[str, Any], verbatim: Iterable[str], derived: Mapping[str, Any]) -> dict[str, Any]:
+    """``derived`` plus every source field not in ``verbatim`` (colliding names get ``src_``)."""
+    skip = set(verbatim)
+    meta = dict(derived)
+    for key, value in row.items():
+        if key in skip:
+            continue
+        meta[f"src_{key}" if key in derived else key] = value
+    return meta
+
+
+def resolve_roots(src: str | Path, media_root: str | Path | None) -> tuple[Path, Path]:
+    """The source file and the folder its relative media paths start from (default: its folder)."""
+    src = Path(src).resolve()
+    return src, (Path(media_root) if media_root is not None else src.parent).resolve()

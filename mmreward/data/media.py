@@ -1,0 +1,389 @@
+"""Image and video I/O for reward-model inputs.
+
+Images go through Pillow and always come back as RGB with EXIF orientation applied. Videos go
+through decord (random access: only the sampled frames are decoded) with PyAV as the fallback when
+decord cannot read a file. Frames are sampled by count or by rate, and their timestamps are read
+from the stream, so variable-frame-rate videos report when each frame is really shown.
+``FramePool`` caches decoded clips so the VR-Thinker tool loop decodes each video once per process.
+
+Any media that cannot be used raises :class:`MediaError` naming the file.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import decord
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "MediaError",
+    "load_image",
+    "VideoClip",
+    "read_video",
+    "sample_by_count",
+    "sample_by_fps",
+    "write_video",
+    "CacheStats",
+    "FramePool",
+    "get_frame_pool",
+    "default_frame_pool",
+]
+
+
+class MediaError(Exception):
+    """A media file that cannot be used; the message starts with the file's path."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path = Path(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise MediaError(path, "file not found")
+    if not path.is_file():
+        raise MediaError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise MediaError(path, "file is empty (0 bytes)")
+
+
+# --------------------------------------------------------------------------------------- images
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB without clipping or dropping content."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in _SIXTEEN_BIT_MODES:
+        # Pillow's own I;16 -> RGB conversion clips at 255 instead of rescaling; map 0..65535 to 0..255.
+        values = np.asarray(img, dtype=np.int64).clip(0, 65535)
+        gray = ((values + 128) // 257).astype(np.uint8)
+        return Image.fromarray(np.repeat(gray[..., None], 3, axis=-1))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in {"RGBA", "LA", "PA", "RGBa", "La"}:
+        # Transparent areas would otherwise show whatever colour the file stores under alpha=0.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _fit_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
+    """Downscale (aspect preserved) so width * height <= max_pixels."""
+    w, h = img.size
+    if w * h <= max_pixels:
+        return img
+    scale = math.sqrt(max_pixels / (w * h))
+    new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+    # Floating-point rounding can leave the product one row over the limit.
+    while new_w * new_h > max_pixels and (new_w > 1 or new_h > 1):
+        if new_w >= new_h:
+            new_w -= 1
+        else:
+            new_h -= 1
+    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+
+
+def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+    """Load an image as RGB with EXIF orientation applied.
+
+    Every Pillow mode is converted: 16-bit grey is rescaled (not clipped), alpha is composited on
+    white, palettes are expanded, CMYK goes through Pillow's conversion. ``max_pixels`` downsizes
+    (aspect ratio preserved) so that width * height stays within it. Missing, empty, truncated,
+    unidentifiable or decompression-bomb images raise :class:`MediaError`.
+    """
+    path = Path(path)
+    _check_file(path)
+    if max_pixels is not None and max_pixels < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now so truncation surfaces here, inside the try
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise MediaError(path, f"image too large (decompression bomb guard): {e}") from e
+    except UnidentifiedImageError as e:
+        raise MediaError(path, "not a readable image") from e
+    except (OSError, SyntaxError, ValueError) as e:
+        raise MediaError(path, f"cannot decode image: {e}") from e
+    if max_pixels is not None:
+        rgb = _fit_pixels(rgb, max_pixels)
+    return rgb
+
+
+# --------------------------------------------------------------------------------------- videos
+
+
+@dataclass
+class VideoClip:
+    """Sampled frames of a video.
+
+    frames: [T, H, W, 3] uint8 RGB. timestamps: [T] presentation time of each frame in seconds,
+    from the stream. indices: [T] frame index in the video (presentation order). fps: the stream's
+    average frame rate. num_frames_total: frames in the whole video.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    indices: np.ndarray
+    fps: float
+    num_frames_total: int
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+def sample_by_count(total: int, num_frames: int) -> np.ndarray:
+    """``num_frames`` indices spread uniformly over ``[0, total - 1]``, first and last included.
+
+    When ``num_frames > total`` indices repeat, so the clip always has exactly ``num_frames``
+    frames (a one-frame video gives that frame ``num_frames`` times).
+    """
+    if total < 1:
+        raise ValueError("video has no frames")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return np.rint(np.linspace(0, total - 1, num_frames)).astype(np.int64)
+
+
+def sample_by_fps(timestamps: np.ndarray, fps: float) -> np.ndarray:
+    """Frame on screen every ``1 / fps`` seconds, from the first frame to the last frame's start.
+
+    ``timestamps`` are the start times of all frames (sorted). Each sample time takes the last
+    frame starting at or before it, so a frozen stretch of a variable-frame-rate video shows up as
+    repeated indices, exactly as a viewer would see it.
+    """
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    ts = np.asarray(timestamps, dtype=np.float64)
+    if len(ts) == 0:
+        raise ValueError("video has no frames")
+    count = int(math.floor((ts[-1] - ts[0]) * fps + 1e-9)) + 1
+    targets = ts[0] + np.arange(count) / fps
+    # 0.1 ms of slack absorbs rounding of stored timestamps (decord returns float32 seconds), far
+    # below any real frame spacing.
+    return np.searchsorted(ts, targets + 1e-4, side="right").astype(np.int64) - 1
+
+
+def _select(total: int, timestamps_fn, num_frames: int | None, fps: float | None) -> np.ndarray:
+    if num_frames is not None:
+        return sample_by_count(total, num_frames)
+    if fps is not None:
+        return sample_by_fps(timestamps_fn(), fps)
+    return np.arange(total, dtype=np.int64)
+
+
+def _read_decord(path: Path, num_frames: int | None, fps: float | None) -> VideoClip:
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    total = len(reader)
+    if total < 1:
+        raise RuntimeError("no frames")
+    indices = _select(total, lambda: reader.get_frame_timestamp(list(range(total)))[:, 0], num_frames, fps)
+    unique, inverse = np.unique(indices, return_inverse=True)
+    # get_batch seeks to the nearest keyframe before each index, so only the needed GOPs are decoded.
+    frames = reader.get_batch(unique.tolist()).asnumpy()[inverse]
+    timestamps = reader.get_frame_timestamp(unique.tolist())[:, 0].astype(np.float64)[inverse]
+    return VideoClip(frames, timestamps, indices, float(reader.get_avg_fps()), total)
+
+
+def _read_pyav(path: Path, num_frames: int | None, fps: float | None) -> VideoClip:
+    with av.open(str(path)) as container:
+        if not container.streams.video:
+            raise MediaError(path, "no video stream")
+        stream = container.streams.video[0]
+        time_base = stream.time_base
+        rate = stream.average_rate
+        # Pass 1: presentation timestamps from the packets alone (no decoding); empty packets are flushes.
+        packets = [p for p in container.demux(stream) if p.size]
+    if any(p.pts is None for p in packets):
+        raise MediaError(path, "video packets without timestamps")
+    pts = sorted(p.pts for p in packets)
+    total = len(pts)
+    if total < 1:
+        raise MediaError(path, "video stream has no frames")
+    all_ts = np.array([float(p * time_base) for p in pts])
+    indices = _select(total, lambda: all_ts, num_frames, fps)
+    # Frames are matched by pts, not by count, so a frame the decoder drops cannot shift the others.
+    wanted = {pts[i]: i for i in indices.tolist()}
+    last = pts[int(indices.max())]
+    decoded: dict[int, np.ndarray] = {}
+    # Pass 2: decode in presentation order and keep only the sampled frames; stop after the last one.
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if frame.pts in wanted:
+                decoded[wanted[frame.pts]] = frame.to_ndarray(format="rgb24")
+            if frame.pts is not None and frame.pts >= last:
+                break
+    missing = set(wanted.values()) - decoded.keys()
+    if missing:
+        raise MediaError(path, f"frame {min(missing)} is unreadable (truncated?); decoded {len(decoded)} of the sampled frames")
+    frames = np.stack([decoded[i] for i in indices.tolist()])
+    avg_fps = float(rate) if rate else float(total / max(all_ts[-1] - all_ts[0], 1e-9))
+    return VideoClip(frames, all_ts[indices], indices, avg_fps, total)
+
+
+def read_video(path: str | Path, num_frames: int | None = None, fps: float | None = None) -> VideoClip:
+    """Decode the sampled frames of a video.
+
+    Give at most one of ``num_frames`` (uniform over the video, first and last frame included,
+    repeats when the video is shorter; see :func:`sample_by_count`) and ``fps`` (the frame on
+    screen every 1/fps seconds; see :func:`sample_by_fps`); neither means every frame. decord
+    reads the file; if decord fails, PyAV tries; if both fail the :class:`MediaError` carries both
+    reasons.
+    """
+    if num_frames is not None and fps is not None:
+        raise ValueError("give num_frames or fps, not both")
+    if num_frames is not None and num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if fps is not None and fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    path = Path(path)
+    _check_file(path)
+    try:
+        return _read_decord(path, num_frames, fps)
+    except Exception as decord_error:  # decord raises RuntimeError / DECORDError / others; all mean "try PyAV"
+        # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:line: "; keep only the reason.
+        reason = re.sub(r"^\[[\d:]+\] \S+: ", "", str(decord_error).strip()).splitlines()[0]
+        first = f"{type(decord_error).__name__}: {reason}"
+    try:
+        return _read_pyav(path, num_frames, fps)
+    except MediaError as e:
+        raise MediaError(path, f"{e.reason} (decord: {first})") from e
+    except (av.FFmpegError, OSError, ValueError) as e:
+        raise MediaError(path, f"cannot decode video (decord: {first}; PyAV: {e})") from e
+
+
+def write_video(
+    path: str | Path,
+    frames: np.ndarray,
+    fps: float = 30.0,
+    timestamps: np.ndarray | None = None,
+    codec: str = "libx264",
+    options: dict[str, str] | None = None,
+) -> Path:
+    """Write [T, H, W, 3] uint8 RGB frames to a video file with PyAV (H and W must be even).
+
+    ``timestamps`` (seconds, increasing) make a variable-frame-rate video, stored with millisecond
+    precision; otherwise frames are ``1 / fps`` apart. ``options`` are passed to the encoder
+    (e.g. ``{"g": "30", "crf": "23"}``).
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be [T, H, W, 3] uint8, got {frames.shape} {frames.dtype}")
+    if frames.shape[1] % 2 or frames.shape[2] % 2:
+        raise ValueError(f"frame height and width must be even for yuv420p, got {frames.shape[1:3]}")
+    if timestamps is not None:
+        pts = np.rint(np.asarray(timestamps, dtype=np.float64) * 1000).astype(np.int64)
+        if len(pts) != len(frames) or np.any(np.diff(pts) <= 0):
+            raise ValueError("timestamps must be one per frame and strictly increasing (at 1 ms precision)")
+        time_base = Fraction(1, 1000)
+    else:
+        time_base = 1 / Fraction(fps).limit_denominator(1001)
+        pts = np.arange(len(frames))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=dict(options or {}))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        # Both the encoder and the stream must use our time base, or the encoder requantizes pts to its rate.
+        stream.codec_context.time_base = time_base
+        stream.time_base = time_base
+        for frame_rgb, p in zip(frames, pts.tolist()):
+            frame = av.VideoFrame.from_ndarray(frame_rgb, format="rgb24")
+            frame.pts, frame.time_base = p, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+# ----------------------------------------------------------------------------------- frame pool
+
+
+@dataclass
+class CacheStats:
+    """Counters of a :class:`FramePool` (hits + misses = lookups)."""
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    entries: int = 0
+    bytes: int = 0
+
+
+class FramePool:
+    """Process-local LRU cache of sampled clips.
+
+    The key is (resolved path, mtime, size, num_frames, fps), so an edited file is decoded again
+    and a symlink shares the entry of its target. Cached frames are read-only because every caller
+    shares the same array. Clips larger than ``max_bytes`` are returned but not kept.
+    """
+
+    def __init__(self, max_bytes: int = 2 << 30):
+        self.max_bytes = max_bytes
+        self._clips: OrderedDict[tuple, VideoClip] = OrderedDict()
+        self._lock = threading.Lock()
+        self._stats = CacheStats()
+
+    @property
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(**vars(self._stats))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._clips.clear()
+            self._stats = CacheStats()
+
+    def get(self, path: str | Path, fps: float | None = None, num_frames: int | None = None) -> VideoClip:
+        """The clip ``read_video(path, num_frames, fps)`` would return, decoded at most once."""
+        path = Path(path)
+        _check_file(path)
+        resolved = path.resolve()
+        st = resolved.stat()
+        key = (str(resolved), st.st_mtime_ns, st.st_size, num_frames, fps)
+        with self._lock:
+            clip = self._clips.get(key)
+            if clip is not None:
+                self._clips.move_to_end(key)
+                self._stats.hits += 1
+                return clip
+            self._stats.misses += 1
+        # Decode outside the lock so other videos are not blocked behind this one.
+        clip = read_video(path, num_frames=num_frames, fps=fps)
+        clip.frames.flags.writeable = False
+        size = clip.frames.nbytes
+        with self._lock:
+            if size <= self.max_bytes and key not in self._clips:
+                self._clips[key] = clip
+                self._stats.bytes += size
+                while self._stats.bytes > self.max_bytes:
+                    _, old = self._clips.popitem(last=False)
+                    self._stats.bytes -= old.frames.nbytes
+                    self._stats.evictions += 1
+            self._stats.entries = len(self._clips)
+        return clip
+
+
+default_frame_pool = FramePool()
+
+
+def get_frame_pool(path: str | Path, fps: float | None = None, num_frames: int | None = None) -> VideoClip:
+    """Sampled clip from the process-wide :data:`default_frame_pool`; index frames by pool index."""
+    return default_frame_pool.get(path, fps=fps, num_frames=num_frames)

@@ -1,0 +1,198 @@
+"""Record schema: reader validation, writer round trip, label_to_int, PreferenceDataset."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import MediaError, write_video
+from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side, label_to_int, read_records, write_records
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "img").mkdir()
+    Image.new("RGB", (4, 2), (255, 0, 0)).save(tmp_path / "img" / "a.png")
+    Image.new("RGB", (4, 2), (0, 0, 255)).save(tmp_path / "img" / "b.png")
+    write_video(tmp_path / "vid" / "a.mp4", np.zeros((3, 16, 16, 3), np.uint8), fps=3)
+    return tmp_path
+
+
+def line(**kw) -> str:
+    rec = {"id": "r1", "prompt": "p", "a": {"image": "img/a.png"}, "b": {"image": "img/b.png"}, "label": {"overall": "a"}}
+    rec.update(kw)
+    return json.dumps(rec)
+
+
+def write_lines(path: Path, *lines: str) -> Path:
+    path.write_text("".join(x + "\n" for x in lines))
+    return path
+
+
+@pytest.mark.parametrize("value, expected", [("a", 1), ("b", -1), ("tie", 0)])
+def test_label_to_int(value, expected):
+    assert label_to_int(value) == expected
+
+
+@pytest.mark.parametrize("value", ["A", "c", "", None, 1])
+def test_label_to_int_rejects_other_values(value):
+    with pytest.raises(ValueError):
+        label_to_int(value)
+
+
+def test_read_resolves_media_against_the_jsonl_folder(root):
+    path = write_lines(
+        root / "data.jsonl",
+        line(id="r1", a={"image": "img/a.png", "response": "red"}, b={"images": ["img/a.png", "img/b.png"]},
+             label={"overall": "tie", "VQ": "b"}, meta={"src": "x"}),
+        "",  # blank lines are ignored
+        line(id="r2", a={"video": "vid/a.mp4"}, b={"response": "text only"}),
+    )
+    records = read_records(path)
+    assert isinstance(records, RecordSet) and len(records) == 2 and records.skipped == []
+    r1, r2 = records
+    assert r1 == PreferenceRecord(
+        id="r1", prompt="p",
+        a=Side(image=root.resolve() / "img/a.png", response="red"),
+        b=Side(images=[root.resolve() / "img/a.png", root.resolve() / "img/b.png"]),
+        label={"overall": "tie", "VQ": "b"}, meta={"src": "x"},
+    )
+    assert r2.a.video == root.resolve() / "vid/a.mp4" and r2.meta == {}
+    assert r2.b == Side(response="text only")
+    assert records[1:] == [r2]
+
+
+def test_error_names_file_line_and_id(root):
+    path = write_lines(root / "d.jsonl", line(id="good"), line(id="bad", label={"overall": "x"}))
+    with pytest.raises(RecordError) as info:
+        read_records(path)
+    err = info.value
+    assert (err.path, err.line, err.record_id) == (path, 2, "bad")
+    assert str(err) == f"{path}:2 (id 'bad'): unknown label value 'x' for 'overall'; expected one of ('a', 'b', 'tie')"
+    assert isinstance(err, ValueError)
+
+
+@pytest.mark.parametrize(
+    "bad, fragment",
+    [
+        ('[1, 2]', "must be a JSON object"),
+        (line(id=""), "id must be a non-empty string"),
+        (line(id=5), "id must be a non-empty string"),
+        (line(prompt=None), "prompt must be a string"),
+        (line(label="a"), "label must be an object"),
+        (line(a="img/a.png"), "side 'a' must be an object"),
+        (line(a={"images": "img/a.png"}), "a.images must be a list"),
+        (line(a={"response": 3}), "a.response must be a string"),
+        (line(a={"image": ""}), "a.image must be a non-empty path string"),
+        (line(meta=[1]), "meta must be an object"),
+        (line(b={"images": ["img/b.png", "img/../../x.png"]}), "b.images[1] 'img/../../x.png' escapes"),
+        (line(a={"video": "vid/missing.mp4"}), "a.video 'vid/missing.mp4' not found"),
+    ],
+)
+def test_field_validation(root, bad, fragment):
+    path = write_lines(root / "d.jsonl", bad)
+    with pytest.raises(RecordError) as info:
+        read_records(path)
+    assert fragment in str(info.value)
+    assert info.value.line == 1
+
+
+def test_symlink_pointing_outside_is_an_escape(root, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside") / "secret.png"
+    Image.new("RGB", (2, 2)).save(outside)
+    os.symlink(outside, root / "img" / "link.png")
+    os.symlink(root / "img" / "a.png", root / "img" / "inside_link.png")
+    path = write_lines(root / "d.jsonl", line(id="in", a={"image": "img/inside_link.png"}), line(id="out", a={"image": "img/link.png"}))
+    records = read_records(path, skip_invalid=True)
+    assert [r.id for r in records] == ["in"]
+    (err,) = records.skipped
+    assert err.record_id == "out" and "escapes the JSONL folder" in err.reason
+
+
+def test_invalid_utf8_names_its_line_and_bom_is_accepted(root):
+    path = root / "d.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + line(id="bom").encode() + b"\n" + b'{"id": "\xff"}\n')
+    records = read_records(path, skip_invalid=True)
+    assert [r.id for r in records] == ["bom"]
+    assert records.skipped[0].line == 2 and "utf-8" in records.skipped[0].reason
+
+
+def test_missing_jsonl_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_records(tmp_path / "nope.jsonl")
+
+
+def test_write_read_round_trip_with_relative_paths(root):
+    records = read_records(write_lines(root / "src.jsonl", line(id="x", meta={"k": [1, 2]}), line(id="y", label={"overall": "b", "TA": "tie"})))
+    out = write_records(root / "copy.jsonl", records)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0] == {"id": "x", "prompt": "p", "a": {"image": "img/a.png"}, "b": {"image": "img/b.png"},
+                       "label": {"overall": "a"}, "meta": {"k": [1, 2]}}
+    assert list(read_records(out)) == list(records)
+
+
+def test_writer_makes_absolute_paths_relative_and_accepts_dicts(root):
+    rec = PreferenceRecord("r", "p", Side(image=root / "img" / "a.png"), Side(images=[Path("img/b.png")]), {"overall": "b"})
+    as_dict = {"id": "d", "prompt": "q", "a": {"video": str(root / "vid" / "a.mp4")}, "b": {"response": "t"}, "label": {"overall": "tie"}}
+    out = write_records(root / "o.jsonl", [rec, as_dict])
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["a"] == {"image": "img/a.png"} and rows[0]["b"] == {"images": ["img/b.png"]}
+    assert rows[1]["a"] == {"video": "vid/a.mp4"} and rows[1]["meta"] == {}
+    assert [r.id for r in read_records(out)] == ["r", "d"]
+
+
+def test_writer_in_a_subfolder_rewrites_paths_relative_to_it(root):
+    records = read_records(write_lines(root / "src.jsonl", line(id="x")))
+    # The new JSONL sits one level above the media's folder: paths gain the folder name.
+    out = write_records(root.parent / "up.jsonl", records)
+    assert json.loads(out.read_text())["a"] == {"image": f"{root.name}/img/a.png"}
+    # A JSONL in a sibling folder would need ../img/a.png, which readers refuse.
+    with pytest.raises(RecordError, match="outside the JSONL folder") as info:
+        write_records(root / "other" / "side.jsonl", records)
+    assert (info.value.line, info.value.record_id) == (1, "x")
+    assert not (root / "other" / "side.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "items, fragment",
+    [
+        ([PreferenceRecord("a", "p", Side(response="x"), Side(), {"overall": "a"})], "side 'b' is empty"),
+        ([PreferenceRecord("a", "p", Side(response="x"), Side(response="y"), {"VQ": "a"})], "no 'overall'"),
+        ([{"id": "a", "prompt": "p", "a": {"response": "x"}, "b": {"response": "y"}, "label": {"overall": "a"}}] * 2, "duplicate id"),
+        ([PreferenceRecord("a", "p", Side(response="x"), Side(response="y"), {"overall": "a"}, meta={"o": object()})], "not JSON serializable"),
+    ],
+)
+def test_writer_validates(tmp_path, items, fragment):
+    with pytest.raises(RecordError) as info:
+        write_records(tmp_path / "o.jsonl", items)
+    assert fragment in str(info.value)
+    assert str(info.value).startswith(str(tmp_path / "o.jsonl"))
+
+
+def test_dataset_loads_media_lazily(root):
+    path = write_lines(
+        root / "d.jsonl",
+        line(id="i", a={"image": "img/a.png", "images": ["img/b.png"]}, b={"response": "r"}),
+        line(id="v", a={"video": "vid/a.mp4"}, b={"image": "img/a.png"}),
+    )
+    ds = PreferenceDataset(path, num_frames=2, max_pixels=4)
+    assert len(ds) == 2
+    ex = ds[0]
+    assert ex.record.id == "i"
+    assert [np.asarray(im)[0, 0].tolist() for im in ex.a.images] == [[255, 0, 0], [0, 0, 255]]
+    assert [im.size for im in ex.a.images] == [(2, 1), (2, 1)]  # 4x2 limited to 4 pixels
+    assert ex.b.images == [] and ex.b.video is None and ex.b.response == "r"
+    ex = ds[1]
+    assert ex.a.video.frames.shape == (2, 16, 16, 3) and ex.a.video.indices.tolist() == [0, 2]
+    by_rate = PreferenceDataset(read_records(path), fps=3.0)[1].a.video
+    np.testing.assert_allclose(by_rate.timestamps, [0.0, 1 / 3, 2 / 3], atol=1e-6)
+
+    # Media are opened at indexing time: a file removed after construction fails only its item.
+    (root / "img" / "b.png").unlink()
+    assert ds[1].record.id == "v"
+    with pytest.raises(MediaError, match="file not found.*record 'i'"):
+        ds[0]

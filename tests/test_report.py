@@ -1,0 +1,17 @@
+from mmreward.report import Report, plot_lines
+
+
+def test_report_writes_tables_plots_and_copies_assets(tmp_path):
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    plot = plot_lines({"loss": ([0, 1, 2], [1.0, 0.5, 0.25])}, outside / "loss.png", "loss")
+    report = Report("Demo <run>", tmp_path / "report")
+    report.heading("Models")
+    report.table([{"model": "scalar", "acc": 0.75}, {"model": "yes<token>", "acc": 0.5}])
+    report.image(plot, caption="training loss")
+    path = report.write()
+    page = path.read_text()
+    assert "Demo &lt;run&gt;" in page
+    assert "<td>0.7500</td>" in page and "yes&lt;token&gt;" in page
+    assert "src='assets/loss.png'" in page
+    assert (tmp_path / "report" / "assets" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,198 @@
+"""Gymnasium Humanoid-v5 in a textured scene, rendered for CLIP.
+
+Differences from plain Humanoid-v5, each fixing a problem of the original VLM-RM setup:
+- the scene (sky, checkered floor, textured body; `assets/scene.xml`) is merged into gymnasium's own
+  humanoid.xml at run time, so the robot model stays gymnasium's;
+- frames are rendered at the CLIP input size with fast settings (no offscreen multisampling, no
+  shadows, no reflections) from a fixed free camera (default distance 3.5, look-at [0, 0, 1],
+  elevation -10, azimuth 180, i.e. facing the robot);
+- `render()` always shows the current state: after `reset` it is the reset state, after a step the
+  post-step qpos (MuJoCo leaves body poses one substep behind qpos after mj_step; render recomputes them);
+- each env owns a `mujoco.Renderer` whose GL context is made current before every render, so several
+  envs in one process render their own scenes;
+- falling does not end the episode by default (kneeling or lotus poses are below gymnasium's "healthy"
+  height); episodes end by the time limit, which truncates.
+
+Use `MUJOCO_GL=egl` for headless rendering (set before mujoco is imported).
+"""
+
+from __future__ import annotations
+
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
+from gymnasium.utils import EzPickle
+
+ENV_ID = "vlm_rm/TexturedHumanoid-v0"
+SCENE_XML = "scene.xml"
+FLOOR_GEOM = "floor"
+FLOOR_MATERIAL = "vlmrm_floor"
+BODY_MATERIAL = "vlmrm_body"
+SKYBOX_TEXTURE = "vlmrm_sky"
+
+
+@dataclass
+class CameraConfig:
+    """Free camera looking at a fixed point (does not follow the robot)."""
+
+    distance: float = 3.5  # metres from the look-at point
+    lookat: tuple[float, float, float] = (0.0, 0.0, 1.0)  # world point at the image centre
+    elevation: float = -10.0  # degrees; negative looks down
+    azimuth: float = 180.0  # degrees; 180 looks along -x, i.e. at the front of the robot (it faces +x)
+
+
+@dataclass
+class HumanoidEnvConfig:
+    """Options of `make_humanoid_env` (all forwarded to `TexturedHumanoidEnv` except the time limit)."""
+
+    render_size: int = 224  # square frame side; use the CLIP model's input size
+    max_episode_steps: int = 100  # the paper's episode length; reaching it truncates
+    textured: bool = True  # False renders gymnasium's plain scene (for the texture ablation)
+    fast_render: bool = True  # no offscreen multisampling, shadows or reflections
+    terminate_when_unhealthy: bool = False  # gymnasium's fall termination; off for floor poses
+    reset_noise_scale: float = 1e-2
+    camera: CameraConfig = field(default_factory=CameraConfig)
+
+
+def scene_xml_path() -> Path:
+    return Path(str(resources.files("vlm_rm") / "assets" / SCENE_XML))
+
+
+def build_textured_xml(base_xml: str | Path, scene_xml: str | Path | None = None) -> str:
+    """gymnasium's humanoid XML with the textured scene merged in (see assets/scene.xml)."""
+    base = ET.parse(base_xml).getroot()
+    scene = ET.parse(scene_xml or scene_xml_path()).getroot()
+
+    visual = base.find("visual")
+    if visual is None:
+        visual = ET.SubElement(base, "visual")
+    scene_visual = scene.find("visual")
+    for child in list(scene_visual) if scene_visual is not None else []:
+        for old in visual.findall(child.tag):
+            visual.remove(old)
+        visual.append(child)
+
+    # gymnasium's textures and materials are dropped; ours replace them.
+    asset = base.find("asset")
+    if asset is not None:
+        base.remove(asset)
+    base.insert(list(base).index(visual) + 1, scene.find("asset"))
+
+    # Body geoms take their material from the default class; its rgba would tint the texture.
+    for geom_default in base.iter("default"):
+        geom = geom_default.find("geom")
+        if geom is not None:
+            geom.set("material", BODY_MATERIAL)
+            geom.attrib.pop("rgba", None)
+    floor = next((g for g in base.iter("geom") if g.get("name") == FLOOR_GEOM), None)
+    if floor is None:
+        raise ValueError(f"{base_xml}: no geom named {FLOOR_GEOM!r} to texture")
+    floor.set("material", FLOOR_MATERIAL)
+    floor.attrib.pop("rgba", None)
+    return ET.tostring(base, encoding="unicode")
+
+
+class TexturedHumanoidEnv(HumanoidEnv):
+    """Humanoid-v5 rendering RGB frames of `render_size` from a fixed camera (render_mode rgb_array)."""
+
+    metadata = {"render_modes": ["rgb_array"]}
+
+    def __init__(
+        self,
+        render_size: int = 224,
+        camera: CameraConfig | dict | None = None,
+        textured: bool = True,
+        fast_render: bool = True,
+        terminate_when_unhealthy: bool = False,
+        render_mode: str = "rgb_array",
+        **humanoid_kwargs,
+    ) -> None:
+        if render_mode != "rgb_array":
+            raise ValueError(f"TexturedHumanoidEnv renders frames only (render_mode='rgb_array'), got {render_mode!r}")
+        if "MUJOCO_GL" not in os.environ:
+            # Headless default; must be set before the first GL context is created.
+            os.environ["MUJOCO_GL"] = "egl"
+        self.render_size = int(render_size)
+        self.camera_config = CameraConfig(**camera) if isinstance(camera, dict) else (camera or CameraConfig())
+        self.textured = textured
+        self.fast_render = fast_render
+        self._renderer: mujoco.Renderer | None = None
+        super().__init__(
+            render_mode=render_mode,
+            width=self.render_size,
+            height=self.render_size,
+            terminate_when_unhealthy=terminate_when_unhealthy,
+            **humanoid_kwargs,
+        )
+        self.metadata = {"render_modes": ["rgb_array"], "render_fps": int(np.round(1.0 / self.dt))}
+        EzPickle.__init__(self, render_size, self.camera_config, textured, fast_render,
+                          terminate_when_unhealthy, render_mode, **humanoid_kwargs)
+
+    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        # Called by MujocoEnv.__init__ with self.fullpath = gymnasium's humanoid.xml.
+        if self.textured:
+            model = mujoco.MjModel.from_xml_string(build_textured_xml(self.fullpath))
+        else:
+            model = mujoco.MjModel.from_xml_path(self.fullpath)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        if self.fast_render:
+            model.vis.quality.offsamples = 0
+        return model, mujoco.MjData(model)
+
+    def _make_camera(self) -> mujoco.MjvCamera:
+        cam = mujoco.MjvCamera()
+        cam.type = mujoco.mjtCamera.mjCAMERA_FREE
+        cam.distance = self.camera_config.distance
+        cam.lookat[:] = self.camera_config.lookat
+        cam.elevation = self.camera_config.elevation
+        cam.azimuth = self.camera_config.azimuth
+        return cam
+
+    def render(self) -> np.ndarray:
+        """uint8 frame [render_size, render_size, 3] of the current state."""
+        if self._renderer is None:
+            self._renderer = mujoco.Renderer(self.model, self.height, self.width)
+            if self.fast_render:
+                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+                self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+            self._camera = self._make_camera()
+        # After mj_step, body poses in `data` still belong to the last substep's start (MuJoCo
+        # integrates qpos after computing them); recompute them so the frame shows the current qpos.
+        mujoco.mj_forward(self.model, self.data)
+        # Renderer.render makes this env's GL context current first, so envs sharing a process
+        # never draw into each other's framebuffer.
+        self._renderer.update_scene(self.data, camera=self._camera)
+        return np.ascontiguousarray(self._renderer.render())
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        super().close()
+
+
+def make_humanoid_env(config: HumanoidEnvConfig | None = None) -> gym.Env:
+    """`gym.make` of the textured humanoid with the config's time limit (TimeLimit truncates)."""
+    cfg = config or HumanoidEnvConfig()
+    return gym.make(
+        ENV_ID,
+        max_episode_steps=cfg.max_episode_steps,
+        render_size=cfg.render_size,
+        camera=cfg.camera,
+        textured=cfg.textured,
+        fast_render=cfg.fast_render,
+        terminate_when_unhealthy=cfg.terminate_when_unhealthy,
+        reset_noise_scale=cfg.reset_noise_scale,
+    )
+
+
+if ENV_ID not in gym.registry:
+    gym.register(ENV_ID, entry_point=TexturedHumanoidEnv, max_episode_steps=100)

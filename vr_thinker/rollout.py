@@ -1,0 +1,634 @@
+"""Batched multi-turn rollouts of the VR-Thinker tool loop with a KV cache kept across turns.
+
+A rollout drives one :class:`~vr_thinker.env.VideoPairEnv` per episode: render the context the environment
+gives, generate one assistant turn, ``env.step(text)``, repeat until the episode is done.
+
+Hugging Face backend (:class:`HFRolloutEngine`): an own prefill/decode loop over the model's ``forward`` with a
+``DynamicCache``, not ``generate``, because a turn must feed tokens that differ per episode in length and
+start, with explicit M-RoPE positions and vision features for only part of the images, and we want the time to
+first token of every turn. Per turn and episode:
+
+1. The context is rendered with the chat template and turned into token ids in which every earlier assistant
+   turn is the exact generated ids (not a re-tokenisation of its text), image placeholders expanded to the
+   image's token count. The text between assistant turns is tokenised on its own; the template must render
+   each assistant turn verbatim at the place where the prefix ends (checked; it holds for the ChatML tool
+   template), so the ids always decode to the rendered conversation.
+2. The ids are compared with what the KV cache holds (image tokens compare by image content): the longest
+   common prefix is kept, the cache is cropped right after it (``DynamicCache.crop``) and only the rest is
+   prefilled. A normal turn thus prefills the last generated token, the observation and the generation prompt;
+   when the memory window replaces older tool images with a placeholder, the cache is cut just before the
+   first dropped image and everything after it is prefilled again.
+3. Positions: M-RoPE positions come from the model's ``get_rope_index`` over the episode's whole sequence (all
+   images' ``image_grid_thw``) and the slice of the new tokens is passed as ``position_ids``; the new ids and
+   the vision features of only the image tokens among them go in through ``mm_encoder_outputs``. Features are
+   computed once per distinct image and reused while the image stays in context.
+
+Batching: the cache holds one row per running episode. New tokens are left-padded per forward, so a row may
+contain masked pad slots between its real tokens; the 2-D attention mask marks them and the positions ignore
+them, so a row's logits do not depend on the other rows (verified to 1e-5 in fp32 in the tests). Episodes
+that finish leave the batch (``batch_select_indices``).
+
+Each trace keeps, per assistant turn, the exact windowed context ids and images the model saw and the
+generated ids, so a GRPO row is ``context_ids + generated_ids`` with the loss on the generated part.
+
+The vLLM backend (:class:`VLLMRolloutEngine`) has the same interface; vLLM's automatic prefix caching does the
+reuse there. It is imported lazily and needs a GPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from vr_thinker.env import Message, VideoPairEnv
+from vr_thinker.protocol import ParsedTurn
+from vr_thinker.rewards import TraceOutcome
+
+_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+class RolloutError(RuntimeError):
+    """The conversation cannot be turned into token ids that extend the generated ones (template, images)."""
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How each assistant turn is generated.
+
+    max_new_tokens: per assistant turn; a turn that reaches it is passed to the env as truncated.
+    do_sample: sample (True) or greedy argmax (False).
+    temperature, top_k, top_p: sampling filters (top_k=0 and top_p=1.0 disable them).
+    stop_strings: the turn also ends once its text ends with one of these (a finished tool call).
+    seed: sampling seed; episode i samples from its own generator seeded with ``seed + i``, so its tokens do not
+        depend on which other episodes share the batch.
+    """
+
+    max_new_tokens: int = 512
+    do_sample: bool = True
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_strings: tuple[str, ...] = ("</tool_call>",)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"need 0 < top_p <= 1 and top_k >= 0, got top_p={self.top_p}, top_k={self.top_k}")
+
+
+@dataclass
+class TurnTrace:
+    """One assistant turn of an episode.
+
+    context_ids: the exact tokens the model saw before this turn (memory window applied, images expanded).
+    images: the context's images in the order of their tokens; image_grid_thw: their [t, h, w] patch grids.
+    generated_ids: the tokens of the turn, model-sampled or teacher-forced, including a final stop token.
+    text: the turn's text as given to the environment (decoded ids without a final stop token).
+    finish: "stop_token", "stop_string", "length" (hit max_new_tokens) or "forced" (teacher-forced text).
+    reused_tokens / prefilled_tokens: context tokens served from the KV cache / computed in this turn's prefill.
+    ttft_s: time from the start of the turn (rendering, tokenising, image encoding, prefill) to its first token,
+        shared by all episodes of the batch; decode_s: the rest of the turn (batch-wide as well).
+    status / info: the environment's answer to this turn (``StepResult.status.value`` and ``.info``).
+    parsed: the environment's strict parse of the turn.
+    logits: [len(generated_ids), vocab] float32 logits the tokens were chosen from, if requested.
+    """
+
+    context_ids: list[int]
+    images: list[Image.Image]
+    image_grid_thw: list[tuple[int, int, int]]
+    generated_ids: list[int]
+    text: str
+    finish: str
+    reused_tokens: int
+    prefilled_tokens: int
+    ttft_s: float
+    decode_s: float
+    status: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    parsed: ParsedTurn | None = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def input_ids(self) -> list[int]:
+        """The training row of this turn: context then generated tokens."""
+        return self.context_ids + self.generated_ids
+
+    @property
+    def generated_mask(self) -> list[int]:
+        """1 for model-generated tokens of :attr:`input_ids`, 0 for context (system, user, tool, history)."""
+        return [0] * len(self.context_ids) + [1] * len(self.generated_ids)
+
+
+@dataclass
+class RolloutTrace:
+    """One finished episode: its turns, the tool calls (pool indices shown per call), the final parse and status."""
+
+    turns: list[TurnTrace]
+    status: str
+    tool_calls: list[list[int]]
+    final_parse: ParsedTurn | None
+    outcome: TraceOutcome
+    wall_s: float
+
+    @property
+    def num_generated_tokens(self) -> int:
+        return sum(len(t.generated_ids) for t in self.turns)
+
+
+class RolloutEngine(ABC):
+    """Runs episodes to the end. ``forced[i][t]``, when given and not None, is teacher-forced as turn t of
+    episode i instead of generating (its context is still prefilled and timed)."""
+
+    @abstractmethod
+    def rollout(
+        self,
+        envs: Sequence[VideoPairEnv],
+        sampling: SamplingConfig = SamplingConfig(),
+        forced: Sequence[Sequence[str | None]] | None = None,
+    ) -> list[RolloutTrace]: ...
+
+
+# --------------------------------------------------------------------------------------------- conversation ids
+
+
+@dataclass
+class _Image:
+    """One distinct image (by content): preprocessed pixels, grid, token count and, once needed, its features."""
+
+    uid: int
+    image: Image.Image
+    pixel_values: torch.Tensor
+    grid_thw: torch.Tensor  # [3]
+    num_tokens: int
+    features: torch.Tensor | None = None  # [num_tokens, hidden]
+    deepstack: list[torch.Tensor] | None = None  # Qwen3-VL: one [num_tokens, hidden] per deepstack layer
+
+
+@dataclass
+class _Context:
+    """Token ids of one rendered context. keys: ids for text, ``-1 - uid`` for the tokens of image ``uid`` (so a
+    prefix comparison also compares image content); images with the index of their first token."""
+
+    ids: np.ndarray
+    keys: np.ndarray
+    images: list[_Image]
+    image_starts: list[int]
+
+
+def _image_key(image: Image.Image) -> bytes:
+    digest = hashlib.blake2b(image.tobytes(), digest_size=16)
+    digest.update(f"{image.mode}{image.size}".encode())
+    return digest.digest()
+
+
+def _message_images(messages: Sequence[Message]) -> list[Image.Image]:
+    """Images in the order the chat template renders them (content order of user and tool turns)."""
+    images = []
+    for message in messages:
+        if message["role"] not in ("user", "tool") or isinstance(message["content"], str):
+            continue
+        for part in message["content"]:
+            if part.get("type") == "image" or "image" in part:
+                image = part["image"]
+                if not isinstance(image, Image.Image):
+                    raise RolloutError(f"image parts must hold PIL images, got {type(image).__name__}")
+                images.append(image)
+    return images
+
+
+class _ConversationBuilder:
+    """Renders environment contexts into token ids that keep earlier generated turns as their exact ids."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.image_token = processor.image_token
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token = getattr(processor, "video_token", "<|video_pad|>")
+        self.merge_size = processor.image_processor.merge_size
+        self.images: dict[bytes, _Image] = {}
+
+    def _image(self, image: Image.Image) -> _Image:
+        key = _image_key(image)
+        entry = self.images.get(key)
+        if entry is None:
+            out = self.processor.image_processor(images=[image.convert("RGB")], return_tensors="pt")
+            grid = out["image_grid_thw"][0]
+            entry = _Image(
+                uid=len(self.images),
+                image=image,
+                pixel_values=out["pixel_values"],
+                grid_thw=grid,
+                num_tokens=int(grid.prod()) // self.merge_size**2,
+            )
+            self.images[key] = entry
+        return entry
+
+    def render(self, messages: Sequence[Message], tools: Sequence[dict], generation_prompt: bool = True) -> str:
+        return self.processor.apply_chat_template(
+            list(messages), tools=list(tools), add_generation_prompt=generation_prompt, tokenize=False
+        )
+
+    def build(self, messages: Sequence[Message], tools: Sequence[dict], generated: Sequence[list[int]]) -> _Context:
+        """Ids of ``messages`` + generation prompt where assistant turn k is ``generated[k]`` verbatim."""
+        text = self.render(messages, tools)
+        assistant_at = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        if len(assistant_at) != len(generated):
+            raise RolloutError(f"{len(assistant_at)} assistant turns in the context but {len(generated)} generated")
+        pieces: list[tuple[str, list[int] | None]] = []  # (context text, None) or ("", generated ids)
+        pos = 0
+        for index, gen in zip(assistant_at, generated):
+            start = len(self.render(messages[:index], tools))
+            gen_text = self.tokenizer.decode(gen, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if start < pos or not text.startswith(gen_text, start):
+                raise RolloutError(
+                    f"the chat template does not render assistant message {index} verbatim after the rendered "
+                    "prefix; token ids cannot extend the generated ones"
+                )
+            pieces += [(text[pos:start], None), ("", gen)]
+            pos = start + len(gen_text)
+        pieces.append((text[pos:], None))
+
+        images = [self._image(image) for image in _message_images(messages)]
+        # Split into text chunks, image slots and generated ids; all chunks go through the tokenizer at once.
+        parts: list[str | _Image | list[int]] = []
+        queue = iter(images)
+        for piece, gen in pieces:
+            if gen is not None:
+                parts.append(gen)
+                continue
+            if self.video_token in piece:
+                raise RolloutError("video inputs are not supported in rollouts; pass frames as images")
+            for j, chunk in enumerate(piece.split(self.image_token)):
+                if j > 0:
+                    image = next(queue, None)
+                    if image is None:
+                        raise RolloutError("the rendered context has more image placeholders than images")
+                    parts.append(image)
+                if chunk:
+                    parts.append(chunk)
+        if next(queue, None) is not None:
+            raise RolloutError("the messages hold more images than the rendered context has placeholders")
+        chunks = [p for p in parts if isinstance(p, str)]
+        encoded = iter(self.tokenizer(chunks, add_special_tokens=False)["input_ids"] if chunks else [])
+        ids: list[int] = []
+        keys: list[int] = []
+        starts: list[int] = []
+        for part in parts:
+            if isinstance(part, _Image):
+                starts.append(len(ids))
+                ids += [self.image_token_id] * part.num_tokens
+                keys += [-1 - part.uid] * part.num_tokens
+            else:
+                part_ids = next(encoded) if isinstance(part, str) else part
+                ids += part_ids
+                keys += part_ids
+        return _Context(np.asarray(ids, dtype=np.int64), np.asarray(keys, dtype=np.int64), images, starts)
+
+
+# ------------------------------------------------------------------------------------------------------ HF engine
+
+
+@dataclass
+class _Episode:
+    """Per-episode state while it runs. cached_keys: keys of the real tokens in this row of the KV cache."""
+
+    index: int
+    env: VideoPairEnv
+    forced: Sequence[str | None]
+    generator: torch.Generator
+    generated: list[list[int]] = field(default_factory=list)  # per assistant turn, as it appears in later contexts
+    turns: list[TurnTrace] = field(default_factory=list)
+    tool_calls: list[list[int]] = field(default_factory=list)
+    cached_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    started: float = 0.0
+
+
+@dataclass
+class _TurnOutput:
+    generated_ids: list[int]
+    finish: str
+    logits: list[torch.Tensor]
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+class HFRolloutEngine(RolloutEngine):
+    """Rollouts with a Hugging Face Qwen-VL model (Qwen2-VL, Qwen2.5-VL, Qwen3-VL) on one device.
+
+    cache_reuse: keep the KV cache and the image features across turns (False re-prefills the whole context
+        and re-encodes every image each turn, the baseline of ``bench/rollout.py``).
+    record_logits: keep the logits of every generated token in the trace (tests, benchmarks).
+    """
+
+    def __init__(self, model: Any, processor: Any, cache_reuse: bool = True, record_logits: bool = False):
+        self.model = model
+        self.processor = processor
+        self.cache_reuse = cache_reuse
+        self.record_logits = record_logits
+        self.tokenizer = processor.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        eos = model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.stop_ids = set(eos) | {self.tokenizer.eos_token_id}
+        vocab = self.tokenizer.get_vocab()
+        # Vision placeholders are never valid output: an emitted <|image_pad|> would break the next prefill.
+        self.suppress_ids = [vocab[t] for t in _VISION_TOKENS if t in vocab]
+        self._builder = _ConversationBuilder(processor)
+        self._cache: DynamicCache | None = None
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, cache length]: 1 = real token
+
+    # -------------------------------------------------------------------------------------------- public API
+
+    @torch.inference_mode()
+    def rollout(
+        self,
+        envs: Sequence[VideoPairEnv],
+        sampling: SamplingConfig = SamplingConfig(),
+        forced: Sequence[Sequence[str | None]] | None = None,
+    ) -> list[RolloutTrace]:
+        if forced is not None and len(forced) != len(envs):
+            raise ValueError(f"forced has {len(forced)} entries for {len(envs)} envs")
+        self._builder.images.clear()
+        self._cache, self._mask = None, torch.zeros(len(envs), 0, dtype=torch.long)
+        episodes = []
+        for i, env in enumerate(envs):
+            env.reset()
+            generator = torch.Generator(device="cpu").manual_seed(sampling.seed + i)
+            episodes.append(_Episode(i, env, forced[i] if forced is not None else (), generator))
+            episodes[-1].started = time.perf_counter()
+        traces: list[RolloutTrace | None] = [None] * len(envs)
+        running = list(episodes)
+        while running:
+            self._turn(running, sampling)
+            still = []
+            for row, ep in enumerate(running):
+                turn = ep.turns[-1]
+                result = ep.env.step(turn.text, truncated=turn.finish == "length")
+                turn.status, turn.info, turn.parsed = result.status.value, result.info, ep.env.turns[-1].parsed
+                if result.info.get("frames"):
+                    ep.tool_calls.append(list(result.info["frames"]))
+                if result.done:
+                    traces[ep.index] = self._finish(ep)
+                else:
+                    still.append(row)
+            if len(still) < len(running) and self._cache is not None:
+                keep = torch.tensor(still, dtype=torch.long)
+                self._cache.batch_select_indices(keep.to(self.model.device))
+                self._mask = self._mask[keep]
+            running = [running[row] for row in still]
+        self._cache = None
+        return [t for t in traces if t is not None]
+
+    # ------------------------------------------------------------------------------------------------ a turn
+
+    def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
+        start = time.perf_counter()
+        if not self.cache_reuse:
+            self._builder.images.clear()
+            self._cache, self._mask = None, torch.zeros(len(episodes), 0, dtype=torch.long)
+            for ep in episodes:
+                ep.cached_keys = np.zeros(0, dtype=np.int64)
+        built = [self._builder.build(ep.env.messages(), ep.env.tools, ep.generated) for ep in episodes]
+        kept, next_pos, logits = self._prefill(episodes, built)
+        outputs, first_token_at = self._decode(episodes, logits, next_pos, sampling)
+        ttft, decode_s = first_token_at - start, time.perf_counter() - first_token_at
+        for ep, ctx, out, reused in zip(episodes, built, outputs, kept):
+            gen = out.generated_ids
+            # A stop token is replaced by the template's own end-of-turn marker in later contexts.
+            in_context = gen[:-1] if out.finish == "stop_token" else gen
+            ep.generated.append(in_context)
+            # Every generated token but the last was fed to the model, so the cache row holds them too.
+            ep.cached_keys = np.concatenate([ctx.keys, np.asarray(gen[:-1], dtype=np.int64)])
+            text = self.tokenizer.decode(in_context, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            ep.turns.append(
+                TurnTrace(
+                    context_ids=ctx.ids.tolist(),
+                    images=[image.image for image in ctx.images],
+                    image_grid_thw=[tuple(int(x) for x in image.grid_thw) for image in ctx.images],
+                    generated_ids=gen,
+                    text=text,
+                    finish=out.finish,
+                    reused_tokens=reused,
+                    prefilled_tokens=len(ctx.ids) - reused,
+                    ttft_s=ttft,
+                    decode_s=decode_s,
+                    logits=torch.stack(out.logits) if out.logits else None,
+                )
+            )
+
+    def _prefill(
+        self, episodes: list[_Episode], built: list[_Context]
+    ) -> tuple[list[int], list[int], torch.Tensor]:
+        """Crop the cache to the longest prefix every row still shares and prefill the rest.
+
+        Returns per row the context tokens reused from the cache and the next text position, and the logits
+        of the next token [rows, vocab]."""
+        rows = len(episodes)
+        cache_len = self._mask.shape[1]
+        # Physical cache slot up to which each row's cache matches its new context (>= 1 token to prefill).
+        cut = []
+        for row, (ep, ctx) in enumerate(zip(episodes, built)):
+            match = min(_common_prefix(ep.cached_keys, ctx.keys), len(ctx.ids) - 1)
+            cut.append(cache_len if match == len(ep.cached_keys) else int(torch.nonzero(self._mask[row])[match, 0]))
+        keep_len = min(cut)
+        if self._cache is not None and keep_len < cache_len:
+            self._cache.crop(keep_len - cache_len)
+        mask = self._mask[:, :keep_len]
+        kept = mask.sum(dim=1).tolist()
+
+        deltas = [len(ctx.ids) - k for ctx, k in zip(built, kept)]
+        width = max(deltas)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        positions = torch.zeros(3, rows, width, dtype=torch.long)
+        new_mask = torch.zeros(rows, width, dtype=torch.long)
+        features: list[torch.Tensor] = []
+        deepstack: list[list[torch.Tensor]] = []
+        next_pos = []
+        self._encode_images([image for ctx, k in zip(built, kept) for image in ctx.images])
+        for row, (ctx, k, d) in enumerate(zip(built, kept, deltas)):
+            pos = self._positions(ctx)
+            input_ids[row, width - d :] = torch.from_numpy(ctx.ids[k:])
+            positions[:, row, width - d :] = pos[:, k:]
+            new_mask[row, width - d :] = 1
+            next_pos.append(int(pos.max()) + 1)
+            for image, first in zip(ctx.images, ctx.image_starts):
+                skip = max(k - first, 0)  # an image cut by the crop point is fed from its first uncached token
+                if skip < image.num_tokens:
+                    features.append(image.features[skip:])
+                    if image.deepstack is not None:
+                        deepstack.append([layer[skip:] for layer in image.deepstack])
+        self._mask = torch.cat([mask, new_mask], dim=1)
+        if self._cache is None:
+            self._cache = DynamicCache(config=self.model.config)
+        return kept, next_pos, self._forward(input_ids, positions, features, deepstack)
+
+    def _decode(
+        self, episodes: list[_Episode], logits: torch.Tensor, next_pos: list[int], sampling: SamplingConfig
+    ) -> tuple[list[_TurnOutput], float]:
+        """Generate (or teacher-force) one turn for every row; returns the outputs and when the first token came."""
+        rows = len(episodes)
+        forced: list[list[int] | None] = []
+        for ep in episodes:
+            text = ep.forced[len(ep.turns)] if len(ep.turns) < len(ep.forced) else None
+            if text is not None and not text:
+                raise ValueError(f"forced turn {len(ep.turns)} of episode {ep.index} is empty")
+            forced.append(None if text is None else self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        warpers = self._warpers(sampling)
+        outputs = [_TurnOutput([], "", []) for _ in range(rows)]
+        done = [False] * rows
+        first_token_at = None
+        steps = max([sampling.max_new_tokens] + [len(f) for f in forced if f is not None])
+        for step in range(steps):
+            tokens = torch.full((rows,), self.pad_id, dtype=torch.long)
+            for row in range(rows):
+                if done[row]:
+                    continue
+                out = outputs[row]
+                if self.record_logits:
+                    out.logits.append(logits[row].float().cpu())
+                token = forced[row][step] if forced[row] is not None else self._pick(
+                    logits[row], warpers, sampling, episodes[row].generator
+                )
+                out.generated_ids.append(token)
+                tokens[row] = token
+                out.finish = self._finished(out.generated_ids, forced[row], sampling)
+                done[row] = bool(out.finish)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if all(done):
+                break
+            # Rows that finished feed a masked pad so the batch stays rectangular.
+            feed = [0 if d else 1 for d in done]
+            positions = torch.tensor(next_pos, dtype=torch.long).view(1, rows, 1).expand(3, rows, 1)
+            self._mask = torch.cat([self._mask, torch.tensor(feed, dtype=torch.long)[:, None]], dim=1)
+            logits = self._forward(tokens[:, None], positions.contiguous(), [], [])
+            next_pos = [p + f for p, f in zip(next_pos, feed)]
+        assert first_token_at is not None
+        return outputs, first_token_at
+
+    def _finished(self, generated: list[int], forced: list[int] | None, sampling: SamplingConfig) -> str:
+        if forced is not None:
+            return "forced" if len(generated) == len(forced) else ""
+        if generated[-1] in self.stop_ids:
+            return "stop_token"
+        if sampling.stop_strings:
+            longest = max(len(s) for s in sampling.stop_strings)
+            tail = self.tokenizer.decode(generated[-longest:], skip_special_tokens=False)
+            if any(tail.endswith(s) for s in sampling.stop_strings):
+                return "stop_string"
+        return "length" if len(generated) >= sampling.max_new_tokens else ""
+
+    def _warpers(self, sampling: SamplingConfig) -> LogitsProcessorList:
+        warpers = LogitsProcessorList()
+        if sampling.do_sample:
+            if sampling.temperature != 1.0:
+                warpers.append(TemperatureLogitsWarper(sampling.temperature))
+            if sampling.top_k:
+                warpers.append(TopKLogitsWarper(sampling.top_k))
+            if sampling.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(sampling.top_p))
+        return warpers
+
+    def _pick(
+        self, logits: torch.Tensor, warpers: LogitsProcessorList, sampling: SamplingConfig, generator: torch.Generator
+    ) -> int:
+        scores = logits.float().cpu().clone()[None]
+        scores[:, self.suppress_ids] = -float("inf")
+        if not sampling.do_sample:
+            return int(scores.argmax())
+        scores = warpers(None, scores)  # the warpers used here ignore input_ids
+        return int(torch.multinomial(scores.softmax(-1), 1, generator=generator))
+
+    # --------------------------------------------------------------------------------------------- model calls
+
+    def _positions(self, ctx: _Context) -> torch.Tensor:
+        """[3, len] M-RoPE positions of the whole context, as the model computes them without a cache."""
+        ids = torch.from_numpy(ctx.ids)[None]
+        if not ctx.images:
+            return torch.arange(ids.shape[1]).view(1, -1).expand(3, -1)
+        types = (ids == self._builder.image_token_id).int()
+        grids = torch.stack([image.grid_thw for image in ctx.images])
+        pos, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=types, image_grid_thw=grids)
+        return pos[:, 0].cpu()
+
+    def _encode_images(self, images: list[_Image]) -> None:
+        """Vision features of the images that have none yet, in one batch."""
+        todo = list({id(image): image for image in images if image.features is None}.values())
+        if not todo:
+            return
+        device = self.model.device
+        pixels = torch.cat([image.pixel_values for image in todo]).to(device)
+        grids = torch.stack([image.grid_thw for image in todo]).to(device)
+        out = self.model.model.get_image_features(pixels, grids, return_dict=True)
+        stacks = getattr(out, "deepstack_features", None)
+        for i, image in enumerate(todo):
+            image.features = out.pooler_output[i]
+            image.deepstack = [layer[i] for layer in stacks] if stacks is not None else None
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        features: list[torch.Tensor],
+        deepstack: list[list[torch.Tensor]],
+    ) -> torch.Tensor:
+        device = self.model.device
+        kwargs: dict[str, Any] = {}
+        if features:
+            encoded: dict[str, Any] = {"pooler_output": (torch.cat(features),)}
+            if deepstack:
+                encoded["deepstack_features"] = [(torch.cat(layer),) for layer in zip(*deepstack)]
+            kwargs["mm_encoder_outputs"] = {"image": _EncoderOutput(**encoded)}
+        out = self.model(
+            input_ids=input_ids.to(device),
+            attention_mask=self._mask.to(device),
+            position_ids=positions.to(device),
+            past_key_values=self._cache,
+            use_cache=True,
+            logits_to_keep=1,
+            **kwargs,
+        )
+        return out.logits[:, -1]
+
+    def _finish(self, ep: _Episode) -> RolloutTrace:
+        env = ep.env
+        return RolloutTrace(
+            turns=ep.turns,
+            status=env.status.value if env.status is not None else "",
+            tool_calls=ep.tool_calls,
+            final_parse=env.turns[-1].parsed if env.turns else None,
+            outcome=env.outcome(),
+            wall_s=time.perf_counter() - ep.started,
+        )
+
+
+@dataclass
+class _EncoderOutput:
+    """Precomputed vision-encoder output in the shape ``mm_encoder_outputs`` reads (pooler per image, deepstack)."""
+
+    pooler_output: tuple[torch.Tensor, ...]
+    deepstack_features: list[tuple[torch.Tensor, ...]] | None = None
