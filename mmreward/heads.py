@@ -74,6 +74,19 @@ class RewardHead(nn.Module):
 
         return preference_loss(r_a, r_b, labels, mask, loss_cfg)
 
+    def bind_processor(self, processor: Any) -> None:
+        """Called by `RewardModel` with the backbone's processor (a head reading tokens takes their ids here)."""
+
+    def to_reward(self, output: torch.Tensor) -> torch.Tensor:
+        """The reward `score()` returns from `forward`'s output (identity; yes_token: P(yes) from log-odds)."""
+        return output
+
+    def pair_collator(self, processor: Any, cfg: Any) -> Any:
+        """The collator that encodes pairs for this head (`collate.PairCollator`; yes_token asks a question)."""
+        from mmreward.collate import PairCollator
+
+        return PairCollator(processor, self.dimensions, cfg)
+
 
 HEADS: dict[str, type[RewardHead]] = {}
 
@@ -144,3 +157,7 @@ class ScalarHead(RewardHead):
             raise HeadError(f"head 'scalar': expected hidden [B, {self.hidden_size}], got {tuple(hidden.shape)}")
         hidden = hidden.to(self.proj.weight.dtype)
         return self.out(self.act(self.proj(hidden)))
+
+
+# Heads defined in their own modules register on import; importing them here makes every name buildable.
+from mmreward import yes_token  # noqa: E402,F401

@@ -108,6 +108,8 @@ class RewardModel(nn.Module):
         self.backbone_path = backbone_path
         self.tuning = tuning or TuningConfig()
         self.processor = processor
+        if processor is not None:
+            head.bind_processor(processor)  # e.g. the yes_token head looks up its verdict token ids
         hidden = _base_model(backbone).config.get_text_config().hidden_size
         if head.hidden_size != hidden:
             raise RewardModelError(f"head expects hidden size {head.hidden_size}, backbone has {hidden}")
@@ -222,8 +224,8 @@ class RewardModel(nn.Module):
 
     @torch.no_grad()
     def score(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Rewards `[N, k]` without gradients (the caller chooses train/eval mode)."""
-        return self.forward(inputs)
+        """Rewards `[N, k]` without gradients (the caller chooses train/eval mode); `head.to_reward` of `forward`."""
+        return self.head.to_reward(self.forward(inputs))
 
     def pair_loss(self, rewards: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor,
                   loss_cfg: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -249,19 +251,26 @@ class RewardModel(nn.Module):
             "tuning": asdict(self.tuning),
         }
 
-    def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Write the checkpoint (layout in the module docstring); returns the directory."""
+    def save_pretrained(self, out_dir: str | Path, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write the checkpoint (layout in the module docstring); returns the directory.
+
+        state_dict: this model's full state dict when its parameters are sharded (FSDP, ZeRO-3:
+        `accelerator.get_state_dict(model)`); default: `self.state_dict()`.
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        head_state = {k: v.detach().contiguous().cpu() for k, v in self.head.state_dict().items()}
+        state = state_dict if state_dict is not None else self.state_dict()
+        head_state = {k.removeprefix("head."): v.detach().contiguous().cpu() for k, v in state.items()
+                      if k.startswith("head.")}
+        backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
         save_file(head_state, out / HEAD_WEIGHTS, metadata={"format": "pt"})
         if self.tuning.mode == "full":
             # A complete VLM directory (weights + processor), loadable on its own.
-            _base_model(self.backbone).save_pretrained(out / BACKBONE_DIR)
+            _base_model(self.backbone).save_pretrained(out / BACKBONE_DIR, state_dict=backbone_state)
             if self.processor is not None:
                 self.processor.save_pretrained(out / BACKBONE_DIR)
         elif self.tuning.mode == "lora":
-            self.backbone.save_pretrained(out / ADAPTER_DIR)
+            self.backbone.save_pretrained(out / ADAPTER_DIR, state_dict=backbone_state)
         if self.processor is not None:
             self.processor.save_pretrained(out)
         (out / CONFIG_NAME).write_text(json.dumps(self.config_dict(), indent=2) + "\n")

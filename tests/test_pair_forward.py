@@ -99,9 +99,9 @@ def test_packed_equals_naive_loss_and_gradients(tiny, padding_side):
         loss, _ = model.pair_loss(rewards, batch["labels"], batch["label_mask"], PreferenceLossConfig(center_coef=0.1))
         loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((rewards.detach(), loss.item(), grads))
-    (r_naive, l_naive, g_naive), (r_packed, l_packed, g_packed) = results
-    # media encoded once: the packed batch carries half the pixels
+        results.append((rewards.detach(), loss.item(), grads, batch["inputs"]["pixel_values"].shape[0]))
+    (r_naive, l_naive, g_naive, px_naive), (r_packed, l_packed, g_packed, px_packed) = results
+    assert px_packed * 2 == px_naive  # media encoded once per pair
     assert abs(l_naive - l_packed) < 1e-6
     torch.testing.assert_close(r_packed, r_naive, atol=1e-6, rtol=0)
     assert g_naive.keys() == g_packed.keys() and any(".visual." in n for n in g_naive)

@@ -13,29 +13,33 @@ Differences from plain Humanoid-v5, each fixing a problem of the original VLM-RM
 - falling does not end the episode by default (kneeling or lotus poses are below gymnasium's "healthy"
   height); episodes end by the time limit, which truncates.
 
-Use `MUJOCO_GL=egl` for headless rendering (set before mujoco is imported).
+Rendering is headless through EGL: importing this module sets `MUJOCO_GL=egl` unless MUJOCO_GL is
+already set (MuJoCo reads it once, when it is first imported, so set it yourself if mujoco or
+gymnasium's MuJoCo envs are imported earlier).
 """
 
 from __future__ import annotations
 
 import os
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
-import gymnasium as gym
-import mujoco
-import numpy as np
-from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv
-from gymnasium.utils import EzPickle
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import xml.etree.ElementTree as ET  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from importlib import resources  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import gymnasium as gym  # noqa: E402
+import mujoco  # noqa: E402
+import numpy as np  # noqa: E402
+from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv  # noqa: E402
+from gymnasium.utils import EzPickle  # noqa: E402
 
 ENV_ID = "vlm_rm/TexturedHumanoid-v0"
 SCENE_XML = "scene.xml"
 FLOOR_GEOM = "floor"
 FLOOR_MATERIAL = "vlmrm_floor"
 BODY_MATERIAL = "vlmrm_body"
-SKYBOX_TEXTURE = "vlmrm_sky"
 
 
 @dataclass
@@ -116,9 +120,6 @@ class TexturedHumanoidEnv(HumanoidEnv):
     ) -> None:
         if render_mode != "rgb_array":
             raise ValueError(f"TexturedHumanoidEnv renders frames only (render_mode='rgb_array'), got {render_mode!r}")
-        if "MUJOCO_GL" not in os.environ:
-            # Headless default; must be set before the first GL context is created.
-            os.environ["MUJOCO_GL"] = "egl"
         self.render_size = int(render_size)
         self.camera_config = CameraConfig(**camera) if isinstance(camera, dict) else (camera or CameraConfig())
         self.textured = textured

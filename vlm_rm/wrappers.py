@@ -14,13 +14,16 @@ The env's own reward stays available as `info["env_reward"]`.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecEnvWrapper
+
+from vlm_rm.envs import HumanoidEnvConfig, make_humanoid_env
 
 FrameRewardFn = Callable[[np.ndarray], "torch.Tensor | np.ndarray"]
 FRAME_KEY = "frame"
@@ -149,3 +152,33 @@ class RelabelRewardsCallback(BaseCallback):
             self.model.replay_buffer.rewards[np.asarray(self._positions)] = rewards
             self.logger.record("clip/rollout_mean_reward", float(rewards.mean()))
         self._positions.clear()
+
+
+def make_rendering_env(config: HumanoidEnvConfig) -> gym.Env:
+    """Textured humanoid whose steps carry their frame in `info` (a picklable env factory)."""
+    return RenderToInfo(make_humanoid_env(config))
+
+
+def make_reward_vec_env(
+    config: HumanoidEnvConfig,
+    n_envs: int,
+    reward_fn: FrameRewardFn,
+    mode: str = "step",
+    vec_env: str = "dummy",
+    seed: int | None = None,
+) -> VecCLIPReward:
+    """`n_envs` textured humanoids in one SB3 vector env with the frame reward applied.
+
+    vec_env "dummy" steps all envs in this process (each with its own GL context); "subproc" runs
+    one process per env (rendering in parallel; frames come back through `info`).
+    """
+    factories = [partial(make_rendering_env, config) for _ in range(n_envs)]
+    if vec_env == "dummy":
+        venv: VecEnv = DummyVecEnv(factories)
+    elif vec_env == "subproc":
+        venv = SubprocVecEnv(factories)
+    else:
+        raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {vec_env!r}")
+    if seed is not None:
+        venv.seed(seed)
+    return VecCLIPReward(venv, reward_fn, mode=mode)

@@ -420,10 +420,11 @@ def teacher_traces(
     records: Iterable[PreferenceRecord],
     env_config: EnvConfig = EnvConfig(),
     config: TeacherConfig = TeacherConfig(),
+    dimensions: Sequence[str] | Mapping[str, str] | None = None,
     overall_priority: Sequence[str] = ("TA", "MQ", "VQ"),
 ) -> list[EpisodeTrace]:
     """Teacher traces of many records (see :func:`teacher_trace`)."""
-    return [teacher_trace(r, env_config, config, overall_priority=overall_priority)[0] for r in records]
+    return [teacher_trace(r, env_config, config, dimensions, overall_priority)[0] for r in records]
 
 
 # ------------------------------------------------------------------------------------------------- JSONL I/O

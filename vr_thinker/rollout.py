@@ -154,19 +154,6 @@ class RolloutTrace:
         return sum(len(t.generated_ids) for t in self.turns)
 
 
-class RolloutEngine(ABC):
-    """Runs episodes to the end. ``forced[i][t]``, when given and not None, is teacher-forced as turn t of
-    episode i instead of generating (its context is still prefilled and timed)."""
-
-    @abstractmethod
-    def rollout(
-        self,
-        envs: Sequence[VideoPairEnv],
-        sampling: SamplingConfig = SamplingConfig(),
-        forced: Sequence[Sequence[str | None]] | None = None,
-    ) -> list[RolloutTrace]: ...
-
-
 # --------------------------------------------------------------------------------------------- conversation ids
 
 
@@ -320,7 +307,18 @@ class _Episode:
     turns: list[TurnTrace] = field(default_factory=list)
     tool_calls: list[list[int]] = field(default_factory=list)
     cached_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    started: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def trace(self) -> RolloutTrace:
+        env = self.env
+        return RolloutTrace(
+            turns=self.turns,
+            status=env.status.value if env.status is not None else "",
+            tool_calls=self.tool_calls,
+            final_parse=env.turns[-1].parsed if env.turns else None,
+            outcome=env.outcome(),
+            wall_s=time.perf_counter() - self.started,
+        )
 
 
 @dataclass
@@ -328,6 +326,114 @@ class _TurnOutput:
     generated_ids: list[int]
     finish: str
     logits: list[torch.Tensor]
+
+
+@dataclass
+class _Feed:
+    """Tokens one row appends to the cache in one forward (possibly none), their M-RoPE positions [3, n] and the
+    vision features of the image tokens among them."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    features: list[torch.Tensor] = field(default_factory=list)
+    deepstack: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+def _text_feed(ids: Sequence[int], first_position: int) -> _Feed:
+    count = len(ids)
+    return _Feed(
+        torch.tensor(list(ids), dtype=torch.long),
+        torch.arange(first_position, first_position + count).view(1, -1).expand(3, -1),
+    )
+
+
+class RolloutEngine(ABC):
+    """Runs episodes to the end, all running episodes advancing one assistant turn per step.
+
+    ``forced[i][t]``, when given and not None, is teacher-forced as turn t of episode i instead of generating;
+    its context is still prefilled and timed (scripted episodes, replaying traces). Backends implement
+    :meth:`_turn`; episode i samples with seed ``sampling.seed + i``.
+    """
+
+    def rollout(
+        self,
+        envs: Sequence[VideoPairEnv],
+        sampling: SamplingConfig = SamplingConfig(),
+        forced: Sequence[Sequence[str | None]] | None = None,
+    ) -> list[RolloutTrace]:
+        if forced is not None and len(forced) != len(envs):
+            raise ValueError(f"forced has {len(forced)} entries for {len(envs)} envs")
+        episodes = []
+        for i, env in enumerate(envs):
+            env.reset()
+            generator = torch.Generator(device="cpu").manual_seed(sampling.seed + i)
+            episodes.append(_Episode(i, env, forced[i] if forced is not None else (), generator))
+        traces: list[RolloutTrace | None] = [None] * len(envs)
+        running = episodes
+        while running:
+            self._turn(running, sampling)
+            still = []
+            for row, ep in enumerate(running):
+                turn = ep.turns[-1]
+                result = ep.env.step(turn.text, truncated=turn.finish == "length")
+                turn.status, turn.info, turn.parsed = result.status.value, result.info, ep.env.turns[-1].parsed
+                if result.info.get("frames"):
+                    ep.tool_calls.append(list(result.info["frames"]))
+                if result.done:
+                    traces[ep.index] = ep.trace()
+                else:
+                    still.append(row)
+            if len(still) < len(running):
+                self._keep_rows(still)
+            running = [running[row] for row in still]
+        return [t for t in traces if t is not None]
+
+    _builder: _ConversationBuilder
+
+    @abstractmethod
+    def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
+        """Generate the next assistant turn of every episode and :meth:`_record` it."""
+
+    def _keep_rows(self, rows: list[int]) -> None:
+        """Episodes at these positions of the running list go on; the others just finished."""
+
+    @staticmethod
+    def _forced_text(ep: _Episode) -> str | None:
+        text = ep.forced[len(ep.turns)] if len(ep.turns) < len(ep.forced) else None
+        if text is not None and not text:
+            raise ValueError(f"forced turn {len(ep.turns)} of episode {ep.index} is empty")
+        return text
+
+    def _record(
+        self,
+        ep: _Episode,
+        ctx: _Context,
+        generated: list[int],
+        finish: str,
+        reused: int,
+        ttft_s: float,
+        decode_s: float,
+        logits: torch.Tensor | None = None,
+    ) -> None:
+        # A stop token is replaced by the template's own end-of-turn marker in later contexts.
+        in_context = generated[:-1] if finish == "stop_token" else generated
+        ep.generated.append(in_context)
+        tokenizer = self._builder.tokenizer
+        ep.turns.append(
+            TurnTrace(
+                context_ids=ctx.ids.tolist(),
+                images=[image.image for image in ctx.images],
+                image_grid_thw=[tuple(int(x) for x in image.grid_thw) for image in ctx.images],
+                generated_ids=generated,
+                text=tokenizer.decode(in_context, skip_special_tokens=False, clean_up_tokenization_spaces=False),
+                finish=finish,
+                reused_tokens=reused,
+                prefilled_tokens=len(ctx.ids) - reused,
+                ttft_s=ttft_s,
+                decode_s=decode_s,
+                logits=logits,
+            )
+        )
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -342,6 +448,9 @@ class HFRolloutEngine(RolloutEngine):
     cache_reuse: keep the KV cache and the image features across turns (False re-prefills the whole context
         and re-encodes every image each turn, the baseline of ``bench/rollout.py``).
     record_logits: keep the logits of every generated token in the trace (tests, benchmarks).
+
+    Teacher-forced turns are fed as one chunk right after their context's prefill, so replaying a scripted turn
+    costs one forward, not one per token.
     """
 
     def __init__(self, model: Any, processor: Any, cache_reuse: bool = True, record_logits: bool = False):
@@ -359,7 +468,7 @@ class HFRolloutEngine(RolloutEngine):
         self.suppress_ids = [vocab[t] for t in _VISION_TOKENS if t in vocab]
         self._builder = _ConversationBuilder(processor)
         self._cache: DynamicCache | None = None
-        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, cache length]: 1 = real token
+        self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, cache length]: 1 = real token, 0 = pad slot
 
     # -------------------------------------------------------------------------------------------- public API
 
@@ -370,38 +479,18 @@ class HFRolloutEngine(RolloutEngine):
         sampling: SamplingConfig = SamplingConfig(),
         forced: Sequence[Sequence[str | None]] | None = None,
     ) -> list[RolloutTrace]:
-        if forced is not None and len(forced) != len(envs):
-            raise ValueError(f"forced has {len(forced)} entries for {len(envs)} envs")
         self._builder.images.clear()
         self._cache, self._mask = None, torch.zeros(len(envs), 0, dtype=torch.long)
-        episodes = []
-        for i, env in enumerate(envs):
-            env.reset()
-            generator = torch.Generator(device="cpu").manual_seed(sampling.seed + i)
-            episodes.append(_Episode(i, env, forced[i] if forced is not None else (), generator))
-            episodes[-1].started = time.perf_counter()
-        traces: list[RolloutTrace | None] = [None] * len(envs)
-        running = list(episodes)
-        while running:
-            self._turn(running, sampling)
-            still = []
-            for row, ep in enumerate(running):
-                turn = ep.turns[-1]
-                result = ep.env.step(turn.text, truncated=turn.finish == "length")
-                turn.status, turn.info, turn.parsed = result.status.value, result.info, ep.env.turns[-1].parsed
-                if result.info.get("frames"):
-                    ep.tool_calls.append(list(result.info["frames"]))
-                if result.done:
-                    traces[ep.index] = self._finish(ep)
-                else:
-                    still.append(row)
-            if len(still) < len(running) and self._cache is not None:
-                keep = torch.tensor(still, dtype=torch.long)
-                self._cache.batch_select_indices(keep.to(self.model.device))
-                self._mask = self._mask[keep]
-            running = [running[row] for row in still]
-        self._cache = None
-        return [t for t in traces if t is not None]
+        try:
+            return super().rollout(envs, sampling, forced)
+        finally:
+            self._cache = None
+
+    def _keep_rows(self, rows: list[int]) -> None:
+        if self._cache is not None:
+            keep = torch.tensor(rows, dtype=torch.long)
+            self._cache.batch_select_indices(keep.to(self.model.device))
+            self._mask = self._mask[keep]
 
     # ------------------------------------------------------------------------------------------------ a turn
 
@@ -416,29 +505,12 @@ class HFRolloutEngine(RolloutEngine):
         kept, next_pos, logits = self._prefill(episodes, built)
         outputs, first_token_at = self._decode(episodes, logits, next_pos, sampling)
         ttft, decode_s = first_token_at - start, time.perf_counter() - first_token_at
-        for ep, ctx, out, reused in zip(episodes, built, outputs, kept):
-            gen = out.generated_ids
-            # A stop token is replaced by the template's own end-of-turn marker in later contexts.
-            in_context = gen[:-1] if out.finish == "stop_token" else gen
-            ep.generated.append(in_context)
+        for row, (ep, ctx, out, reused) in enumerate(zip(episodes, built, outputs, kept)):
+            logits = torch.stack(out.logits) if out.logits else None
+            self._record(ep, ctx, out.generated_ids, out.finish, reused, ttft, decode_s, logits)
             # Every generated token but the last was fed to the model, so the cache row holds them too.
-            ep.cached_keys = np.concatenate([ctx.keys, np.asarray(gen[:-1], dtype=np.int64)])
-            text = self.tokenizer.decode(in_context, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-            ep.turns.append(
-                TurnTrace(
-                    context_ids=ctx.ids.tolist(),
-                    images=[image.image for image in ctx.images],
-                    image_grid_thw=[tuple(int(x) for x in image.grid_thw) for image in ctx.images],
-                    generated_ids=gen,
-                    text=text,
-                    finish=out.finish,
-                    reused_tokens=reused,
-                    prefilled_tokens=len(ctx.ids) - reused,
-                    ttft_s=ttft,
-                    decode_s=decode_s,
-                    logits=torch.stack(out.logits) if out.logits else None,
-                )
-            )
+            ep.cached_keys = np.concatenate([ctx.keys, np.asarray(out.generated_ids[:-1], dtype=np.int64)])
+            assert int(self._mask[row].sum()) == len(ep.cached_keys), "cache row and its token record disagree"
 
     def _prefill(
         self, episodes: list[_Episode], built: list[_Context]
@@ -447,7 +519,6 @@ class HFRolloutEngine(RolloutEngine):
 
         Returns per row the context tokens reused from the cache and the next text position, and the logits
         of the next token [rows, vocab]."""
-        rows = len(episodes)
         cache_len = self._mask.shape[1]
         # Physical cache slot up to which each row's cache matches its new context (>= 1 token to prefill).
         cut = []
@@ -457,82 +528,75 @@ class HFRolloutEngine(RolloutEngine):
         keep_len = min(cut)
         if self._cache is not None and keep_len < cache_len:
             self._cache.crop(keep_len - cache_len)
-        mask = self._mask[:, :keep_len]
-        kept = mask.sum(dim=1).tolist()
+        self._mask = self._mask[:, :keep_len]
+        kept = self._mask.sum(dim=1).tolist()
+        if self._cache is None:
+            self._cache = DynamicCache(config=self.model.config)
 
-        deltas = [len(ctx.ids) - k for ctx, k in zip(built, kept)]
-        width = max(deltas)
-        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros(3, rows, width, dtype=torch.long)
-        new_mask = torch.zeros(rows, width, dtype=torch.long)
-        features: list[torch.Tensor] = []
-        deepstack: list[list[torch.Tensor]] = []
-        next_pos = []
-        self._encode_images([image for ctx, k in zip(built, kept) for image in ctx.images])
-        for row, (ctx, k, d) in enumerate(zip(built, kept, deltas)):
+        self._encode_images([image for ctx in built for image in ctx.images])
+        feeds, next_pos = [], []
+        for ctx, k in zip(built, kept):
             pos = self._positions(ctx)
-            input_ids[row, width - d :] = torch.from_numpy(ctx.ids[k:])
-            positions[:, row, width - d :] = pos[:, k:]
-            new_mask[row, width - d :] = 1
-            next_pos.append(int(pos.max()) + 1)
+            feed = _Feed(torch.from_numpy(ctx.ids[k:]), pos[:, k:])
             for image, first in zip(ctx.images, ctx.image_starts):
                 skip = max(k - first, 0)  # an image cut by the crop point is fed from its first uncached token
                 if skip < image.num_tokens:
-                    features.append(image.features[skip:])
+                    feed.features.append(image.features[skip:])
                     if image.deepstack is not None:
-                        deepstack.append([layer[skip:] for layer in image.deepstack])
-        self._mask = torch.cat([mask, new_mask], dim=1)
-        if self._cache is None:
-            self._cache = DynamicCache(config=self.model.config)
-        return kept, next_pos, self._forward(input_ids, positions, features, deepstack)
+                        feed.deepstack.append([layer[skip:] for layer in image.deepstack])
+            feeds.append(feed)
+            next_pos.append(int(pos.max()) + 1)
+        return kept, next_pos, self._forward(feeds, keep=1)[:, -1]
 
     def _decode(
         self, episodes: list[_Episode], logits: torch.Tensor, next_pos: list[int], sampling: SamplingConfig
     ) -> tuple[list[_TurnOutput], float]:
-        """Generate (or teacher-force) one turn for every row; returns the outputs and when the first token came."""
+        """Generate or teacher-force one turn for every row; returns the outputs and when the first token came.
+
+        A forced turn of n tokens is complete at step 0; its first n-1 tokens go into the cache with the next
+        forward (their logits are the ones the later forced tokens are "chosen" from)."""
         rows = len(episodes)
         forced: list[list[int] | None] = []
         for ep in episodes:
-            text = ep.forced[len(ep.turns)] if len(ep.turns) < len(ep.forced) else None
-            if text is not None and not text:
-                raise ValueError(f"forced turn {len(ep.turns)} of episode {ep.index} is empty")
+            text = self._forced_text(ep)
             forced.append(None if text is None else self.tokenizer(text, add_special_tokens=False)["input_ids"])
         warpers = self._warpers(sampling)
         outputs = [_TurnOutput([], "", []) for _ in range(rows)]
         done = [False] * rows
         first_token_at = None
-        steps = max([sampling.max_new_tokens] + [len(f) for f in forced if f is not None])
-        for step in range(steps):
-            tokens = torch.full((rows,), self.pad_id, dtype=torch.long)
+        while True:
+            feeds = []
             for row in range(rows):
-                if done[row]:
-                    continue
                 out = outputs[row]
+                if done[row]:
+                    feeds.append(_text_feed([], next_pos[row]))
+                    continue
                 if self.record_logits:
                     out.logits.append(logits[row].float().cpu())
-                token = forced[row][step] if forced[row] is not None else self._pick(
-                    logits[row], warpers, sampling, episodes[row].generator
-                )
-                out.generated_ids.append(token)
-                tokens[row] = token
-                out.finish = self._finished(out.generated_ids, forced[row], sampling)
+                if forced[row] is not None:
+                    out.generated_ids, out.finish = list(forced[row]), "forced"
+                else:
+                    out.generated_ids.append(self._pick(logits[row], warpers, sampling, episodes[row].generator))
+                    out.finish = self._finished(out.generated_ids, sampling)
                 done[row] = bool(out.finish)
+                # Every token but the last of a finished turn is fed (the next turn's prefill starts with it).
+                fed = out.generated_ids[:-1] if forced[row] is not None else [] if done[row] else out.generated_ids[-1:]
+                feeds.append(_text_feed(fed, next_pos[row]))
+                next_pos[row] += len(fed)
             if first_token_at is None:
                 first_token_at = time.perf_counter()
-            if all(done):
+            if all(len(f.ids) == 0 for f in feeds):
                 break
-            # Rows that finished feed a masked pad so the batch stays rectangular.
-            feed = [0 if d else 1 for d in done]
-            positions = torch.tensor(next_pos, dtype=torch.long).view(1, rows, 1).expand(3, rows, 1)
-            self._mask = torch.cat([self._mask, torch.tensor(feed, dtype=torch.long)[:, None]], dim=1)
-            logits = self._forward(tokens[:, None], positions.contiguous(), [], [])
-            next_pos = [p + f for p, f in zip(next_pos, feed)]
+            width = max(len(f.ids) for f in feeds)
+            all_logits = self._forward(feeds, keep=width if self.record_logits else 1)
+            logits = all_logits[:, -1]
+            for row, feed in enumerate(feeds):
+                if forced[row] is not None and self.record_logits and len(feed.ids):
+                    outputs[row].logits += list(all_logits[row, width - len(feed.ids) :].float().cpu())
         assert first_token_at is not None
         return outputs, first_token_at
 
-    def _finished(self, generated: list[int], forced: list[int] | None, sampling: SamplingConfig) -> str:
-        if forced is not None:
-            return "forced" if len(generated) == len(forced) else ""
+    def _finished(self, generated: list[int], sampling: SamplingConfig) -> str:
         if generated[-1] in self.stop_ids:
             return "stop_token"
         if sampling.stop_strings:
@@ -589,41 +653,39 @@ class HFRolloutEngine(RolloutEngine):
             image.features = out.pooler_output[i]
             image.deepstack = [layer[i] for layer in stacks] if stacks is not None else None
 
-    def _forward(
-        self,
-        input_ids: torch.Tensor,
-        positions: torch.Tensor,
-        features: list[torch.Tensor],
-        deepstack: list[list[torch.Tensor]],
-    ) -> torch.Tensor:
-        device = self.model.device
+    def _forward(self, feeds: list[_Feed], keep: int) -> torch.Tensor:
+        """Append each row's feed to the cache (left-padded to a common width, pads masked) and return the logits
+        of the last ``keep`` positions [rows, keep, vocab]."""
+        rows, width = len(feeds), max(len(f.ids) for f in feeds)
+        input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
+        positions = torch.zeros(3, rows, width, dtype=torch.long)
+        new_mask = torch.zeros(rows, width, dtype=torch.long)
+        for row, feed in enumerate(feeds):
+            n = len(feed.ids)
+            if n:
+                input_ids[row, width - n :] = feed.ids
+                positions[:, row, width - n :] = feed.positions
+                new_mask[row, width - n :] = 1
+        self._mask = torch.cat([self._mask, new_mask], dim=1)
         kwargs: dict[str, Any] = {}
+        features = [f for feed in feeds for f in feed.features]
         if features:
-            encoded: dict[str, Any] = {"pooler_output": (torch.cat(features),)}
+            encoded = _EncoderOutput(pooler_output=(torch.cat(features),))
+            deepstack = [d for feed in feeds for d in feed.deepstack]
             if deepstack:
-                encoded["deepstack_features"] = [(torch.cat(layer),) for layer in zip(*deepstack)]
-            kwargs["mm_encoder_outputs"] = {"image": _EncoderOutput(**encoded)}
+                encoded.deepstack_features = [(torch.cat(layer),) for layer in zip(*deepstack)]
+            kwargs["mm_encoder_outputs"] = {"image": encoded}
+        device = self.model.device
         out = self.model(
             input_ids=input_ids.to(device),
             attention_mask=self._mask.to(device),
             position_ids=positions.to(device),
             past_key_values=self._cache,
             use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=keep,
             **kwargs,
         )
-        return out.logits[:, -1]
-
-    def _finish(self, ep: _Episode) -> RolloutTrace:
-        env = ep.env
-        return RolloutTrace(
-            turns=ep.turns,
-            status=env.status.value if env.status is not None else "",
-            tool_calls=ep.tool_calls,
-            final_parse=env.turns[-1].parsed if env.turns else None,
-            outcome=env.outcome(),
-            wall_s=time.perf_counter() - ep.started,
-        )
+        return out.logits
 
 
 @dataclass
@@ -632,3 +694,101 @@ class _EncoderOutput:
 
     pooler_output: tuple[torch.Tensor, ...]
     deepstack_features: list[tuple[torch.Tensor, ...]] | None = None
+
+
+class VLLMRolloutEngine(RolloutEngine):
+    """Rollouts with vLLM (GPU). Contexts are built exactly as for :class:`HFRolloutEngine` (earlier turns as
+    their generated ids) and sent as token prompts with one ``<|image_pad|>`` per image, which vLLM expands;
+    its automatic prefix caching reuses the KV blocks of the shared prefix, so no cache handling happens here.
+
+    llm: a ``vllm.LLM`` (built by the caller, e.g. colocated with training) or a model directory, in which case
+        one is built with prefix caching on and ``llm_kwargs``.
+    processor: the model's processor with a tool-capable chat template (``ensure_tool_chat_template``).
+
+    Trace fields: ``reused_tokens`` is vLLM's count of prefix-cache hits where reported (else 0); ``ttft_s`` is
+    the request's first-token latency where vLLM reports it, else the time until the turn's batch returned;
+    logits are not recorded. A teacher-forced turn sends its context with ``max_tokens=1`` so the prefill
+    still happens (and lands in the prefix cache) and is timed.
+    """
+
+    def __init__(self, llm: Any, processor: Any, **llm_kwargs: Any):
+        import vllm  # lazy: optional, GPU only
+
+        self._vllm = vllm
+        if not isinstance(llm, vllm.LLM):
+            llm = vllm.LLM(model=str(llm), enable_prefix_caching=True, **llm_kwargs)
+        self.llm = llm
+        self._builder = _ConversationBuilder(processor)
+        eos = self.llm.get_tokenizer().eos_token_id
+        self.stop_ids = {eos} if eos is not None else set()
+        vocab = processor.tokenizer.get_vocab()
+        self.suppress_ids = [vocab[t] for t in _VISION_TOKENS if t in vocab]
+
+    def rollout(
+        self,
+        envs: Sequence[VideoPairEnv],
+        sampling: SamplingConfig = SamplingConfig(),
+        forced: Sequence[Sequence[str | None]] | None = None,
+    ) -> list[RolloutTrace]:
+        self._builder.images.clear()
+        return super().rollout(envs, sampling, forced)
+
+    def _params(self, sampling: SamplingConfig, seed: int, forced: bool) -> Any:
+        return self._vllm.SamplingParams(
+            max_tokens=1 if forced else sampling.max_new_tokens,
+            temperature=sampling.temperature if sampling.do_sample else 0.0,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k > 0 else -1,
+            stop=list(sampling.stop_strings),
+            include_stop_str_in_output=True,
+            stop_token_ids=sorted(self.stop_ids),
+            logit_bias={token: -100.0 for token in self.suppress_ids},
+            skip_special_tokens=False,
+            seed=seed,
+        )
+
+    def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
+        start = time.perf_counter()
+        built = [self._builder.build(ep.env.messages(), ep.env.tools, ep.generated) for ep in episodes]
+        forced = [self._forced_text(ep) for ep in episodes]
+        prompts, params = [], []
+        for ep, ctx, text in zip(episodes, built, forced):
+            prompts.append(
+                {
+                    "prompt_token_ids": _collapse_images(ctx, self._builder.image_token_id),
+                    "multi_modal_data": {"image": [image.image for image in ctx.images]} if ctx.images else {},
+                }
+            )
+            # One seed per episode and turn: reproducible, independent of the batch.
+            params.append(self._params(sampling, sampling.seed + ep.index + 100_003 * len(ep.turns), text is not None))
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        returned = time.perf_counter()
+        for ep, ctx, text, out in zip(episodes, built, forced, outputs):
+            completion = out.outputs[0]
+            if text is not None:
+                generated, finish = self._builder.tokenizer(text, add_special_tokens=False)["input_ids"], "forced"
+            else:
+                generated = list(completion.token_ids)
+                if completion.finish_reason == "length":
+                    finish = "length"
+                elif isinstance(completion.stop_reason, str):
+                    finish = "stop_string"
+                else:
+                    finish = "stop_token"
+            metrics = getattr(out, "metrics", None)
+            first = getattr(metrics, "first_token_time", None)
+            arrival = getattr(metrics, "arrival_time", None)
+            ttft = first - arrival if first is not None and arrival is not None else returned - start
+            reused = int(getattr(out, "num_cached_tokens", 0) or 0)
+            self._record(ep, ctx, generated, finish, reused, ttft, max(returned - start - ttft, 0.0))
+
+
+def _collapse_images(ctx: _Context, image_token_id: int) -> list[int]:
+    """Context ids with each image's run of placeholder tokens collapsed to one (vLLM expands them itself)."""
+    ids = ctx.ids.tolist()
+    out: list[int] = []
+    pos = 0
+    for image, first in zip(ctx.images, ctx.image_starts):
+        out += ids[pos:first] + [image_token_id]
+        pos = first + image.num_tokens
+    return out + ids[pos:]

@@ -111,7 +111,7 @@ def _mrope_section(head_dim: int, family: str) -> list[int]:
     # Qwen2(.5)-VL 7B: [16, 24, 24] of 64; Qwen3-VL: [24, 20, 20] of 64.
     hw = (half * 3) // 8 if family != "qwen3_vl" else (half * 5) // 16
     if hw < 1 or half - 2 * hw < 1:
-        raise ValueError(f"head_dim {head_dim} too small for M-RoPE (needs >= 6)")
+        raise ValueError(f"head_dim {head_dim} is too small to split over M-RoPE (t, h, w)")
     return [half - 2 * hw, hw, hw]
 
 
@@ -214,7 +214,7 @@ def _processor(family: str, tokenizer: Qwen2Tokenizer, image_tokens: tuple[int, 
         image_processor = Qwen2VLImageProcessor(
             size=image_size, patch_size=16, image_mean=[0.5] * 3, image_std=[0.5] * 3
         )
-        # Qwen3-VL's `size` bounds the whole clip; `max_video_tokens` caps each frame.
+        # Qwen3-VL's `size` bounds the whole clip (here: up to 768 frames); `max_video_tokens` caps each frame.
         video_processor = Qwen3VLVideoProcessor(
             size={"shortest_edge": unit * 4, "longest_edge": unit * video_tokens * 768},
             max_video_tokens=video_tokens,

@@ -367,7 +367,8 @@ class FramePool:
             self._stats.misses += 1
         # Decode outside the lock so other videos are not blocked behind this one.
         clip = read_video(path, num_frames=num_frames, fps=fps)
-        clip.frames.flags.writeable = False
+        for array in (clip.frames, clip.timestamps, clip.indices):
+            array.flags.writeable = False
         size = clip.frames.nbytes
         with self._lock:
             if size <= self.max_bytes and key not in self._clips:

@@ -5,8 +5,11 @@ import json
 import pytest
 import torch
 
+import open_clip
+
 from mmreward.backbones.clip import (
     CONFIG_NAME,
+    TINY_CLIP_CONFIG,
     TINY_PREPROCESS_CFG,
     TINY_WEIGHTS_NAME,
     CLIPLoadError,
@@ -58,9 +61,15 @@ def test_preprocess_uses_the_models_own_mean_std_and_size(tiny_dir):
     assert tokens.shape == (2, 32) and tokens[0, 0].item() == 49406  # SimpleTokenizer start token
 
 
-def test_builtin_name_loads_random_weights_offline():
-    model, preprocess, _ = load_clip("RN50")
-    assert clip_image_size(model) == (224, 224)
+def test_registered_name_with_a_local_weights_file(tmp_path, tiny_dir):
+    # The full-scale path: a built-in architecture name plus a weights file on disk, no download.
+    (tmp_path / "mmreward-tiny-test.json").write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(tmp_path / "mmreward-tiny-test.json")
+    image = torch.rand(1, 3, 224, 224)
+    model, preprocess, tokenizer = load_clip("mmreward-tiny-test", pretrained=tiny_dir / TINY_WEIGHTS_NAME)
+    reference = load_clip(tiny_dir)
+    assert torch.equal(_embed(model, tokenizer, image)[1], _embed(reference[0], reference[2], image)[1])
+    # a built-in name without a tag uses open_clip's default (OpenAI) normalisation
     assert preprocess.transforms[-1].mean == pytest.approx([0.48145466, 0.4578275, 0.40821073])
 
 

@@ -231,6 +231,8 @@ def test_pool_frames_are_read_only(coded_video):
     clip = FramePool().get(coded_video, num_frames=2)
     with pytest.raises(ValueError):
         clip.frames[0, 0, 0, 0] = 1
+    with pytest.raises(ValueError):
+        clip.indices[0] = 5
 
 
 def test_pool_sees_a_changed_file(tmp_path):

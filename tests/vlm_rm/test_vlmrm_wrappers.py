@@ -150,3 +150,17 @@ def test_relabel_callback_writes_rollout_rewards_into_the_replay_buffer():
     assert np.allclose(stored, np.concatenate(fn.outputs).reshape(10, 2))
     assert (stored > 0).all()
     venv.close()
+
+
+@pytest.mark.slow
+def test_subprocess_vec_env_renders_and_scores_in_workers():
+    from vlm_rm.wrappers import make_reward_vec_env
+
+    fn = Brightness()
+    venv = make_reward_vec_env(HumanoidEnvConfig(render_size=SIZE, max_episode_steps=EPISODE), 2, fn,
+                               vec_env="subproc", seed=0)
+    venv.reset()
+    for _ in range(EPISODE):
+        _, rewards, dones, infos = venv.step(np.zeros((2, venv.action_space.shape[0]), dtype=np.float32))
+    assert fn.batch_sizes == [2] * EPISODE and dones.all() and (rewards > 0).all()
+    venv.close()

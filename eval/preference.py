@@ -1,0 +1,240 @@
+"""Evaluate a reward model, judge or CLIP baseline on preference pairs: predictions, metrics, report.
+
+    python eval/preference.py --model runs/basereward --data runs/synthetic/videos/test.jsonl --out runs/eval/br
+    python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \
+        --media_root DATA/videos --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
+    accelerate launch --num_processes 4 eval/preference.py --model DIR --data FILE --out OUT   # data-parallel
+    python eval/preference.py --judge vr_thinker --model runs/vrt_grpo --data FILE --out OUT
+
+`--data` is a records JSONL (mmreward schema) or `BENCHMARK:SRC` with BENCHMARK one of
+`mmreward.data.formats.READERS` (read from the benchmark's own files). What scores the pairs:
+`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json) or an open_clip model
+directory (open_clip_config.json) from `--model`; `--scorer clip` also takes an open_clip name
+with `--clip_pretrained` weights; `--judge NAME` loads a judge adapter from `JUDGES`;
+`--scorer FILE.py:FUNCTION` calls `FUNCTION(args, device)` for any other `Scorer`.
+
+The output directory holds predictions.jsonl (resumable: rerun the same command after an
+interruption and only the missing ids are scored), metrics.json, summary.md, report.html with its
+PNG plots, and manifest.json once everything is written.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from mmreward.data.formats import READERS, read_benchmark
+from mmreward.data.records import PreferenceRecord, read_records
+from mmreward.evaluation.report import compute_metrics, write_report
+from mmreward.evaluation.runner import RunnerConfig, load_predictions, run_predictions
+from mmreward.evaluation.scorers import ClipScorer, MediaConfig, RewardModelScorer, Scorer
+from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+
+HERE = Path(__file__).resolve().parent
+# Judges that live outside the library, as "file next to this script:factory".
+JUDGES: dict[str, str] = {"vr_thinker": "scorers_vrt.py:build_scorer"}
+STAGE = "eval_preference"
+
+
+@dataclass
+class EvalArguments:
+    """Options of a preference evaluation (any of them can be set in the --config YAML)."""
+
+    model: str = field(metadata={"help": "reward model checkpoint / judge directory / open_clip directory or name"})
+    data: str = field(metadata={"help": "records JSONL, or BENCHMARK:SRC with BENCHMARK in " + ", ".join(sorted(READERS))})
+    out: str = field(metadata={"help": "output directory (reused to resume an interrupted run)"})
+    scorer: str = field(default="auto", metadata={"help": "auto | reward_model | clip | FILE.py:FUNCTION"})
+    judge: str | None = field(default=None, metadata={"help": "named judge adapter: " + ", ".join(sorted(JUDGES))})
+    media_root: str | None = field(default=None, metadata={"help": "folder a benchmark's relative media paths start from"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate only the first N pairs (smoke runs)"})
+    title: str | None = field(default=None, metadata={"help": "report title (default: model and data names)"})
+    # batching / running
+    batch_size: int = field(default=8, metadata={"help": "pairs per batch"})
+    max_batch_cost: float | None = field(default=None, metadata={"help": "per-batch budget in estimated tokens x pairs"})
+    bucket_by_length: bool = field(default=True, metadata={"help": "order pairs by estimated length before batching"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding media ahead of the model"})
+    both_orders: bool = field(default=False, metadata={"help": "also score every pair with its sides swapped"})
+    retry_errors: bool = field(default=False, metadata={"help": "rescore pairs whose earlier attempt failed"})
+    overwrite: bool = field(default=False, metadata={"help": "discard predictions of a different earlier run in --out"})
+    progress: bool = field(default=True, metadata={"help": "progress bar on the main process"})
+    # media
+    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video"})
+    fps: float | None = field(default=None, metadata={"help": "sample videos at this rate instead (wins over num_frames)"})
+    max_pixels: int | None = field(default=None, metadata={"help": "downscale larger images to this many pixels"})
+    # model
+    dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
+    overall: str = field(default="sum", metadata={"help": "'overall' of a model without that head: sum | DIMENSION"})
+    prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is the record's prompt"})
+    system_prompt: str | None = field(default=None, metadata={"help": "system turn before the user turn"})
+    pair_form: str = field(default="naive", metadata={"help": "naive | shared_prefix | auto (see mmreward.collate)"})
+    clip_pretrained: str | None = field(default=None, metadata={"help": "CLIP weights: a local file (or a tag, downloads)"})
+    clip_dimensions: list[str] = field(default_factory=lambda: ["overall"],
+                                       metadata={"help": "label dimensions the CLIP similarity is reported under"})
+    # metrics
+    n_bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples for the intervals"})
+    confidence: float = field(default=0.95, metadata={"help": "interval coverage"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+
+def parse_args(argv: list[str] | None = None) -> EvalArguments:
+    from trl import TrlParser
+
+    (args,) = TrlParser([EvalArguments]).parse_args_and_config(argv)
+    return args
+
+
+# ------------------------------------------------------------------------------------ data
+
+
+def load_data(spec: str, media_root: str | None, media_out: Path) -> list[PreferenceRecord]:
+    """Records of a JSONL file, or of a benchmark given as `NAME:SRC`."""
+    name, sep, src = spec.partition(":")
+    if sep and name in READERS:
+        return read_benchmark(name, src, media_root=media_root, media_out=media_out)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--data {spec}: no such records file; a benchmark is given as NAME:SRC with NAME in {sorted(READERS)}"
+        )
+    if media_root is not None:
+        raise ValueError("--media_root applies to benchmarks (NAME:SRC); records resolve media against their JSONL folder")
+    return list(read_records(path))
+
+
+# ------------------------------------------------------------------------------------ scorers
+
+
+def _load_factory(spec: str, base: Path = Path.cwd()) -> Callable[..., Scorer]:
+    """`FILE.py:FUNCTION` -> the function (FILE relative to `base` unless absolute)."""
+    file, sep, func = spec.rpartition(":")
+    path = Path(file) if Path(file).is_absolute() else base / file
+    if not sep or not func or not path.is_file():
+        raise ValueError(f"scorer factory {spec!r}: expected FILE.py:FUNCTION with an existing file ({path})")
+    name = f"_scorer_{path.stem}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, func):
+        raise ValueError(f"scorer factory {spec!r}: {path} defines no {func!r}")
+    return getattr(module, func)
+
+
+def _check_model_dir(model: Path) -> None:
+    """A stage output directory must be finished and unedited before it is evaluated."""
+    if (model / MANIFEST_NAME).exists() or (model / INCOMPLETE_MARKER).exists():
+        read_manifest(model)
+
+
+def build_scorer(args: EvalArguments, device: Any) -> Scorer:
+    """The scorer that `args` asks for (see the module docstring)."""
+    media = MediaConfig(num_frames=args.num_frames, fps=args.fps, max_pixels=args.max_pixels)
+    model = Path(args.model)
+    if model.is_dir():
+        _check_model_dir(model)
+    if args.judge is not None:
+        if args.scorer != "auto":
+            raise ValueError("give --judge or --scorer, not both")
+        if args.judge not in JUDGES:
+            raise ValueError(f"--judge {args.judge}: unknown; known judges: {sorted(JUDGES)}")
+        return _load_factory(JUDGES[args.judge], HERE)(args, device)
+    kind = args.scorer
+    if kind == "auto":
+        if (model / "reward_config.json").is_file():
+            kind = "reward_model"
+        elif (model / "open_clip_config.json").is_file() or args.clip_pretrained is not None:
+            kind = "clip"
+        else:
+            raise ValueError(
+                f"--model {args.model}: cannot tell what it is (no reward_config.json or open_clip_config.json); "
+                "pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
+            )
+    if kind == "reward_model":
+        from mmreward.collate import CollateConfig
+
+        collate = CollateConfig(prompt_template=args.prompt_template, system_prompt=args.system_prompt,
+                                pair_form=args.pair_form)
+        return RewardModelScorer.from_pretrained(model, dtype=args.dtype, device=device, collate=collate,
+                                                 media=media, overall=args.overall)
+    if kind == "clip":
+        return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device), media=media,
+                                          dimensions=args.clip_dimensions)
+    if ":" in kind:
+        return _load_factory(kind)(args, device)
+    raise ValueError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
+
+
+# ------------------------------------------------------------------------------------ main
+
+
+def _runner_config(args: EvalArguments) -> RunnerConfig:
+    return RunnerConfig(batch_size=args.batch_size, max_batch_cost=args.max_batch_cost,
+                        bucket_by_length=args.bucket_by_length, num_workers=args.num_workers,
+                        both_orders=args.both_orders, retry_errors=args.retry_errors, progress=args.progress)
+
+
+def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers a later stage or compare.py reads from manifest.json."""
+    out: dict[str, Any] = {"pairs": metrics["counts"]["pairs"], "errors": metrics["counts"]["errors"]}
+    for dim, m in metrics["dimensions"].items():
+        out[f"{dim}/accuracy"] = m["accuracy"]["estimate"] if m["accuracy"] else None
+        out[f"{dim}/accuracy_with_ties"] = m["accuracy_with_ties"]["estimate"]
+    return out
+
+
+def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, Any] | None:
+    """Run the evaluation; returns the metrics on the main process (None on the others).
+
+    state: an accelerate `PartialState` / `Accelerator` (default: `PartialState(cpu=args.cpu)`).
+    """
+    args = parse_args(argv)
+    if state is None:
+        from accelerate import PartialState
+
+        state = PartialState(cpu=args.cpu)
+    out = Path(args.out)
+    if state.is_main_process:
+        start_run_dir(out)
+    state.wait_for_everyone()
+
+    # Benchmarks with embedded images write them out; one folder per process avoids two writers.
+    records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
+    if args.limit is not None:
+        records = records[: args.limit]
+    scorer = build_scorer(args, state.device)
+    identity = {"model": args.model, "data": args.data, "limit": args.limit}
+    start = time.perf_counter()
+    stats = run_predictions(records, scorer, out, _runner_config(args), state=state, identity=identity,
+                            overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
+    if not state.is_main_process:
+        return None
+
+    rows = load_predictions(out)
+    metrics = compute_metrics(rows, n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed)
+    processed = stats.scored + stats.errors
+    info = {
+        "model": args.model,
+        "data": args.data,
+        "scorer": scorer.name,
+        "processes": state.num_processes,
+        "pairs scored in this run": len(rows) - stats.already_done,
+        "seconds (this run)": round(seconds, 2),
+        "pairs/s (main process)": round(processed / stats.seconds, 3) if stats.seconds > 0 else None,
+    }
+    title = args.title or f"{scorer.name}: {Path(args.model).name} on {Path(args.data.partition(':')[2] or args.data).name}"
+    write_report(out, rows, metrics, title, info)
+    finalize_run_dir(out, STAGE, inputs={"model": args.model, "data": args.data}, metrics=_headline_metrics(metrics),
+                     extra={"args": asdict(args)})
+    print(f"wrote {out / 'report.html'}; overall accuracy w/o ties: "
+          f"{_headline_metrics(metrics).get('overall/accuracy')}", file=sys.stderr)
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

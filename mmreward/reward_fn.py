@@ -1,0 +1,113 @@
+"""A RewardModel as a TRL reward function: `fn(prompts, completions, **kwargs) -> list[float]`.
+
+`GRPOTrainer(reward_funcs=[RewardFunction(model)])` calls it with the batch's prompts and
+completions (plain strings or chat messages) and every other dataset column as keyword lists;
+images come from the `images` (a list per example) or `image` column, videos from `videos` /
+`video` (file paths). Each completion is scored as the side of a pair was in training: the prompt
+text through the same `CollateConfig`, the media, the completion as the response.
+
+It is a plain callable, not an `nn.Module`: TRL would otherwise treat it as a sequence-classification
+model and call it with token ids.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+
+from mmreward.collate import CollateConfig, encode_sides
+from mmreward.data.dataset import SideMedia
+from mmreward.data.media import load_image, read_video
+from mmreward.model import RewardModel
+
+
+class RewardFunctionError(ValueError):
+    """Inputs the reward function cannot score (the message names the example index)."""
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text")
+
+
+def prompt_text(prompt: str | list[dict[str, Any]]) -> str:
+    """The prompt as text: a string as is, or the text parts of the last user message."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m for m in prompt if m.get("role") == "user"]
+    if not users:
+        raise RewardFunctionError(f"conversational prompt without a user message: {prompt}")
+    return _text_of(users[-1]["content"])
+
+
+def completion_text(completion: str | list[dict[str, Any]]) -> str:
+    """The completion as text: a string as is, or the content of its assistant message(s)."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(_text_of(m["content"]) for m in completion if m.get("role") == "assistant")
+
+
+def _column(kwargs: dict[str, Any], names: Sequence[str], n: int) -> list[Any]:
+    for name in names:
+        if kwargs.get(name) is not None:
+            values = list(kwargs[name])
+            if len(values) != n:
+                raise RewardFunctionError(f"column {name!r} has {len(values)} entries for {n} completions")
+            return values
+    return [None] * n
+
+
+class RewardFunction:
+    """Score completions with a trained reward model, one float per completion.
+
+    model: the reward model (its processor encodes the inputs).
+    dimension: which reward column to return (default: "overall" if present, else the first).
+    batch_size: completions per forward pass.
+    collate: prompt formatting; use the training run's settings (default: `CollateConfig()`).
+    num_frames: frames sampled from video paths.
+    """
+
+    def __init__(self, model: RewardModel, dimension: str | None = None, batch_size: int = 16,
+                 collate: CollateConfig | None = None, num_frames: int = 8):
+        if model.processor is None:
+            raise RewardFunctionError("the reward model has no processor; load it with RewardModel.from_pretrained")
+        dims = model.dimensions
+        self.dimension = dimension or ("overall" if "overall" in dims else dims[0])
+        if self.dimension not in dims:
+            raise RewardFunctionError(f"dimension {self.dimension!r} not among the model's {dims}")
+        self.model = model
+        self.column = dims.index(self.dimension)
+        self.batch_size = batch_size
+        self.collate = collate or CollateConfig()
+        self.num_frames = num_frames
+        self.__name__ = f"reward_model_{self.dimension}"  # TRL names reward columns after it
+
+    def _side(self, i: int, completion: Any, images: Any, video: Any) -> SideMedia:
+        if images is None:
+            images = []
+        elif isinstance(images, (Image.Image, str, Path)):
+            images = [images]
+        loaded = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
+        clip = read_video(video, num_frames=self.num_frames) if video is not None else None
+        return SideMedia(images=loaded, video=clip, response=completion_text(completion))
+
+    def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        n = len(prompts)
+        if len(completions) != n:
+            raise RewardFunctionError(f"{n} prompts for {len(completions)} completions")
+        images = _column(kwargs, ("images", "image"), n)
+        videos = _column(kwargs, ("videos", "video"), n)
+        texts = [prompt_text(p) for p in prompts]
+        sides = [self._side(i, c, images[i], videos[i]) for i, c in enumerate(completions)]
+        device = next(self.model.parameters()).device
+        rewards: list[float] = []
+        for start in range(0, n, self.batch_size):
+            stop = start + self.batch_size
+            batch = encode_sides(self.model.processor, texts[start:stop], sides[start:stop], self.collate)
+            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            rewards.extend(self.model.score(batch)[:, self.column].float().cpu().tolist())
+        return rewards

@@ -1,0 +1,134 @@
+"""Dataclass settings of the reward-model training stage (flat fields, so TRL's `TrlParser` reads
+them from YAML and `--key value` flags)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from mmreward.collate import CollateConfig
+from mmreward.losses import PreferenceLossConfig
+from mmreward.model import TuningConfig
+
+
+@dataclass
+class RewardModelArguments:
+    """The reward model to train."""
+
+    backbone: str = field(default="", metadata={"help": "VLM directory (or hub id) the reward model starts from"})
+    head: str = field(default="scalar", metadata={"help": "registered head name (mmreward.heads)"})
+    dimensions: list[str] = field(default_factory=lambda: ["overall"],
+                                  metadata={"help": "reward dimensions, e.g. VQ TA overall (label keys)"})
+    head_inner_dim: int | None = field(default=None, metadata={"help": "scalar head width d (default: hidden size)"})
+    head_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "more head options: a YAML mapping or a JSON string, e.g. yes_token's "
+                                        '\'{"probability": "binary", "form": "pairwise"}\''},
+    )
+    tuning_mode: str = field(default="full", metadata={"help": "full | lora | head"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen (full mode)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
+    dtype: str = field(default="float32", metadata={"help": "backbone weights dtype: float32 | bfloat16 | auto"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+
+    def tuning(self) -> TuningConfig:
+        return TuningConfig(
+            mode=self.tuning_mode, freeze_vision=self.freeze_vision, lora_r=self.lora_r,
+            lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+            gradient_checkpointing=self.gradient_checkpointing,
+        )
+
+    def head_options(self) -> dict:
+        options = {"inner_dim": self.head_inner_dim} if self.head_inner_dim is not None else {}
+        extra = json.loads(self.head_kwargs) if isinstance(self.head_kwargs, str) else (self.head_kwargs or {})
+        if not isinstance(extra, dict):
+            raise ValueError(f"head_kwargs must be a mapping, got {self.head_kwargs!r}")
+        return {**options, **extra}
+
+
+@dataclass
+class RewardDataArguments:
+    """Preference records and how they are encoded."""
+
+    train_file: str = field(default="", metadata={"help": "training records (JSONL)"})
+    val_file: str | None = field(default=None, metadata={"help": "validation records (JSONL)"})
+    max_train_records: int | None = field(default=None, metadata={"help": "use only the first N training records"})
+    max_val_records: int | None = field(default=None, metadata={"help": "use only the first N validation records"})
+    max_pixels: int | None = field(default=None, metadata={"help": "downsize images above this many pixels"})
+    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video (uniform)"})
+    video_fps: float | None = field(default=None, metadata={"help": "sample videos at this fps instead"})
+    prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is replaced"})
+    system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
+    padding_side: str = field(default="right", metadata={"help": "left | right"})
+    max_length: int | None = field(default=None, metadata={"help": "refuse longer sequences"})
+    pair_form: str = field(default="auto", metadata={"help": "naive | shared_prefix | auto"})
+
+    def collate(self) -> CollateConfig:
+        return CollateConfig(
+            prompt_template=self.prompt_template, system_prompt=self.system_prompt,
+            padding_side=self.padding_side, max_length=self.max_length, pair_form=self.pair_form,
+        )
+
+
+@dataclass
+class RewardTrainingConfig:
+    """The training loop.
+
+    Steps count optimizer updates; each consumes `grad_accum_steps` micro-batches of `batch_size`
+    pairs per process. The data position is a pure function of the step, so a resumed run reads
+    exactly the batches an uninterrupted run would.
+    """
+
+    output_dir: str = field(default="", metadata={"help": "stage output directory"})
+    seed: int = field(default=0, metadata={"help": "seed for the head init, data order and dropout"})
+    max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "pairs per process per micro-batch"})
+    grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    eval_batch_size: int = field(default=32, metadata={"help": "pairs per process in validation"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (backbone)"})
+    head_learning_rate: float | None = field(default=None, metadata={"help": "head learning rate (default: learning_rate)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
+    warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    loss_kind: str = field(default="bt", metadata={"help": "bt | btt (Bradley-Terry with ties)"})
+    margin: float = field(default=0.0, metadata={"help": "BT margin"})
+    tie_theta: float = field(default=5.0, metadata={"help": "BTT tie parameter"})
+    center_coef: float = field(default=0.0, metadata={"help": "reward centering weight"})
+    curriculum_steps: int = field(default=0, metadata={"help": "warm-up steps on the curriculum subset first"})
+    curriculum_varies: list[str] = field(
+        default_factory=list,
+        metadata={"help": "warm-up subset: records whose meta['varies'] is non-empty and within these dims"},
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
+    eval_steps: int = field(default=0, metadata={"help": "validate every N steps (0: only at the end)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: no intermediate checkpoints)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    use_cpu: bool = field(default=False, metadata={"help": "train on CPU even if a GPU is present"})
+    torch_threads: int = field(default=0, metadata={
+        "help": "intra-op CPU threads per process (0: torch's default); 1 is fastest on a busy or small CPU"})
+    check_replicas: bool = field(default=True, metadata={"help": "verify at the end that all DDP ranks hold the same weights"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_steps", "batch_size", "grad_accum_steps", "eval_batch_size", "logging_steps"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        for name in ("eval_steps", "save_steps", "curriculum_steps", "warmup_steps", "num_workers", "torch_threads"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.save_total_limit < 1:
+            problems.append("save_total_limit must be >= 1")
+        if self.curriculum_steps and not self.curriculum_varies:
+            problems.append("curriculum_steps needs curriculum_varies (the warm-up dimensions)")
+        if problems:
+            raise ValueError("invalid RewardTrainingConfig: " + "; ".join(problems))
+        self.loss()  # validates loss_kind / tie_theta / margin / center_coef
+
+    def loss(self) -> PreferenceLossConfig:
+        return PreferenceLossConfig(kind=self.loss_kind, margin=self.margin, tie_theta=self.tie_theta,
+                                    center_coef=self.center_coef)

@@ -1,0 +1,372 @@
+"""Accelerate-based training loop for reward models on preference pairs.
+
+One loop for one CPU, one GPU or many processes (DDP; DeepSpeed / FSDP through `accelerate launch`
+configs). Per optimizer step: `grad_accum_steps` micro-batches of pairs, the head's pair loss,
+gradient clipping, AdamW, a transformers LR schedule. It logs loss, per-dimension accuracy, learning
+rate and gradient norm to TensorBoard and `train_log.jsonl`, validates per dimension, and saves
+`checkpoints/step_N` (model, optimizer, scheduler, RNG of every process, step = data position)
+every `save_steps`. A non-finite loss or gradient norm on any process stops every process before
+the weights change, so the newest checkpoint is the last good state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, gather_object, send_to_device
+from torch.utils.data import DataLoader
+from transformers import get_scheduler
+
+from mmreward.collate import PairCollator
+from mmreward.data.dataset import PreferenceDataset
+from mmreward.metrics import pair_accuracy
+from mmreward.model import RewardModel
+from mmreward.training.config import RewardTrainingConfig
+from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_NAME = "train_log.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training stopped because a loss or gradient norm was NaN or infinite."""
+
+
+@dataclass
+class TrainerState:
+    """What besides model/optimizer/scheduler/RNG a checkpoint must restore: the step (= data position)."""
+
+    step: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a finished checkpoint directory `step_N`, None for anything else."""
+    name = path.name
+    if not path.is_dir() or not name.startswith("step_") or not name[5:].isdigit():
+        return None
+    return int(name[5:])
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest finished checkpoint under `output_dir/checkpoints` (temporary dirs are ignored)."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    found = [(s, p) for p in root.glob("step_*") if (s := checkpoint_step(p)) is not None] if root.is_dir() else []
+    return max(found)[1] if found else None
+
+
+def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]:
+    """Indices of records whose `meta["varies"]` is non-empty and within `dims`."""
+    allowed, picked = set(dims), []
+    for i, record in enumerate(data.records):
+        if "varies" not in record.meta:
+            raise ValueError(
+                f"{data.records.path}: record {record.id!r} has no meta['varies']; the curriculum needs it"
+            )
+        varies = set(record.meta["varies"])
+        if varies and varies <= allowed:
+            picked.append(i)
+    if not picked:
+        raise ValueError(f"{data.records.path}: no record varies only in {sorted(allowed)} (curriculum pool empty)")
+    return tuple(picked)
+
+
+def make_accelerator(cfg: RewardTrainingConfig, log_dir: str | Path) -> Accelerator:
+    """The Accelerator a run needs: CPU when asked or without a GPU, TensorBoard logs, accumulation."""
+    return Accelerator(
+        cpu=cfg.use_cpu or not torch.cuda.is_available(),
+        gradient_accumulation_steps=cfg.grad_accum_steps,
+        log_with="tensorboard",
+        project_dir=str(log_dir),
+    )
+
+
+class RewardTrainer:
+    """Trains `model` on `train_data` pairs; `train()` returns the final metrics.
+
+    log_dir: TensorBoard and JSONL logs (default: `output_dir/logs`). Checkpoints go to
+    `output_dir/checkpoints`. The caller saves the final model (`unwrapped_model().save_pretrained`).
+    """
+
+    def __init__(
+        self,
+        model: RewardModel,
+        train_data: PreferenceDataset,
+        collator: PairCollator,
+        cfg: RewardTrainingConfig,
+        val_data: PreferenceDataset | None = None,
+        accelerator: Accelerator | None = None,
+        log_dir: str | Path | None = None,
+    ):
+        self.cfg = cfg
+        self.output_dir = Path(cfg.output_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.output_dir / "logs"
+        self.accelerator = accelerator or make_accelerator(cfg, self.log_dir)
+        if self.accelerator.gradient_accumulation_steps != cfg.grad_accum_steps:
+            raise ValueError(
+                f"Accelerator(gradient_accumulation_steps={self.accelerator.gradient_accumulation_steps}) "
+                f"differs from grad_accum_steps={cfg.grad_accum_steps}; build it with make_accelerator(cfg)"
+            )
+        self.train_data, self.val_data, self.collator = train_data, val_data, collator
+        self.state = TrainerState()
+        self.loss_cfg = cfg.loss()
+        self.dimensions = list(model.dimensions)
+        self.model = model
+        self.optimizer = self._optimizer(model)
+        self.scheduler = get_scheduler(
+            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
+        )
+        # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would
+        # step it once per process), and checkpointed with the trainer state.
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
+        self.schedule = self._schedule()
+
+    # ------------------------------------------------------------------------------ setup
+
+    def _optimizer(self, model: RewardModel) -> torch.optim.Optimizer:
+        head = [p for p in model.head.parameters() if p.requires_grad]
+        head_ids = {id(p) for p in head}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+        groups = [{"params": head, "lr": self.cfg.head_learning_rate or self.cfg.learning_rate}]
+        if rest:
+            groups.append({"params": rest, "lr": self.cfg.learning_rate})
+        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+
+    def _schedule(self) -> StepSchedule:
+        cfg = self.cfg
+        everything = tuple(range(len(self.train_data)))
+        phases = [Phase("all", 0, everything)]
+        if cfg.curriculum_steps:
+            warm = curriculum_pool(self.train_data, cfg.curriculum_varies)
+            phases = [Phase("curriculum", 0, warm), Phase("all", cfg.curriculum_steps * cfg.grad_accum_steps, everything)]
+            if cfg.curriculum_steps >= cfg.max_steps:
+                phases = phases[:1]
+        return StepSchedule(phases, cfg.batch_size, self.accelerator.num_processes, cfg.seed)
+
+    def unwrapped_model(self) -> RewardModel:
+        return self.accelerator.unwrap_model(self.model)
+
+    # ------------------------------------------------------------------------------ checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """Write `checkpoints/step_N` atomically (a temporary dir renamed when every process is done)."""
+        acc = self.accelerator
+        root = self.output_dir / CHECKPOINT_DIR
+        final = root / f"step_{self.state.step:08d}"
+        tmp = root / f"tmp_step_{self.state.step:08d}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            finished = sorted(p for p in root.iterdir() if checkpoint_step(p) is not None)
+            for old in finished[: -self.cfg.save_total_limit]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        return final
+
+    def maybe_resume(self) -> Path | None:
+        """Load the newest checkpoint in `output_dir` (if `cfg.resume` and one exists)."""
+        path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
+        if path is not None:
+            self.accelerator.load_state(str(path))
+            self.accelerator.print(f"resumed from {path} at step {self.state.step}")
+        return path
+
+    # ------------------------------------------------------------------------------ steps
+
+    def _guard_finite(self, value: torch.Tensor, what: str) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(value).all() else 1.0], device=self.accelerator.device)
+        if self.accelerator.reduce(bad, reduction="sum").item() > 0:  # every process stops together
+            last = latest_checkpoint(self.output_dir)
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {self.state.step + 1} "
+                f"(value on process {self.accelerator.process_index}: {value.detach().float().cpu().tolist()}); "
+                f"training stopped before updating the weights. Last good checkpoint: "
+                f"{last if last is not None else 'none (no checkpoint saved yet)'}"
+            )
+
+    def _loader(self, start_micro: int) -> DataLoader:
+        stop = self.cfg.max_steps * self.cfg.grad_accum_steps
+        sampler = ScheduledBatchSampler(self.schedule, start_micro, stop, self.accelerator.process_index)
+        return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collator,
+                          num_workers=self.cfg.num_workers)
+
+    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One optimizer step; returns (mean loss, correct [k], decisive count [k], grad norm or None).
+
+        Accumulation goes through `accelerator.accumulate`, so DDP skips gradient syncs and DeepSpeed
+        / FSDP see their own accumulation boundaries; the optimizer steps on the last micro-batch.
+        """
+        acc, cfg = self.accelerator, self.cfg
+        loss_sum = torch.zeros((), device=acc.device)
+        correct = torch.zeros(len(self.dimensions), device=acc.device)
+        count = torch.zeros(len(self.dimensions), device=acc.device)
+        unwrapped = self.unwrapped_model()
+        grad_norm = None
+        for _ in range(cfg.grad_accum_steps):
+            batch = send_to_device(next(batches), acc.device)
+            with acc.accumulate(self.model):
+                rewards = self.model(batch["inputs"])
+                loss, stats = unwrapped.pair_loss(rewards, batch["labels"], batch["label_mask"], self.loss_cfg)
+                self._guard_finite(loss, "loss")
+                acc.backward(loss)
+                if acc.sync_gradients:
+                    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+                    # None under DeepSpeed, which clips by its own config (gradient_clipping).
+                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+                    if grad_norm is not None:
+                        self._guard_finite(grad_norm, "gradient norm")
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach()
+            correct += torch.nan_to_num(stats["accuracy"] * stats["count"]).to(acc.device)
+            count += stats["count"].to(acc.device)
+        if not acc.sync_gradients:
+            raise RuntimeError(
+                f"the Accelerator accumulates over {acc.gradient_accumulation_steps} micro-batches but "
+                f"grad_accum_steps is {cfg.grad_accum_steps}; create it with gradient_accumulation_steps="
+                f"{cfg.grad_accum_steps}"
+            )
+        self.scheduler.step()
+        self.state.step += 1
+        return loss_sum / cfg.grad_accum_steps, correct, count, grad_norm
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self, data: PreferenceDataset | None = None) -> dict[str, float]:
+        """Per-dimension pair accuracy (without ties, and tie-calibrated with ties) on `data`."""
+        data = data if data is not None else self.val_data
+        if data is None or len(data) == 0:
+            return {}
+        acc = self.accelerator
+        model = self.unwrapped_model()
+        was_training = model.training
+        model.eval()
+        # Equal-sized shards (wrapping around), so every process runs the same number of forwards.
+        per_process = math.ceil(len(data) / acc.num_processes)
+        mine = [(acc.process_index * per_process + i) % len(data) for i in range(per_process)]
+        rows = []
+        for start in range(0, per_process, self.cfg.eval_batch_size):
+            chunk = mine[start : start + self.cfg.eval_batch_size]
+            batch = send_to_device(self.collator([data[i] for i in chunk]), acc.device)
+            rewards = model(batch["inputs"]).float()
+            delta = (rewards[: len(chunk)] - rewards[len(chunk) :]).cpu().numpy()
+            for j, index in enumerate(chunk):
+                rows.append((index, delta[j], batch["labels"][j].cpu().numpy(), batch["label_mask"][j].cpu().numpy()))
+        model.train(was_training)
+        gathered = {index: (d, y, m) for index, d, y, m in gather_object(rows)}  # dedupe the wrap-around
+        deltas = np.stack([gathered[i][0] for i in sorted(gathered)])
+        labels = np.stack([gathered[i][1] for i in sorted(gathered)])
+        masks = np.stack([gathered[i][2] for i in sorted(gathered)]).astype(bool)
+        metrics = {"val/pairs": float(len(gathered))}
+        for j, dim in enumerate(self.dimensions):
+            keep = masks[:, j]
+            if (labels[keep, j] != 0).any():
+                metrics[f"val/accuracy/{dim}"] = pair_accuracy(deltas[keep, j], labels[keep, j])
+            if keep.any():
+                metrics[f"val/accuracy_ties/{dim}"] = pair_accuracy(deltas[keep, j], labels[keep, j], with_ties=True)
+        return metrics
+
+    # ------------------------------------------------------------------------------ loop
+
+    def _log(self, values: dict[str, float]) -> None:
+        acc = self.accelerator
+        acc.log(values, step=self.state.step)
+        if acc.is_main_process:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.step, **values}) + "\n")
+
+    def _replica_digests(self) -> list[str] | None:
+        """sha256 of every process's parameters (DDP only; sharded engines hold different shards)."""
+        acc = self.accelerator
+        if acc.num_processes == 1 or acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            return None
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, param in sorted(self.unwrapped_model().state_dict().items()):
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+        return gather_object([digest.hexdigest()])
+
+    def train(self) -> dict[str, Any]:
+        """Run (or resume) training to `max_steps`; returns the final metrics."""
+        acc, cfg = self.accelerator, self.cfg
+        acc.init_trackers("reward")
+        resumed = self.maybe_resume()
+        batches = iter(self._loader(self.state.step * cfg.grad_accum_steps))
+        window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
+        started, start_step = time.perf_counter(), self.state.step
+        last_loss = math.nan
+        while self.state.step < cfg.max_steps:
+            self.model.train()
+            phase = self.schedule.phase_name(self.state.step * cfg.grad_accum_steps)
+            loss, correct, count, grad_norm = self._train_step(batches)
+            window["loss"] += loss
+            window["correct"] += correct
+            window["count"] += count
+            window["steps"] += 1
+            step = self.state.step
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                last_loss = acc.reduce(window["loss"], reduction="mean").item() / window["steps"]
+                correct_all = acc.reduce(window["correct"], reduction="sum")
+                count_all = acc.reduce(window["count"], reduction="sum")
+                values = {
+                    "train/loss": last_loss,
+                    "train/lr": self.scheduler.get_last_lr()[-1],
+                    "train/curriculum": float(phase == "curriculum"),
+                    "train/steps_per_s": (step - start_step) / max(time.perf_counter() - started, 1e-9),
+                }
+                if grad_norm is not None:
+                    values["train/grad_norm"] = grad_norm.item()
+                for j, dim in enumerate(self.dimensions):
+                    if count_all[j] > 0:
+                        values[f"train/accuracy/{dim}"] = (correct_all[j] / count_all[j]).item()
+                self._log(values)
+                window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
+                self._log(self.evaluate())
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
+                self.save_checkpoint()
+        elapsed = time.perf_counter() - started
+        metrics: dict[str, Any] = {
+            "steps": self.state.step,
+            "resumed_from": str(resumed) if resumed is not None else None,
+            "train/loss": last_loss,
+            "train_seconds": elapsed,
+            "steps_per_second": (self.state.step - start_step) / max(elapsed, 1e-9),
+            "num_processes": acc.num_processes,
+        }
+        final_eval = self.evaluate()
+        if final_eval:
+            self._log(final_eval)
+        metrics.update(final_eval)
+        if cfg.check_replicas and (digests := self._replica_digests()) is not None:
+            if len(set(digests)) != 1:
+                raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests})")
+            metrics["replica_weight_sha256"] = digests
+        acc.end_training()
+        return metrics

@@ -1,0 +1,222 @@
+"""eval/preference.py end to end: outputs, benchmarks, scorer choice, SIGKILL + resume, 2 processes."""
+
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from accelerate import PartialState
+from PIL import Image
+
+from mmreward.data.records import read_records
+from mmreward.evaluation.runner import SHARD_DIR, load_predictions
+from mmreward.manifest import INCOMPLETE_MARKER, RunDirError, read_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "eval" / "preference.py"
+TOY = REPO / "tests" / "evaluation" / "toy_scorer.py"
+FIXTURES = REPO / "tests" / "fixtures" / "benchmarks"
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+preference = _load("preference_cli", SCRIPT)
+toy = _load("toy_scorer", TOY)
+
+
+@pytest.fixture(scope="module")
+def state():
+    return PartialState(cpu=True)
+
+
+def _args(data, out, *extra, scorer=f"{TOY}:build"):
+    return ["--model", "none", "--data", str(data), "--out", str(out), "--scorer", scorer,
+            "--n_bootstrap", "50", "--progress", "false", *extra]
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOY_")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return {**env, **extra}
+
+
+def test_outputs_manifest_config_and_media_failure(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 10, corrupt=[4])
+    config = tmp_path / "x.yaml"
+    config.write_text("batch_size: 3\nn_bootstrap: 40\ntitle: toy run\n")
+    metrics = preference.main(["--config", str(config), *_args(data, tmp_path / "out")], state=state)
+    out = tmp_path / "out"
+    assert metrics["counts"] == {"pairs": 10, "scored": 9, "errors": 1, "errors_by_type": {"MediaError": 1},
+                                 "unanswered": 0}
+    assert metrics["n_bootstrap"] == 50  # the command line wins over the config file
+    # Every labelled pair is right for the toy scorer (its labels follow the toy score).
+    assert metrics["dimensions"]["overall"]["accuracy"]["estimate"] == 1.0
+    manifest = read_manifest(out, expect_stage="eval_preference")
+    assert manifest["metrics"]["overall/accuracy"] == 1.0 and manifest["args"]["batch_size"] == 3
+    assert not (out / INCOMPLETE_MARKER).exists()
+    assert (out / "summary.md").read_text().startswith("# toy run")
+    assert "MediaError" in (out / "report.html").read_text()
+    assert {r["id"] for r in load_predictions(out)} == {r.id for r in read_records(data)}
+
+
+def test_benchmark_spec_uses_the_reader(tmp_path, state):
+    src = FIXTURES / "videogen_rewardbench" / "videogen-rewardbench.csv"
+    metrics = preference.main(_args(f"videogen_rewardbench:{src}", tmp_path / "out"), state=state)
+    rows = load_predictions(tmp_path / "out")
+    assert [r["id"] for r in rows] == ["videogen-0", "videogen-1", "videogen-2"]
+    assert rows[0]["labels"] == {"VQ": 1, "MQ": 1, "TA": 0, "overall": 1}
+    assert metrics["counts"]["scored"] == 3
+    with pytest.raises(FileNotFoundError, match="NAME:SRC"):
+        preference.main(_args(tmp_path / "missing.jsonl", tmp_path / "o2"), state=state)
+
+
+def test_scorer_choice_and_model_dir_checks(tmp_path, state):
+    from mmreward.backbones.clip import build_tiny_clip
+    from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+
+    syn = tmp_path / "syn"
+    generate_synthetic(syn, seed=0, config=SyntheticConfig(image_splits=SplitSizes(1, 1, 4), video_splits=SplitSizes(1, 1, 1)))
+    clip = build_tiny_clip(tmp_path / "clip")
+    data = syn / "images" / "test.jsonl"
+    metrics = preference.main(_args(data, tmp_path / "out", "--clip_dimensions", "TA", "--model", str(clip),
+                                    scorer="auto"), state=state)
+    assert set(metrics["dimensions"]) == {"overall", "TA"}
+    assert json.loads((tmp_path / "out" / "run_config.json").read_text())["scorer"]["name"] == "clip"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="cannot tell what it is"):
+        preference.main(_args(data, tmp_path / "o2", "--model", str(empty), scorer="auto"), state=state)
+    (empty / INCOMPLETE_MARKER).write_text("")
+    with pytest.raises(RunDirError, match="did not finish"):
+        preference.main(_args(data, tmp_path / "o3", "--model", str(empty), scorer="auto"), state=state)
+    with pytest.raises(ValueError, match="unknown; known judges"):
+        preference.main(_args(data, tmp_path / "o4", "--judge", "nope", scorer="auto"), state=state)
+
+
+def _run_cli(args, env, timeout=240):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_sigkill_then_rerun_gives_every_id_once(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 24)
+    out = tmp_path / "out"
+    shard = out / SHARD_DIR / "part-00000.jsonl"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *_args(data, out, "--batch_size", "2")], cwd=REPO,
+                            env=_env(TOY_SLEEP="0.4"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not shard.exists() or shard.read_text().count("\n") < 6):
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    streamed = shard.read_text().count("\n")
+    assert 6 <= streamed < 24, "the kill must land mid-run"
+
+    result = _run_cli(_args(data, out, "--batch_size", "2"), _env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = load_predictions(out)
+    assert [r["id"] for r in rows] == [r.id for r in read_records(data)]  # none missing, none twice
+    preference.main(_args(data, tmp_path / "clean", "--batch_size", "2"), state=state)
+    assert rows == load_predictions(tmp_path / "clean")
+    assert json.loads((out / "metrics.json").read_text())["info"]["pairs scored in this run"] == 24 - streamed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_give_the_same_predictions_as_one(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 20, corrupt=[7])
+    preference.main(_args(data, tmp_path / "one", "--batch_size", "3"), state=state)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(_free_port())]
+    result = subprocess.run([*launcher, str(SCRIPT), *_args(data, tmp_path / "two", "--batch_size", "3", "--cpu", "true")],
+                            cwd=REPO, env=_env(TOY_LOG_DIR=str(logs)), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_predictions(tmp_path / "two") == load_predictions(tmp_path / "one")
+    per_process = [set(p.read_text().split()) for p in logs.iterdir()]
+    assert len(per_process) == 2 and all(per_process)  # both processes scored pairs...
+    assert not per_process[0] & per_process[1]  # ...and no pair twice
+    assert json.loads((tmp_path / "two" / "metrics.json").read_text())["info"]["processes"] == 2
+
+
+# ------------------------------------------------------------------------------------ compare / master key
+
+compare = _load("compare_cli", REPO / "eval" / "compare.py")
+master_key = _load("master_key_cli", REPO / "eval" / "master_key.py")
+
+
+def test_compare_puts_runs_side_by_side(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 8)
+    preference.main(_args(data, tmp_path / "full"), state=state)
+    preference.main(_args(data, tmp_path / "part", "--limit", "4"), state=state)
+    md = compare.main([str(tmp_path / "full"), str(tmp_path / "part"), "--names", "all", "first4",
+                       "--out", str(tmp_path / "cmp")])
+    text = md.read_text()
+    header = next(line for line in text.splitlines() if line.startswith("| run"))
+    assert header.split(" | ")[:6] == ["| run", "data", "pairs", "failed", "overall w/o ties", "overall w/ ties"]
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith(("| all", "| first4"))]
+    assert [r[2] for r in rows] == ["8", "4"]
+    assert rows[0][4].startswith("100.00 [")
+    assert (tmp_path / "cmp" / "assets" / "overall.png").read_bytes()[:4] == b"\x89PNG"
+    assert "first4" in (tmp_path / "cmp" / "report.html").read_text()
+    (tmp_path / "part" / INCOMPLETE_MARKER).write_text("")
+    with pytest.raises(RunDirError):
+        compare.main([str(tmp_path / "full"), str(tmp_path / "part"), "--out", str(tmp_path / "cmp2")])
+
+
+def test_master_key_false_positive_rates_exact(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 12)
+    records = list(read_records(data))
+    keys = [":", "Thought process:"]
+    refs = [(r, r.a if r.label["overall"] == "a" else r.b) for r in records if r.label["overall"] != "tie"]
+    # Toy score: pixel mean + len(response) / 10; the key keeps the reference's image.
+    m = master_key.main(_args(data, tmp_path / "pair", "--keys", *keys), state=state)
+    for key in keys:
+        expected = sum(len(key) > len(ref.response) for _, ref in refs) / len(refs)
+        assert m["keys"][key]["pairs"] == len(refs)
+        assert m["keys"][key]["false_positive_rate"]["estimate"] == pytest.approx(expected)
+    assert m["keys"]["Thought process:"]["false_positive_rate"]["estimate"] == 1.0  # longer than every reference
+
+    m = master_key.main(_args(data, tmp_path / "point", "--keys", ":", "--criterion", "pointwise",
+                              "--threshold", "0.6"), state=state)
+    def grey(path):
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"), dtype=np.float64).mean() / 255
+
+    # Pointwise: the key's own toy score, grey level + len(":") / 10, against the threshold.
+    expected = sum(grey(ref.image) + 0.1 > 0.6 for _, ref in refs) / len(refs)
+    assert m["keys"][":"]["false_positive_rate"]["estimate"] == pytest.approx(expected)
+    assert 0 < expected < 1  # the threshold splits the probes, so the check can fail
+    assert read_manifest(tmp_path / "point", expect_stage="eval_master_key")
+    assert "':'" in (tmp_path / "point" / "master_key.md").read_text()
+
+
+def test_master_key_needs_text_responses():
+    from mmreward.data.records import PreferenceRecord, Side
+
+    video_only = PreferenceRecord("v", "p", Side(video=Path("a.mp4")), Side(video=Path("b.mp4")), {"overall": "a"})
+    with pytest.raises(ValueError, match="replace text responses"):
+        master_key.probe_records([video_only], [":"])

@@ -1,0 +1,254 @@
+"""Multi-turn rollouts with a KV cache kept across turns, checked against re-prefilling the whole context.
+
+References are computed independently of the engine: the processor renders and tokenises each turn's windowed
+context (``env.messages(before_turn=t)``), the model runs one full forward (positions from its own
+``get_rope_index``, all images through the vision tower) with the turn's generated ids appended, and the logits
+the engine chose each token from must match to 1e-5 (fp32).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE
+from mmreward.backbones.tiny import build_tiny_vlm
+from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.rollout import HFRolloutEngine, RolloutError, RolloutTrace, SamplingConfig
+
+ATOL = 1e-5
+GREEDY = SamplingConfig(max_new_tokens=12, do_sample=False)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread, and the CPUs are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+_MODELS: dict[str, tuple] = {}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiny_vlms")
+
+
+def load(tiny_dir, family: str = "qwen2_5_vl"):
+    if family not in _MODELS:
+        path = build_tiny_vlm(tiny_dir / family, family=family, seed=0)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+        _MODELS[family] = (model, AutoProcessor.from_pretrained(path))
+    return _MODELS[family]
+
+
+def make_env(seed: int, **cfg) -> VideoPairEnv:
+    rng = np.random.default_rng(seed)
+    videos = [frame_pool_from_arrays(rng.integers(0, 256, (16, 56, 56, 3), dtype=np.uint8)) for _ in "12"]
+    config = dict(pool_frames=16, initial_frames=2, memory_window=1, max_turns=5) | cfg
+    return VideoPairEnv(f"a ball rolls ({seed})", *videos, dimensions=["VQ", "TA"], config=EnvConfig(**config))
+
+
+def call(frames: list[int]) -> str:
+    args = json.dumps({"name": "select_frames", "arguments": {"target_frames": frames}})
+    return f"<think>look</think>\n<tool_call>\n{args}\n</tool_call>"
+
+
+def reference_logits(model, processor, env: VideoPairEnv, turn: int, generated: list[int]) -> tuple[list, torch.Tensor]:
+    """Processor ids of the context before ``turn`` and full-forward logits predicting each generated token."""
+    inputs = processor.apply_chat_template(
+        env.messages(before_turn=turn), tools=env.tools, add_generation_prompt=True,
+        tokenize=True, return_dict=True, return_tensors="pt",
+    )
+    context = inputs["input_ids"][0].tolist()
+    ids = torch.tensor([context + generated])
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    with torch.no_grad():
+        logits = model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=(ids == image_id).int(),
+            pixel_values=inputs.get("pixel_values"),
+            image_grid_thw=inputs.get("image_grid_thw"),
+        ).logits[0]
+    n = len(context)
+    return context, logits[n - 1 : n - 1 + len(generated)]
+
+
+def max_diff(a: RolloutTrace, b: RolloutTrace) -> float:
+    return max(float((x.logits - y.logits).abs().max()) for x, y in zip(a.turns, b.turns, strict=True))
+
+
+# Episode 0: three calls, the second and third push older tool images out of the window; episode 1: one call.
+# Both then generate a free (greedy) turn, which the random model never completes (truncated, episode over).
+SCRIPTS = [[call([1, 2]), call([3]), call([5, 6, 7])], [call([4, 9])]]
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen2_vl"])
+def test_cached_turns_match_full_prefill(tiny_dir, family):
+    model, processor = load(tiny_dir, family)
+    envs = [make_env(0), make_env(1)]
+    traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=SCRIPTS)
+
+    assert [len(t.turns) for t in traces] == [4, 2]
+    for env, trace in zip(envs, traces):
+        for t, turn in enumerate(trace.turns):
+            context, ref = reference_logits(model, processor, env, t, turn.generated_ids)
+            assert turn.context_ids == context, f"turn {t}: ids differ from the processor's"
+            torch.testing.assert_close(turn.logits, ref, atol=ATOL, rtol=0)
+            assert turn.generated_mask == [0] * len(context) + [1] * len(turn.generated_ids)
+            if t > 0:
+                assert turn.reused_tokens > 0 and turn.prefilled_tokens < len(context) // 2
+    turns = traces[0].turns
+    # Memory window: before turn 2 the first tool turn's images became text, so the cache was cut back to just
+    # before the first dropped image rather than extended from the end of turn 1.
+    turn1_end = len(turns[1].context_ids) + len(turns[1].generated_ids) - 1
+    first_dropped = turns[1].context_ids.index(processor.tokenizer.convert_tokens_to_ids(processor.image_token),
+                                               len(turns[0].context_ids))
+    assert turns[2].reused_tokens < turn1_end
+    assert turns[2].reused_tokens == first_dropped - 1  # the <|vision_start|> before it is replaced too
+    assert [t.finish for t in turns] == ["forced"] * 3 + ["length"]
+    assert traces[0].tool_calls == [[1, 2], [3], [5, 6, 7]] and traces[0].status == "truncated"
+    assert all(t.ttft_s > 0 and t.decode_s >= 0 for t in turns)
+    assert turns[1].images[-4:] == [envs[0].frame(v, i).image for i in (1, 2) for v in (1, 2)]
+
+
+def test_cache_cut_inside_an_image_of_another_row(tiny_dir):
+    """The batch cache is cut at the earliest row's divergence; another row re-prefills from the same slot,
+    which here falls inside one of its images (it then gets the features of that image's uncached tokens)."""
+    model, processor = load(tiny_dir)
+    envs = [make_env(0), make_env(1, memory_window=None)]
+    scripts = [[call([1]), call([5]), call([6])], [call([9, 10]), call([7]), call([8])]]
+    traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=scripts)
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    turn = traces[1].turns[2]
+    assert turn.context_ids[turn.reused_tokens - 1] == image_id == turn.context_ids[turn.reused_tokens]
+    for env, trace in zip(envs, traces):
+        for t, turn in enumerate(trace.turns):
+            context, ref = reference_logits(model, processor, env, t, turn.generated_ids)
+            assert turn.context_ids == context
+            torch.testing.assert_close(turn.logits, ref, atol=ATOL, rtol=0)
+
+
+def test_full_reprefill_mode_gives_the_same_logits(tiny_dir):
+    model, processor = load(tiny_dir)
+    cached = HFRolloutEngine(model, processor, record_logits=True).rollout([make_env(0)], GREEDY, [SCRIPTS[0]])
+    full = HFRolloutEngine(model, processor, cache_reuse=False, record_logits=True).rollout(
+        [make_env(0)], GREEDY, [SCRIPTS[0]]
+    )
+    assert [t.generated_ids for t in cached[0].turns] == [t.generated_ids for t in full[0].turns]
+    assert max_diff(cached[0], full[0]) <= ATOL
+    assert all(t.reused_tokens == 0 and t.prefilled_tokens == len(t.context_ids) for t in full[0].turns)
+
+
+def test_batch_equals_single_episodes(tiny_dir):
+    model, processor = load(tiny_dir)
+    sampling = SamplingConfig(max_new_tokens=10, do_sample=True, top_k=50, top_p=0.9, temperature=0.8, seed=7)
+    engine = HFRolloutEngine(model, processor, record_logits=True)
+    batch = engine.rollout([make_env(0), make_env(1)], sampling, forced=SCRIPTS)
+    for i in range(2):
+        # Episode i samples from seed + i whatever its batch, so alone it is run with that seed.
+        alone = engine.rollout([make_env(i)], SamplingConfig(**{**sampling.__dict__, "seed": 7 + i}), [SCRIPTS[i]])
+        assert [t.generated_ids for t in alone[0].turns] == [t.generated_ids for t in batch[i].turns]
+        assert max_diff(alone[0], batch[i]) <= ATOL
+
+
+def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_dir):
+    model, processor = load(tiny_dir)
+    engine = HFRolloutEngine(model, processor)
+
+    def tokens(sampling):
+        trace = engine.rollout([make_env(0, max_turns=2)], sampling)[0]
+        return [t.generated_ids for t in trace.turns]
+
+    assert tokens(GREEDY) == tokens(GREEDY)
+    sampled = SamplingConfig(max_new_tokens=12, do_sample=True, seed=1)
+    assert tokens(sampled) == tokens(sampled)
+    assert tokens(sampled) != tokens(SamplingConfig(max_new_tokens=12, do_sample=True, seed=2))
+    assert tokens(sampled) != tokens(GREEDY)
+
+
+def test_turn_ends_at_stop_string_and_stop_token(tiny_dir):
+    model, processor = load(tiny_dir)
+    tok = processor.tokenizer
+    greedy = HFRolloutEngine(model, processor).rollout([make_env(0, max_turns=2)], GREEDY)[0].turns[0].generated_ids
+    # A token whose text is readable and new in the greedy sequence ends the turn there.
+    j = next(i for i, t in enumerate(greedy) if "\ufffd" not in tok.decode([t]) and tok.decode([t]) not in tok.decode(greedy[:i]))
+    stop = tok.decode([greedy[j]])
+
+    by_string = SamplingConfig(max_new_tokens=12, do_sample=False, stop_strings=(stop,))
+    turn = HFRolloutEngine(model, processor).rollout([make_env(0, max_turns=2)], by_string)[0].turns[0]
+    assert (turn.generated_ids, turn.finish) == (greedy[: j + 1], "stop_string")
+    assert turn.text.endswith(stop)
+
+    stop_model = copy.copy(model)
+    stop_model.generation_config = copy.deepcopy(model.generation_config)
+    stop_model.generation_config.eos_token_id = [greedy[j]]
+    trace = HFRolloutEngine(stop_model, processor).rollout([make_env(0, max_turns=2)], by_string)[0]
+    first, second = trace.turns
+    assert (first.generated_ids, first.finish) == (greedy[: j + 1], "stop_token")
+    assert first.text == tok.decode(greedy[:j])  # the stop token is not part of the text the env sees
+    # In the next context the template's end-of-turn marker follows the turn's other tokens.
+    start = len(first.context_ids)
+    assert second.context_ids[start : start + j + 1] == greedy[:j] + [tok.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_vision_placeholders_are_never_generated(tiny_dir):
+    model, processor = load(tiny_dir)
+    biased = copy.deepcopy(model)
+    vocab = processor.tokenizer.get_vocab()
+    head = torch.nn.Linear(biased.lm_head.in_features, biased.lm_head.out_features, bias=True)
+    head.weight.data.zero_()
+    head.bias.data.zero_()
+    head.bias.data[vocab["<|image_pad|>"]] = 100.0
+    head.bias.data[vocab["<|vision_start|>"]] = 90.0
+    head.bias.data[vocab["A"]] = 50.0
+    biased.lm_head = head
+    turn = HFRolloutEngine(biased, processor).rollout([make_env(0, max_turns=2)], GREEDY)[0].turns[0]
+    assert turn.generated_ids == [vocab["A"]] * GREEDY.max_new_tokens
+
+
+def test_template_that_rewrites_history_is_refused(tiny_dir):
+    model, processor = load(tiny_dir)
+    rewriting = copy.deepcopy(processor)
+    # A template that drops the reasoning of earlier assistant turns (as some reasoning templates do).
+    rewriting.chat_template = TOOL_CHAT_TEMPLATE.replace(
+        "{{- content_item.text }}", "{{- content_item.text.split('</think>')[-1] }}"
+    )
+    with pytest.raises(RolloutError, match="verbatim"):
+        HFRolloutEngine(model, rewriting).rollout([make_env(0)], GREEDY, forced=[[call([1])]])
+
+
+def test_bad_arguments_are_refused(tiny_dir):
+    model, processor = load(tiny_dir)
+    engine = HFRolloutEngine(model, processor)
+    with pytest.raises(ValueError, match="forced has 1 entries for 2 envs"):
+        engine.rollout([make_env(0), make_env(1)], GREEDY, forced=[[call([1])]])
+    with pytest.raises(ValueError, match="empty"):
+        engine.rollout([make_env(0)], GREEDY, forced=[[""]])
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        SamplingConfig(max_new_tokens=0)
+
+
+def test_vllm_prompt_has_one_placeholder_per_image(tiny_dir):
+    """The vLLM backend (GPU, not run here) sends the same context with each image's tokens collapsed to one."""
+    from vr_thinker.rollout import _collapse_images, _ConversationBuilder
+
+    _, processor = load(tiny_dir)
+    env = make_env(0)
+    ctx = _ConversationBuilder(processor).build(env.reset(), env.tools, [])
+    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    collapsed = _collapse_images(ctx, image_id)
+    unexpanded = processor.tokenizer(
+        processor.apply_chat_template(env.messages(), tools=env.tools, add_generation_prompt=True, tokenize=False),
+        add_special_tokens=False,
+    )["input_ids"]
+    assert collapsed == unexpanded and collapsed.count(image_id) == len(ctx.images) == 4

@@ -1,0 +1,321 @@
+"""Train a MuJoCo humanoid with SAC on a zero-shot CLIP reward (VLM-RM).
+
+    python train/humanoid_sac.py --config train/configs/humanoid_sac_cpu.yaml      # ~1 min on CPU
+    python train/humanoid_sac.py --config train/configs/humanoid_sac_paper.yaml \\
+        --clip_pretrained /path/to/ViT-bigG-14/open_clip_pytorch_model.bin          # GPU, paper scale
+    ... --resume true                                                               # continue a run
+
+The output directory gets: `tensorboard/` logs, `videos/eval_<steps>.mp4` (one evaluation episode each
+time), `reward_curve.png` + `eval_history.json` (CLIP return and pose success rate over training),
+`checkpoints/` (SB3 zips, optionally the replay buffer), the final `model.zip`, `config.yaml` and
+`manifest.json` (stage, inputs, metrics). `clip_model: tiny` builds a tiny CLIP with RANDOM weights
+into the output directory: it exercises the pipeline, its rewards mean nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first GL context
+
+import numpy as np
+import torch
+import yaml
+from stable_baselines3 import SAC
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.vec_env import VecMonitor
+from trl import TrlParser
+
+from mmreward.backbones.clip import build_tiny_clip
+from mmreward.manifest import finalize_run_dir, start_run_dir
+from vlm_rm.envs import CameraConfig, HumanoidEnvConfig
+from vlm_rm.poses import check_pose, pose_for_prompt
+from vlm_rm.reward import CLIPReward
+from vlm_rm.video import write_mp4
+from vlm_rm.wrappers import FRAME_KEY, RelabelRewardsCallback, make_rendering_env, make_reward_vec_env
+
+STAGE = "humanoid_sac"
+TINY = "tiny"
+
+
+@dataclass
+class HumanoidSACConfig:
+    """All settings of a run (YAML via --config, any field overridable as --field value)."""
+
+    output_dir: str = field(default="runs/humanoid_sac", metadata={"help": "run directory"})
+    # CLIP reward
+    clip_model: str = field(default="ViT-bigG-14", metadata={
+        "help": "open_clip name, local model dir, or 'tiny' (random-weight tiny CLIP built offline)"})
+    clip_pretrained: str | None = field(default=None, metadata={
+        "help": "pretrained tag (downloads, e.g. laion2b_s39b_b160k) or local weights file"})
+    goal_prompts: list[str] = field(default_factory=lambda: ["a humanoid robot kneeling"])
+    baseline_prompts: list[str] = field(default_factory=lambda: ["a humanoid robot"])
+    alpha: float = field(default=0.0, metadata={"help": "goal-baseline projection strength (0 = cosine)"})
+    renormalize_means: bool = field(default=False, metadata={"help": "unit-normalise prompt means"})
+    clip_batch_size: int = field(default=64, metadata={"help": "frames per CLIP forward pass"})
+    reward_mode: str = field(default="step", metadata={
+        "help": "'step': score each step's frames in one batch; 'rollout': score all frames of a rollout "
+                "(train_freq steps x n_envs) when it ends and relabel the replay buffer"})
+    pose: str | None = field(default=None, metadata={
+        "help": "pose check for the success rate (vlm_rm.poses); default: looked up from the goal prompt"})
+    # environment
+    n_envs: int = 32
+    vec_env: str = field(default="dummy", metadata={"help": "'dummy' (one process) or 'subproc'"})
+    episode_length: int = 100
+    render_size: int = field(default=0, metadata={"help": "frame side in pixels; 0 = the CLIP input size"})
+    textured: bool = True
+    camera_distance: float = 3.5
+    camera_elevation: float = -10.0
+    camera_azimuth: float = 180.0
+    # SAC (paper values as defaults)
+    total_timesteps: int = 10_000_000
+    learning_rate: float = 6e-4
+    batch_size: int = 512
+    tau: float = 0.005
+    gamma: float = 0.95
+    train_freq: int = 100
+    gradient_steps: int = 100
+    learning_starts: int = 50_000
+    buffer_size: int = 1_000_000
+    ent_coef: str = "auto"
+    net_arch: list[int] = field(default_factory=lambda: [256, 256])
+    seed: int = 0
+    device: str = field(default="auto", metadata={"help": "'auto', 'cpu' or 'cuda[:i]' (CLIP and SAC)"})
+    torch_threads: int = field(default=0, metadata={
+        "help": "torch CPU threads; 0 keeps torch's default (1 avoids thread thrashing on busy small CPUs)"})
+    # evaluation / checkpoints
+    eval_freq: int = field(default=100_000, metadata={"help": "env steps between evaluations"})
+    eval_episodes: int = 4
+    checkpoint_freq: int = field(default=500_000, metadata={"help": "env steps between checkpoints"})
+    save_replay_buffer: bool = field(default=False, metadata={
+        "help": "store the replay buffer with checkpoints (GBs at paper scale; makes resume exact)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
+
+    def validate(self) -> None:
+        if self.reward_mode not in ("step", "rollout"):
+            raise ValueError(f"reward_mode must be 'step' or 'rollout', got {self.reward_mode!r}")
+        if self.vec_env not in ("dummy", "subproc"):
+            raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
+        for name in ("n_envs", "episode_length", "total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def build_reward(cfg: HumanoidSACConfig, out: Path, device: str) -> CLIPReward:
+    model_name, pretrained = cfg.clip_model, cfg.clip_pretrained
+    if model_name == TINY:
+        model_name, pretrained = str(build_tiny_clip(out / "tiny_clip", seed=cfg.seed)), None
+    return CLIPReward.load(
+        model_name, cfg.goal_prompts, cfg.baseline_prompts, cfg.alpha, pretrained=pretrained, device=device,
+        renormalize_means=cfg.renormalize_means, batch_size=cfg.clip_batch_size,
+    )
+
+
+def env_config(cfg: HumanoidSACConfig, reward: CLIPReward) -> HumanoidEnvConfig:
+    size = cfg.render_size or reward.image_size[0]
+    camera = CameraConfig(distance=cfg.camera_distance, elevation=cfg.camera_elevation, azimuth=cfg.camera_azimuth)
+    return HumanoidEnvConfig(render_size=size, max_episode_steps=cfg.episode_length, textured=cfg.textured,
+                             camera=camera)
+
+
+def run_episodes(model: SAC, env, reward: CLIPReward, episodes: int, pose: str | None, seed: int) -> dict:
+    """Deterministic policy episodes; frames scored in one batch per episode. Returns metrics + frames
+    of the first episode (reset frame included)."""
+    returns, successes, video = [], [], []
+    for episode in range(episodes):
+        obs, _ = env.reset(seed=seed + episode)
+        frames = []
+        if episode == 0:
+            video.append(env.render())
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, _, terminated, truncated, info = env.step(action)
+            frames.append(info[FRAME_KEY])
+            done = terminated or truncated
+        returns.append(float(reward(np.stack(frames)).sum()))
+        if pose is not None:
+            base = env.unwrapped
+            successes.append(bool(check_pose(pose, base.model, base.data)))
+        if episode == 0:
+            video.extend(frames)
+    return {
+        "clip_return_mean": float(np.mean(returns)),
+        "clip_return_std": float(np.std(returns)),
+        "success_rate": float(np.mean(successes)) if successes else None,
+        "frames": video,
+    }
+
+
+def plot_reward_curve(history: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    with_success = [h for h in history if h["success_rate"] is not None]
+    fig, axes = plt.subplots(1, 2 if with_success else 1, figsize=(10 if with_success else 5, 3.5), squeeze=False)
+    axes[0, 0].errorbar(steps, [h["clip_return_mean"] for h in history],
+                        yerr=[h["clip_return_std"] for h in history], marker="o", capsize=3)
+    axes[0, 0].set(xlabel="env steps", ylabel="episode CLIP return", title="evaluation return")
+    if with_success:
+        axes[0, 1].plot([h["step"] for h in with_success], [h["success_rate"] for h in with_success], marker="o")
+        axes[0, 1].set(xlabel="env steps", ylabel="success rate", ylim=(-0.05, 1.05), title="pose success")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+class EvalCallback(BaseCallback):
+    """Every `eval_freq` env steps: evaluation episodes, an MP4, TensorBoard scalars and the curve PNG."""
+
+    def __init__(self, cfg: HumanoidSACConfig, out: Path, reward: CLIPReward, env_cfg: HumanoidEnvConfig,
+                 pose: str | None, history: list[dict], title: str) -> None:
+        super().__init__()
+        self.cfg, self.out, self.reward, self.pose, self.history, self.title = cfg, out, reward, pose, history, title
+        self.env = make_rendering_env(env_cfg)
+        self.fps = self.env.unwrapped.metadata["render_fps"]
+        self.next_eval = (history[-1]["step"] if history else 0) + cfg.eval_freq
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_eval:
+            self.evaluate()
+            self.next_eval = self.num_timesteps + self.cfg.eval_freq
+        return True
+
+    def evaluate(self) -> dict:
+        result = run_episodes(self.model, self.env, self.reward, self.cfg.eval_episodes, self.pose, self.cfg.seed + 10_000)
+        video = write_mp4(self.out / "videos" / f"eval_{self.num_timesteps:09d}.mp4", result.pop("frames"), fps=self.fps)
+        entry = {"step": int(self.num_timesteps), **result, "video": video.relative_to(self.out).as_posix()}
+        if self.history and self.history[-1]["step"] == entry["step"]:
+            self.history.pop()
+        self.history.append(entry)
+        self.logger.record("eval/clip_return", result["clip_return_mean"])
+        if result["success_rate"] is not None:
+            self.logger.record("eval/success_rate", result["success_rate"])
+        (self.out / "eval_history.json").write_text(json.dumps(self.history, indent=2) + "\n")
+        plot_reward_curve(self.history, self.out / "reward_curve.png", self.title)
+        return entry
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1]["step"] != self.num_timesteps:
+            self.evaluate()
+        self.env.close()
+
+
+def latest_checkpoint(ckpt_dir: Path) -> tuple[Path, Path | None] | None:
+    """Newest `sac_<steps>_steps.zip` and its replay buffer (if saved)."""
+    found = []
+    for path in ckpt_dir.glob("sac_*_steps.zip"):
+        match = re.fullmatch(r"sac_(\d+)_steps\.zip", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        return None
+    steps, path = max(found)
+    buffer = ckpt_dir / f"sac_replay_buffer_{steps}_steps.pkl"
+    return path, buffer if buffer.exists() else None
+
+
+def train(cfg: HumanoidSACConfig) -> dict:
+    cfg.validate()
+    out = Path(cfg.output_dir)
+    resume_from = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise FileNotFoundError(f"{out / 'checkpoints'}: --resume given but no sac_<steps>_steps.zip checkpoint found")
+    start_run_dir(out)
+    (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    device = resolve_device(cfg.device)
+    if cfg.torch_threads > 0:
+        torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)
+
+    reward = build_reward(cfg, out, device)
+    env_cfg = env_config(cfg, reward)
+    pose = cfg.pose or pose_for_prompt(cfg.goal_prompts[0])
+    clip_venv = make_reward_vec_env(env_cfg, cfg.n_envs, reward, mode=cfg.reward_mode, vec_env=cfg.vec_env,
+                                    seed=cfg.seed)
+    venv = VecMonitor(clip_venv)
+
+    history: list[dict] = []
+    if resume_from is not None:
+        model = SAC.load(resume_from[0], env=venv, device=device, tensorboard_log=str(out / "tensorboard"))
+        if resume_from[1] is not None:
+            model.load_replay_buffer(resume_from[1])
+        old = out / "eval_history.json"
+        if old.exists():
+            history = [h for h in json.loads(old.read_text()) if h["step"] <= model.num_timesteps]
+    else:
+        model = SAC(
+            "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+            learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+            train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
+            policy_kwargs={"net_arch": list(cfg.net_arch)}, tensorboard_log=str(out / "tensorboard"),
+            seed=cfg.seed, device=device, verbose=0,
+        )
+    tiny = cfg.clip_model == TINY
+    title = f"{cfg.goal_prompts[0]!r} | CLIP {cfg.clip_model}{' (RANDOM weights)' if tiny else ''} | alpha {cfg.alpha}"
+    evaluator = EvalCallback(cfg, out, reward, env_cfg, pose, history, title)
+    callbacks = [
+        CheckpointCallback(save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1), save_path=str(out / "checkpoints"),
+                           name_prefix="sac", save_replay_buffer=cfg.save_replay_buffer),
+        evaluator,
+    ]
+    if cfg.reward_mode == "rollout":
+        callbacks.insert(0, RelabelRewardsCallback(clip_venv))
+
+    start_steps = model.num_timesteps
+    started = time.perf_counter()
+    model.learn(total_timesteps=max(cfg.total_timesteps - start_steps, 0), callback=CallbackList(callbacks),
+                reset_num_timesteps=resume_from is None, tb_log_name="sac")
+    wall = time.perf_counter() - started
+    model.save(out / "model.zip")
+    # A final checkpoint so `--resume` continues from here even off the checkpoint schedule.
+    model.save(out / "checkpoints" / f"sac_{model.num_timesteps}_steps.zip")
+    if cfg.save_replay_buffer:
+        model.save_replay_buffer(out / "checkpoints" / f"sac_replay_buffer_{model.num_timesteps}_steps.pkl")
+    venv.close()
+
+    final = history[-1]
+    metrics = {
+        "env_steps": int(model.num_timesteps),
+        "env_steps_this_run": int(model.num_timesteps - start_steps),
+        "wall_s": round(wall, 2),
+        "env_steps_per_s": round((model.num_timesteps - start_steps) / wall, 2) if wall > 0 else None,
+        "eval_clip_return": final["clip_return_mean"],
+        "eval_success_rate": final["success_rate"],
+        "pose": pose,
+        "clip_random_weights": tiny,
+    }
+    inputs = {
+        "clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained,
+        "goal_prompts": cfg.goal_prompts, "baseline_prompts": cfg.baseline_prompts, "alpha": cfg.alpha,
+        "resumed_from": str(resume_from[0]) if resume_from else None,
+    }
+    extra = {"note": "tiny CLIP with RANDOM weights: rewards and success carry no meaning"} if tiny else None
+    return finalize_run_dir(out, stage=STAGE, inputs=inputs, metrics=metrics, extra=extra)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    (cfg,) = TrlParser(dataclass_types=[HumanoidSACConfig]).parse_args_and_config(argv)
+    manifest = train(cfg)
+    print(json.dumps(manifest["metrics"], indent=2))
+    return manifest
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,125 @@
+"""Train a scalar reward model (BaseReward / VideoAlign style) on preference pairs.
+
+    python train/reward.py --config train/configs/reward_image.yaml            # CPU, tiny model
+    python train/reward.py --config train/configs/reward_image.yaml --backbone /models/Qwen2.5-VL-7B-Instruct \\
+        --dtype bfloat16 --learning_rate 3e-6 --batch_size 8 --grad_accum_steps 16
+    accelerate launch --config_file train/accelerate/ddp.yaml train/reward.py --config ...   # many GPUs
+
+`--backbone tiny` (or `tiny:qwen2_vl`, `tiny:qwen3_vl`) builds a tiny RANDOM-weight VLM into the
+output directory, so the stage runs anywhere; a real run names a local checkpoint directory.
+Rerunning the same command resumes from the newest checkpoint in the output directory.
+
+The output directory gets the reward model (`reward_config.json`, `head.safetensors`, `backbone/`
+or `adapter/`, processor files; load it with `RewardModel.from_pretrained(dir)`),
+`resolved_config.yaml` (every setting; usable as `--config`), `metrics.json`, `logs/`
+(TensorBoard + `train_log.jsonl`), `checkpoints/` and `manifest.json`. A NaN/inf loss stops the run
+with exit code 2, leaves the directory marked incomplete and keeps the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from trl import TrlParser
+
+from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
+from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.records import RecordSet, read_records
+from mmreward.manifest import finalize_run_dir, start_run_dir
+from mmreward.model import RewardModel
+from mmreward.training import (
+    NonFiniteLossError,
+    RewardDataArguments,
+    RewardModelArguments,
+    RewardTrainer,
+    RewardTrainingConfig,
+)
+from mmreward.training.trainer import make_accelerator
+
+STAGE = "reward"
+TINY = "tiny"
+EXIT_NON_FINITE = 2
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = TrlParser((RewardModelArguments, RewardDataArguments, RewardTrainingConfig))
+    model_args, data_args, train_cfg = parser.parse_args_and_config(argv)
+    missing = [name for name, value in (("backbone", model_args.backbone), ("train_file", data_args.train_file),
+                                        ("output_dir", train_cfg.output_dir)) if not value]
+    if missing:
+        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    return model_args, data_args, train_cfg
+
+
+def resolve_backbone(spec: str, out: Path, accelerator: Accelerator) -> str:
+    """A checkpoint path, or a tiny random model built once into `out/tiny_backbone`."""
+    if spec != TINY and not spec.startswith(TINY + ":"):
+        return spec
+    family = spec.partition(":")[2] or "qwen2_5_vl"
+    if family not in FAMILIES:
+        raise SystemExit(f"--backbone {spec}: unknown tiny family {family!r}; choose from {FAMILIES}")
+    target = out / "tiny_backbone"
+    if accelerator.is_main_process and not (target / "config.json").is_file():
+        build_tiny_vlm(target, family=family, seed=0)
+    accelerator.wait_for_everyone()
+    return str(target)
+
+
+def load_split(path: str | None, limit: int | None, args: RewardDataArguments) -> PreferenceDataset | None:
+    if path is None:
+        return None
+    records = read_records(path)
+    if limit is not None:
+        records = RecordSet(list(records)[:limit], path=records.path)
+    return PreferenceDataset(records, num_frames=args.num_frames, fps=args.video_fps, max_pixels=args.max_pixels)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, train_cfg = parse_args(argv)
+    out = Path(train_cfg.output_dir)
+    if train_cfg.torch_threads:
+        torch.set_num_threads(train_cfg.torch_threads)
+    accelerator = make_accelerator(train_cfg, out / "logs")
+    if accelerator.is_main_process:
+        start_run_dir(out)
+    accelerator.wait_for_everyone()
+    backbone = resolve_backbone(model_args.backbone, out, accelerator)
+    set_seed(train_cfg.seed)  # same head initialisation on every process
+    model = RewardModel.from_backbone(
+        backbone, head=model_args.head, dimensions=model_args.dimensions, head_options=model_args.head_options(),
+        tuning=model_args.tuning(), dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
+    )
+    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args)
+    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args)
+    collator = model.head.pair_collator(model.processor, data_args.collate())  # the head decides the prompt
+    resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
+    if accelerator.is_main_process:
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    trainer = RewardTrainer(model, train_data, collator, train_cfg, val_data=val_data, accelerator=accelerator,
+                            log_dir=out / "logs")
+    try:
+        metrics = trainer.train()
+    except NonFiniteLossError as err:
+        accelerator.print(f"ERROR: {err}", file=sys.stderr)
+        accelerator.end_training()
+        sys.exit(EXIT_NON_FINITE)
+    state = accelerator.get_state_dict(trainer.model)  # collective: gathers sharded (FSDP / ZeRO-3) weights
+    if accelerator.is_main_process:
+        trainer.unwrapped_model().save_pretrained(out, state_dict=state)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        inputs = {"backbone": backbone, "train_file": data_args.train_file, "val_file": data_args.val_file}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        accelerator.print(json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/accuracy/", "steps"))}))
+    accelerator.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

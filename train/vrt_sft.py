@@ -1,0 +1,258 @@
+"""VR-Thinker cold-start SFT: train a VLM on judging traces (teacher or imported), loss on assistant tokens only.
+
+    python train/vrt_sft.py --config train/configs/vrt_sft.yaml                     # CPU, tiny model, synthetic data
+    python train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path /models/Qwen2.5-VL-7B-Instruct \\
+        --data runs/synthetic --dtype bfloat16 --bf16 true --use_lora true --output_dir runs/vrt_sft
+    accelerate launch --config_file train/accelerate/<ddp|zero2>.yaml train/vrt_sft.py --config ...   # many GPUs
+
+Inputs:
+- ``--model_path``: a model directory (a checkpoint, or the output of a previous VR-Thinker stage), or ``tiny`` /
+  ``tiny:<family>`` to build a tiny random model into ``<output_dir>/tiny_backbone`` (tests, demo).
+- ``--data``: a synthetic data directory (teacher traces are written from ``videos/<train_split>.jsonl``), a
+  previous stage's output directory holding ``traces.jsonl`` (e.g. rejection sampling), or a trace JSONL file from
+  a stronger judge (format in ``vr_thinker/cold_start.py``; every line is replayed and checked).
+
+Output directory: the model (LoRA merged into the weights) and processor, ``vr_thinker.json`` (episode settings
+for ``VRThinkerJudge.from_pretrained``), ``traces.jsonl`` (the training traces), ``example_trace.html``,
+``resolved_config.yaml``, ``metrics.json``, ``checkpoints/`` (trainer checkpoints and logs) and ``manifest.json``
+(stage ``vrt_sft``). With ``--eval_pairs N`` the judge is run greedily on N held-out pairs after training (and
+before, with ``--eval_before true``) and its format-valid rate and accuracies go into the metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import yaml
+from accelerate import PartialState
+from peft import PeftModel
+from transformers import set_seed
+from trl import SFTConfig, SFTTrainer, TrlParser
+
+from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
+from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.data.records import read_records
+from mmreward.manifest import MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
+from vr_thinker.env import EnvConfig
+from vr_thinker.judge import VRThinkerJudge, evaluate_judge, save_judge_config
+from vr_thinker.rollout import SamplingConfig
+from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
+from vr_thinker.trace_html import write_trace_html
+
+STAGE = "vrt_sft"
+TINY = "tiny"
+TRACES_NAME = "traces.jsonl"
+
+
+@dataclass
+class VRTSFTArguments:
+    """Stage settings besides TRL's ``SFTConfig`` (learning rate, steps, batch size, output_dir, ...)."""
+
+    model_path: str = field(default=TINY, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
+    data: str = field(default="", metadata={"help": "synthetic data dir, stage dir with traces.jsonl, or a .jsonl"})
+    train_split: str = field(default="train", metadata={"help": "synthetic split the teacher writes traces for"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs/traces"})
+    teacher_style: str = field(default="full", metadata={"help": "teacher reasoning: full | brief"})
+    teacher_seed: int = field(default=0, metadata={"help": "seed of the teacher's tool-call choices"})
+    motion_frames: int = field(default=4, metadata={"help": "consecutive frames per teacher tool call"})
+    require_correct: bool = field(default=False, metadata={"help": "imported traces: drop wrong verdicts"})
+    skip_invalid: bool = field(default=False, metadata={"help": "imported traces: skip bad lines instead of failing"})
+    pool_frames: int = field(default=16, metadata={"help": "frames per video pool (tool indices address them)"})
+    initial_frames: int = field(default=4, metadata={"help": "frames per video in the first user turn"})
+    max_frames_per_call: int = field(default=8, metadata={"help": "indices allowed per select_frames call"})
+    max_tool_calls: int = field(default=3, metadata={"help": "select_frames calls allowed per episode"})
+    memory_window: int | None = field(default=1, metadata={"help": "tool turns whose images stay; None keeps all"})
+    system_prompt: str | None = field(default=None, metadata={"help": "replace the default system prompt"})
+    merge_rows: bool = field(default=True, metadata={"help": "one row for turns whose contexts extend each other"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save) instead of all"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    eval_records: str | None = field(default=None, metadata={"help": "record JSONL to evaluate on (default: the "
+                                                                        "synthetic dir's eval split)"})
+    eval_split: str = field(default="val", metadata={"help": "synthetic split to evaluate on"})
+    eval_pairs: int = field(default=0, metadata={"help": "held-out pairs judged greedily after training; 0 = none"})
+    eval_before: bool = field(default=False, metadata={"help": "also judge them with the untrained model"})
+    eval_max_new_tokens: int = field(default=512, metadata={"help": "token limit per generated turn in evaluation"})
+    eval_batch_size: int = field(default=8, metadata={"help": "episodes generated together in evaluation"})
+
+    def env_config(self) -> EnvConfig:
+        return EnvConfig(
+            pool_frames=self.pool_frames,
+            initial_frames=self.initial_frames,
+            max_frames_per_call=self.max_frames_per_call,
+            max_tool_calls=self.max_tool_calls,
+            memory_window=self.memory_window,
+            system_prompt=self.system_prompt,
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfig]:
+    parser = TrlParser((VRTSFTArguments, SFTConfig))
+    args, training = parser.parse_args_and_config(argv)
+    if not args.data:
+        parser.error("missing required setting --data")
+    if not training.output_dir:
+        parser.error("missing required setting --output_dir")
+    return args, training
+
+
+def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]:
+    """(model directory, its manifest or {}). ``tiny[:family]`` builds a tiny random model once into the output."""
+    if spec == TINY or spec.startswith(TINY + ":"):
+        family = spec.partition(":")[2] or "qwen2_5_vl"
+        if family not in FAMILIES:
+            raise SystemExit(f"--model_path {spec}: unknown tiny family {family!r}; choose from {FAMILIES}")
+        target = out / "tiny_backbone"
+        if state.is_main_process and not (target / "config.json").is_file():
+            build_tiny_vlm(target, family=family, seed=0)
+        state.wait_for_everyone()
+        return str(target), {}
+    path = Path(spec)
+    manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() else {}
+    return spec, manifest
+
+
+def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
+    """Training traces and a description of where they came from."""
+    data = Path(args.data)
+    env = args.env_config()
+    if data.is_dir() and (data / "videos" / f"{args.train_split}.jsonl").is_file():
+        records = list(read_records(data / "videos" / f"{args.train_split}.jsonl"))[: args.max_pairs]
+        teacher = TeacherConfig(style=args.teacher_style, motion_frames=args.motion_frames, seed=args.teacher_seed)
+        return teacher_traces(records, env, teacher), {"kind": "teacher", "records": len(records)}
+    if data.is_dir():
+        manifest = read_manifest(data)
+        path = data / TRACES_NAME
+        if not path.is_file():
+            raise SystemExit(f"--data {data}: stage {manifest.get('stage')!r} wrote no {TRACES_NAME}")
+        source = {"kind": "stage", "stage": manifest.get("stage")}
+    elif data.is_file():
+        path, source = data, {"kind": "import"}
+    else:
+        raise SystemExit(f"--data {data}: neither a synthetic data dir, a stage dir nor a trace file")
+    traces = read_traces(path, env, skip_invalid=args.skip_invalid, require_correct=args.require_correct)
+    source.update(file=str(path), skipped=[str(e) for e in traces.skipped])
+    return list(traces)[: args.max_pairs], source
+
+
+def eval_records(args: VRTSFTArguments) -> list:
+    if args.eval_pairs <= 0:
+        return []
+    if args.eval_records is not None:
+        path = Path(args.eval_records)
+    else:
+        path = Path(args.data) / "videos" / f"{args.eval_split}.jsonl"
+        if not path.is_file():
+            raise SystemExit(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
+    return list(read_records(path))[: args.eval_pairs]
+
+
+def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: VRTSFTArguments) -> dict:
+    if isinstance(model, PeftModel):  # untrained adapters are zero: the base model gives the same outputs
+        model = model.get_base_model()
+    sampling = SamplingConfig(do_sample=False, max_new_tokens=args.eval_max_new_tokens)
+    judge = VRThinkerJudge(model, processor, env, dims, sampling, batch_size=args.eval_batch_size)
+    start = time.perf_counter()
+    metrics = evaluate_judge(judge, records).as_dict()
+    metrics["seconds"] = round(time.perf_counter() - start, 2)
+    return metrics
+
+
+def common_env(traces: list[EpisodeTrace]) -> tuple[EnvConfig, dict]:
+    """The episode settings and dimensions every trace shares (the judge must use the ones it was trained with)."""
+    if not traces:
+        raise SystemExit("no training traces")
+    env, dims = traces[0].env, traces[0].dimensions
+    for trace in traces:
+        if trace.env != env or trace.dimensions != dims:
+            raise SystemExit(f"trace {trace.id!r} uses other episode settings or dimensions than {traces[0].id!r}")
+    return env, dims
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, training = parse_args(argv)
+    out = Path(training.output_dir)
+    state = PartialState()
+    if state.is_main_process:
+        start_run_dir(out)
+    state.wait_for_everyone()
+    set_seed(training.seed)
+    model_dir, model_manifest = resolve_model(args.model_path, out, state)
+
+    started = time.perf_counter()
+    traces, source = load_traces(args)
+    env, dims = common_env(traces)
+    rows = TraceRows(traces, merge=args.merge_rows)
+    data_seconds = time.perf_counter() - started
+
+    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
+    model, processor = load_vlm(VLMLoadConfig(
+        path=model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
+        freeze_vision=args.freeze_vision, lora=lora, tool_chat_template=True,
+    ))
+    held_out = eval_records(args)
+    metrics: dict = {}
+    if held_out and args.eval_before and state.is_main_process:
+        metrics["eval_before"] = evaluate(model, processor, env, dims, held_out, args)
+
+    # Trainer checkpoints and logs go below the stage directory, outside the checksummed files.
+    trainer_args = replace(training, output_dir=str(out / "checkpoints"), remove_unused_columns=False,
+                           assistant_only_loss=True)
+    collator = VRThinkerSFTCollator(processor, max_length=training.max_length)
+    trainer = SFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(), processing_class=processor,
+                         data_collator=collator)
+    result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    state.wait_for_everyone()
+
+    if state.is_main_process:
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(trained, PeftModel):
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(out)
+        processor.save_pretrained(out)
+        save_judge_config(out, env, dims)
+        write_traces(out / TRACES_NAME, traces)
+        write_trace_html(out / "example_trace.html", replay(traces[0]), title=traces[0].id, label=traces[0].label)
+        resolved = {**asdict(args), **training.to_dict(), "model_path": model_dir}
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    state.wait_for_everyone()
+
+    if held_out and state.is_main_process:
+        judge_model, _ = load_vlm(VLMLoadConfig(path=str(out), dtype=args.dtype))
+        metrics["eval_after"] = evaluate(judge_model, processor, env, dims, held_out, args)
+    if state.is_main_process:
+        calls = Counter(t.num_tool_calls for t in traces)
+        metrics.update(
+            traces=len(traces),
+            rows=len(rows),
+            trained_turns=rows.num_turns,
+            tool_calls_per_trace={str(k): calls[k] for k in sorted(calls)},
+            train_loss=result.training_loss,
+            train_steps=result.global_step,
+            train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
+            data_seconds=round(data_seconds, 2),
+            source=source,
+        )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        inputs = {"model": model_dir, "model_stage": model_manifest.get("stage"), "data": args.data}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        summary = {k: metrics[k] for k in ("traces", "rows", "train_loss") if k in metrics}
+        for key in ("eval_before", "eval_after"):
+            if key in metrics:
+                summary[key] = {k: metrics[key][k] for k in ("format_valid_rate", "overall_accuracy")}
+        print(json.dumps(summary))
+    state.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
