@@ -80,11 +80,12 @@ def scripts(batch: int) -> list[list[str | None]]:
     return out
 
 
-def run(engine: HFRolloutEngine, batch: int, sampling: SamplingConfig) -> tuple[list[RolloutTrace], float]:
+def run(engine: HFRolloutEngine, batch: int, sampling: SamplingConfig) -> tuple[list[RolloutTrace], float, float]:
+    """Traces, wall seconds and CPU seconds of one batched rollout."""
     envs = make_envs(batch)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     traces = engine.rollout(envs, sampling, forced=scripts(batch))
-    return traces, time.perf_counter() - start
+    return traces, time.perf_counter() - start, time.process_time() - cpu
 
 
 def tool_turn_ttft(traces: list[RolloutTrace]) -> float:
@@ -127,13 +128,15 @@ def main() -> None:
 
     ttft: dict[str, list[float]] = {name: [] for name in engines}
     tps: dict[str, list[float]] = {name: [] for name in engines}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}
     worst = 0.0
     for _ in range(args.repeats):
         traces = {}
         for name, engine in engines.items():
-            traces[name], wall = run(engine, args.batch, sampling)
+            traces[name], wall, cpu_s = run(engine, args.batch, sampling)
             ttft[name].append(tool_turn_ttft(traces[name]))
             tps[name].append(sum(t.num_generated_tokens for t in traces[name]) / wall)
+            cpu[name].append(cpu_s)
         worst = max(worst, compare(traces["cached"], traces["baseline"]))
 
     example = traces["cached"][0]
@@ -149,9 +152,11 @@ def main() -> None:
         print(
             f"{name:>8}: tool-turn TTFT sum best {min(ttft[name]) * 1e3:.1f} ms "
             f"(runs {[round(x * 1e3, 1) for x in ttft[name]]}), "
-            f"whole-episode {statistics.median(tps[name]):.1f} generated tokens/s"
+            f"whole-episode {statistics.median(tps[name]):.1f} generated tokens/s, "
+            f"{statistics.median(cpu[name]):.2f} CPU s per rollout"
         )
-    print(f"whole-episode tokens/s ratio (cached / baseline): {statistics.median(tps['cached']) / statistics.median(tps['baseline']):.2f}")
+    speedup = statistics.median(tps["cached"]) / statistics.median(tps["baseline"])
+    print(f"whole-episode tokens/s ratio (cached / baseline): {speedup:.2f}")
     if worst > TOL:
         print(f"FAILED: logits differ by {worst:.2e} > {TOL:g}", file=sys.stderr)
         sys.exit(1)

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 
 from mmreward.data.records import PreferenceRecord, Side
-from mmreward.evaluation.runner import RunnerConfig, load_predictions, run_predictions
+from mmreward.evaluation.runner import (
+    RunnerConfig,
+    check_run_config,
+    load_predictions,
+    run_identity,
+    run_predictions,
+)
 from mmreward.manifest import finalize_run_dir, start_run_dir
 from mmreward.metrics import bootstrap_ci
 from mmreward.report import Report, plt
@@ -111,7 +117,7 @@ def key_metrics(rows: list[dict[str, Any]], keys: list[str], criterion: str, thr
     scored = [r for r in rows if "error" not in r]
     per_key = {}
     for k, key in enumerate(keys):
-        mine = [r for r in scored if r["id"].endswith(f"@key{k}")]
+        mine = [r for r in scored if r["id"].rsplit("@key", 1)[-1] == str(k)]
         if not mine:
             continue
         hits = np.array([_accepted(r, criterion, threshold) for r in mine], dtype=np.float64)
@@ -168,9 +174,6 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
 
         state = PartialState(cpu=args.cpu)
     out = Path(args.out)
-    if state.is_main_process:
-        start_run_dir(out)
-    state.wait_for_everyone()
     records = preference.load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:
         records = records[: args.limit]
@@ -179,8 +182,13 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     cfg = RunnerConfig(batch_size=args.batch_size, max_batch_cost=args.max_batch_cost,
                        bucket_by_length=args.bucket_by_length, num_workers=args.num_workers,
                        retry_errors=args.retry_errors, progress=args.progress)
-    run_predictions(probes, scorer, out, cfg, state=state, overwrite=args.overwrite,
-                    identity={"model": args.model, "data": args.data, "limit": args.limit, "keys": args.keys})
+    identity = {"model": args.model, "data": args.data, "limit": args.limit, "keys": args.keys}
+    if state.is_main_process:
+        if not args.overwrite:  # refuse another run's folder before marking it incomplete
+            check_run_config(out, run_identity(scorer, cfg, identity))
+        start_run_dir(out)
+    state.wait_for_everyone()
+    run_predictions(probes, scorer, out, cfg, state=state, identity=identity, overwrite=args.overwrite)
     if not state.is_main_process:
         return None
 

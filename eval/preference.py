@@ -30,7 +30,13 @@ from typing import Any, Callable
 from mmreward.data.formats import READERS, read_benchmark
 from mmreward.data.records import PreferenceRecord, read_records
 from mmreward.evaluation.report import compute_metrics, write_report
-from mmreward.evaluation.runner import RunnerConfig, load_predictions, run_predictions
+from mmreward.evaluation.runner import (
+    RunnerConfig,
+    check_run_config,
+    load_predictions,
+    run_identity,
+    run_predictions,
+)
 from mmreward.evaluation.scorers import ClipScorer, MediaConfig, RewardModelScorer, Scorer
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
 
@@ -198,26 +204,26 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
 
         state = PartialState(cpu=args.cpu)
     out = Path(args.out)
-    if state.is_main_process:
-        start_run_dir(out)
-    state.wait_for_everyone()
-
     # Benchmarks with embedded images write them out; one folder per process avoids two writers.
     records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:
         records = records[: args.limit]
     scorer = build_scorer(args, state.device)
+    cfg = _runner_config(args)
     identity = {"model": args.model, "data": args.data, "limit": args.limit}
+    if state.is_main_process:
+        if not args.overwrite:  # refuse another evaluation's folder before marking it incomplete
+            check_run_config(out, run_identity(scorer, cfg, identity))
+        start_run_dir(out)
+    state.wait_for_everyone()
     start = time.perf_counter()
-    stats = run_predictions(records, scorer, out, _runner_config(args), state=state, identity=identity,
-                            overwrite=args.overwrite)
+    stats = run_predictions(records, scorer, out, cfg, state=state, identity=identity, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     if not state.is_main_process:
         return None
 
     rows = load_predictions(out)
     metrics = compute_metrics(rows, n_bootstrap=args.n_bootstrap, confidence=args.confidence, seed=args.seed)
-    processed = stats.scored + stats.errors
     info = {
         "model": args.model,
         "data": args.data,
@@ -225,9 +231,10 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
         "processes": state.num_processes,
         "pairs scored in this run": len(rows) - stats.already_done,
         "seconds (this run)": round(seconds, 2),
-        "pairs/s (main process)": round(processed / stats.seconds, 3) if stats.seconds > 0 else None,
+        "pairs/s (main process)": round(stats.pairs_per_second, 3),
     }
-    title = args.title or f"{scorer.name}: {Path(args.model).name} on {Path(args.data.partition(':')[2] or args.data).name}"
+    data_name = Path(args.data.split(":", 1)[-1]).name
+    title = args.title or f"{scorer.name}: {Path(args.model).name} on {data_name}"
     write_report(out, rows, metrics, title, info)
     finalize_run_dir(out, STAGE, inputs={"model": args.model, "data": args.data}, metrics=_headline_metrics(metrics),
                      extra={"args": asdict(args)})

@@ -84,9 +84,36 @@ def step_backbones(ctx: DemoContext) -> None:
     )
 
 
+def step_humanoid(ctx: DemoContext) -> None:
+    run = ctx.out / "humanoid_sac"
+    run_script(
+        "train/humanoid_sac.py",
+        ["--config", "train/configs/humanoid_sac_cpu.yaml", "--output_dir", str(run)],
+        ctx.out / "logs" / "humanoid_sac.log",
+    )
+    manifest = json.loads((run / "manifest.json").read_text())
+    metrics = manifest["metrics"]
+    ctx.report.heading("VLM-RM: CLIP reward driving a MuJoCo humanoid (SAC)")
+    ctx.report.text(
+        "The CLIP model here is tiny with RANDOM weights, so its reward carries no meaning: this run "
+        "exercises rendering at the CLIP input size, batched CLIP rewards, SAC updates, evaluation "
+        "videos and pose-based success checks. Full scale (GPU, ViT-bigG-14 weights from a local file): "
+        "python train/humanoid_sac.py --config train/configs/humanoid_sac_paper.yaml "
+        "--clip_pretrained /path/to/open_clip_pytorch_model.bin --output_dir runs/humanoid_kneeling",
+        note=True,
+    )
+    ctx.report.table([{key: metrics[key] for key in
+                       ("env_steps", "env_steps_per_s", "eval_clip_return", "eval_success_rate", "pose")}])
+    ctx.report.image(run / "reward_curve.png", caption="CLIP reward during training")
+    videos = sorted((run / "videos").glob("*.mp4"))
+    if videos:
+        ctx.report.video(videos[-1], caption="last evaluation episode")
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("synthetic data", step_data),
     ("tiny backbones", step_backbones),
+    ("humanoid SAC with a CLIP reward", step_humanoid),
 ]
 
 

@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
         accelerator.print(json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/accuracy/", "steps"))}))
     accelerator.wait_for_everyone()
+    accelerator.end_training()
     return metrics
 
 

@@ -23,10 +23,11 @@ first token of every turn. Per turn and episode:
    the vision features of only the image tokens among them go in through ``mm_encoder_outputs``. Features are
    computed once per distinct image and reused while the image stays in context.
 
-Batching: the cache holds one row per running episode. New tokens are left-padded per forward, so a row may
-contain masked pad slots between its real tokens; the 2-D attention mask marks them and the positions ignore
-them, so a row's logits do not depend on the other rows (verified to 1e-5 in fp32 in the tests). Episodes
-that finish leave the batch (``batch_select_indices``).
+Batching: the cache holds one row per running episode. Each forward pads the rows' new tokens to a common
+width with masked pad slots (before the new tokens, or after them in a row with nothing cached yet, so that no
+query may attend to nothing), so a row may hold pad slots between its real tokens; the 2-D attention mask marks
+them and the positions ignore them, so a row's logits do not depend on the other rows (verified to 1e-5 in fp32
+in the tests). Episodes that finish leave the batch (``batch_select_indices``).
 
 Each trace keeps, per assistant turn, the exact windowed context ids and images the model saw and the
 generated ids, so a GRPO row is ``context_ids + generated_ids`` with the loss on the generated part.
@@ -109,6 +110,8 @@ class TurnTrace:
         shared by all episodes of the batch; decode_s: the rest of the turn (batch-wide as well).
     status / info: the environment's answer to this turn (``StepResult.status.value`` and ``.info``).
     parsed: the environment's strict parse of the turn.
+    logprobs: log-probability of each generated token under the model's own distribution (temperature 1, no
+        top-k/top-p), as GRPO's old-policy term; empty where a backend does not report it.
     logits: [len(generated_ids), vocab] float32 logits the tokens were chosen from, if requested.
     """
 
@@ -125,6 +128,7 @@ class TurnTrace:
     status: str = ""
     info: dict[str, Any] = field(default_factory=dict)
     parsed: ParsedTurn | None = None
+    logprobs: list[float] = field(default_factory=list)
     logits: torch.Tensor | None = None
 
     @property
@@ -292,7 +296,7 @@ class _ConversationBuilder:
         return _Context(np.asarray(ids, dtype=np.int64), np.asarray(keys, dtype=np.int64), images, starts)
 
 
-# ------------------------------------------------------------------------------------------------------ HF engine
+# ---------------------------------------------------------------------------------------------------- episodes
 
 
 @dataclass
@@ -321,39 +325,16 @@ class _Episode:
         )
 
 
-@dataclass
-class _TurnOutput:
-    generated_ids: list[int]
-    finish: str
-    logits: list[torch.Tensor]
-
-
-@dataclass
-class _Feed:
-    """Tokens one row appends to the cache in one forward (possibly none), their M-RoPE positions [3, n] and the
-    vision features of the image tokens among them."""
-
-    ids: torch.Tensor
-    positions: torch.Tensor
-    features: list[torch.Tensor] = field(default_factory=list)
-    deepstack: list[list[torch.Tensor]] = field(default_factory=list)
-
-
-def _text_feed(ids: Sequence[int], first_position: int) -> _Feed:
-    count = len(ids)
-    return _Feed(
-        torch.tensor(list(ids), dtype=torch.long),
-        torch.arange(first_position, first_position + count).view(1, -1).expand(3, -1),
-    )
-
-
 class RolloutEngine(ABC):
     """Runs episodes to the end, all running episodes advancing one assistant turn per step.
 
     ``forced[i][t]``, when given and not None, is teacher-forced as turn t of episode i instead of generating;
     its context is still prefilled and timed (scripted episodes, replaying traces). Backends implement
-    :meth:`_turn`; episode i samples with seed ``sampling.seed + i``.
+    :meth:`_turn`; episode i samples with seed ``sampling.seed + i``. ``rollout`` resets the envs itself.
     """
+
+    _builder: _ConversationBuilder  # set by each backend
+    stop_ids: set[int]  # token ids that end a turn
 
     def rollout(
         self,
@@ -388,8 +369,6 @@ class RolloutEngine(ABC):
             running = [running[row] for row in still]
         return [t for t in traces if t is not None]
 
-    _builder: _ConversationBuilder
-
     @abstractmethod
     def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
         """Generate the next assistant turn of every episode and :meth:`_record` it."""
@@ -413,10 +392,12 @@ class RolloutEngine(ABC):
         reused: int,
         ttft_s: float,
         decode_s: float,
+        logprobs: list[float] | None = None,
         logits: torch.Tensor | None = None,
     ) -> None:
         # A stop token is replaced by the template's own end-of-turn marker in later contexts.
-        in_context = generated[:-1] if finish == "stop_token" else generated
+        stopped = finish == "stop_token" and bool(generated) and generated[-1] in self.stop_ids
+        in_context = generated[:-1] if stopped else generated
         ep.generated.append(in_context)
         tokenizer = self._builder.tokenizer
         ep.turns.append(
@@ -431,9 +412,40 @@ class RolloutEngine(ABC):
                 prefilled_tokens=len(ctx.ids) - reused,
                 ttft_s=ttft_s,
                 decode_s=decode_s,
+                logprobs=logprobs or [],
                 logits=logits,
             )
         )
+
+
+# ------------------------------------------------------------------------------------------------------ HF engine
+
+
+@dataclass
+class _TurnOutput:
+    generated_ids: list[int] = field(default_factory=list)
+    finish: str = ""
+    logprobs: list[float] = field(default_factory=list)
+    logits: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass
+class _Feed:
+    """Tokens one row appends to the cache in one forward (possibly none), their M-RoPE positions [3, n] and the
+    vision features of the image tokens among them."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    features: list[torch.Tensor] = field(default_factory=list)
+    deepstack: list[list[torch.Tensor]] = field(default_factory=list)
+
+
+def _text_feed(ids: Sequence[int], first_position: int) -> _Feed:
+    count = len(ids)
+    return _Feed(
+        torch.tensor(list(ids), dtype=torch.long),
+        torch.arange(first_position, first_position + count).view(1, -1).expand(3, -1),
+    )
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -485,6 +497,7 @@ class HFRolloutEngine(RolloutEngine):
             return super().rollout(envs, sampling, forced)
         finally:
             self._cache = None
+            self._builder.images.clear()  # pixels and vision features of this rollout's images
 
     def _keep_rows(self, rows: list[int]) -> None:
         if self._cache is not None:
@@ -507,7 +520,7 @@ class HFRolloutEngine(RolloutEngine):
         ttft, decode_s = first_token_at - start, time.perf_counter() - first_token_at
         for row, (ep, ctx, out, reused) in enumerate(zip(episodes, built, outputs, kept)):
             logits = torch.stack(out.logits) if out.logits else None
-            self._record(ep, ctx, out.generated_ids, out.finish, reused, ttft, decode_s, logits)
+            self._record(ep, ctx, out.generated_ids, out.finish, reused, ttft, decode_s, out.logprobs, logits)
             # Every generated token but the last was fed to the model, so the cache row holds them too.
             ep.cached_keys = np.concatenate([ctx.keys, np.asarray(out.generated_ids[:-1], dtype=np.int64)])
             assert int(self._mask[row].sum()) == len(ep.cached_keys), "cache row and its token record disagree"
@@ -546,7 +559,8 @@ class HFRolloutEngine(RolloutEngine):
                         feed.deepstack.append([layer[skip:] for layer in image.deepstack])
             feeds.append(feed)
             next_pos.append(int(pos.max()) + 1)
-        return kept, next_pos, self._forward(feeds, keep=1)[:, -1]
+        hidden, starts = self._forward(feeds)
+        return kept, next_pos, self._last_logits(hidden, starts, feeds)
 
     def _decode(
         self, episodes: list[_Episode], logits: torch.Tensor, next_pos: list[int], sampling: SamplingConfig
@@ -561,7 +575,7 @@ class HFRolloutEngine(RolloutEngine):
             text = self._forced_text(ep)
             forced.append(None if text is None else self.tokenizer(text, add_special_tokens=False)["input_ids"])
         warpers = self._warpers(sampling)
-        outputs = [_TurnOutput([], "", []) for _ in range(rows)]
+        outputs = [_TurnOutput() for _ in range(rows)]
         done = [False] * rows
         first_token_at = None
         while True:
@@ -578,6 +592,7 @@ class HFRolloutEngine(RolloutEngine):
                 else:
                     out.generated_ids.append(self._pick(logits[row], warpers, sampling, episodes[row].generator))
                     out.finish = self._finished(out.generated_ids, sampling)
+                out.logprobs.append(float(logits[row].float().log_softmax(-1)[out.generated_ids[len(out.logprobs)]]))
                 done[row] = bool(out.finish)
                 # Every token but the last of a finished turn is fed (the next turn's prefill starts with it).
                 fed = out.generated_ids[:-1] if forced[row] is not None else [] if done[row] else out.generated_ids[-1:]
@@ -587,12 +602,16 @@ class HFRolloutEngine(RolloutEngine):
                 first_token_at = time.perf_counter()
             if all(len(f.ids) == 0 for f in feeds):
                 break
-            width = max(len(f.ids) for f in feeds)
-            all_logits = self._forward(feeds, keep=width if self.record_logits else 1)
-            logits = all_logits[:, -1]
-            for row, feed in enumerate(feeds):
-                if forced[row] is not None and self.record_logits and len(feed.ids):
-                    outputs[row].logits += list(all_logits[row, width - len(feed.ids) :].float().cpu())
+            hidden, starts = self._forward(feeds)
+            logits = self._last_logits(hidden, starts, feeds)
+            for row, (feed, start) in enumerate(zip(feeds, starts)):
+                if forced[row] is not None and len(feed.ids):  # the logits of forced tokens 1..n-1
+                    out = outputs[row]
+                    chunk = self.model.lm_head(hidden[row, start : start + len(feed.ids)]).float()
+                    chosen = torch.tensor(out.generated_ids[1:], device=chunk.device)[:, None]
+                    out.logprobs += chunk.log_softmax(-1).gather(-1, chosen)[:, 0].tolist()
+                    if self.record_logits:
+                        out.logits += list(chunk.cpu())
         assert first_token_at is not None
         return outputs, first_token_at
 
@@ -653,19 +672,27 @@ class HFRolloutEngine(RolloutEngine):
             image.features = out.pooler_output[i]
             image.deepstack = [layer[i] for layer in stacks] if stacks is not None else None
 
-    def _forward(self, feeds: list[_Feed], keep: int) -> torch.Tensor:
-        """Append each row's feed to the cache (left-padded to a common width, pads masked) and return the logits
-        of the last ``keep`` positions [rows, keep, vocab]."""
+    def _forward(self, feeds: list[_Feed]) -> tuple[torch.Tensor, list[int]]:
+        """Append each row's feed to the cache, padded to a common width with masked pad slots; returns the last
+        hidden states [rows, width, hidden] and where each row's feed starts.
+
+        A row's feed is right-aligned (pads before it) so its last token is the batch's last slot, except in a row
+        with nothing cached yet: there it is left-aligned, because a pad slot with no real token before it would
+        be a query that may attend to nothing, which some GPU SDPA kernels answer with NaN (and 0 * NaN spreads
+        through every later attention over that slot)."""
         rows, width = len(feeds), max(len(f.ids) for f in feeds)
         input_ids = torch.full((rows, width), self.pad_id, dtype=torch.long)
         positions = torch.zeros(3, rows, width, dtype=torch.long)
         new_mask = torch.zeros(rows, width, dtype=torch.long)
+        empty = (self._mask.sum(dim=1) == 0).tolist()
+        starts = []
         for row, feed in enumerate(feeds):
             n = len(feed.ids)
-            if n:
-                input_ids[row, width - n :] = feed.ids
-                positions[:, row, width - n :] = feed.positions
-                new_mask[row, width - n :] = 1
+            start = 0 if empty[row] else width - n
+            input_ids[row, start : start + n] = feed.ids
+            positions[:, row, start : start + n] = feed.positions
+            new_mask[row, start : start + n] = 1
+            starts.append(start)
         self._mask = torch.cat([self._mask, new_mask], dim=1)
         kwargs: dict[str, Any] = {}
         features = [f for feed in feeds for f in feed.features]
@@ -676,16 +703,20 @@ class HFRolloutEngine(RolloutEngine):
                 encoded.deepstack_features = [(torch.cat(layer),) for layer in zip(*deepstack)]
             kwargs["mm_encoder_outputs"] = {"image": encoded}
         device = self.model.device
-        out = self.model(
+        out = self.model.model(
             input_ids=input_ids.to(device),
             attention_mask=self._mask.to(device),
             position_ids=positions.to(device),
             past_key_values=self._cache,
             use_cache=True,
-            logits_to_keep=keep,
             **kwargs,
         )
-        return out.logits
+        return out.last_hidden_state, starts
+
+    def _last_logits(self, hidden: torch.Tensor, starts: list[int], feeds: list[_Feed]) -> torch.Tensor:
+        """Next-token logits [rows, vocab] after each row's last fed token (rows that fed nothing: unused)."""
+        last = [start + len(feed.ids) - 1 if len(feed.ids) else 0 for start, feed in zip(starts, feeds)]
+        return self.model.lm_head(hidden[torch.arange(len(feeds)), torch.tensor(last, device=hidden.device)])
 
 
 @dataclass
@@ -694,6 +725,9 @@ class _EncoderOutput:
 
     pooler_output: tuple[torch.Tensor, ...]
     deepstack_features: list[tuple[torch.Tensor, ...]] | None = None
+
+
+# -------------------------------------------------------------------------------------------------- vLLM engine
 
 
 class VLLMRolloutEngine(RolloutEngine):
@@ -707,7 +741,7 @@ class VLLMRolloutEngine(RolloutEngine):
 
     Trace fields: ``reused_tokens`` is vLLM's count of prefix-cache hits where reported (else 0); ``ttft_s`` is
     the request's first-token latency where vLLM reports it, else the time until the turn's batch returned;
-    logits are not recorded. A teacher-forced turn sends its context with ``max_tokens=1`` so the prefill
+    logprobs come from vLLM (none for forced turns); logits are not recorded. A teacher-forced turn sends its context with ``max_tokens=1`` so the prefill
     still happens (and lands in the prefix cache) and is timed.
     """
 
@@ -731,7 +765,10 @@ class VLLMRolloutEngine(RolloutEngine):
         forced: Sequence[Sequence[str | None]] | None = None,
     ) -> list[RolloutTrace]:
         self._builder.images.clear()
-        return super().rollout(envs, sampling, forced)
+        try:
+            return super().rollout(envs, sampling, forced)
+        finally:
+            self._builder.images.clear()
 
     def _params(self, sampling: SamplingConfig, seed: int, forced: bool) -> Any:
         return self._vllm.SamplingParams(
@@ -745,6 +782,7 @@ class VLLMRolloutEngine(RolloutEngine):
             logit_bias={token: -100.0 for token in self.suppress_ids},
             skip_special_tokens=False,
             seed=seed,
+            logprobs=None if forced else 0,  # 0: only the chosen token's
         )
 
     def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
@@ -753,22 +791,22 @@ class VLLMRolloutEngine(RolloutEngine):
         forced = [self._forced_text(ep) for ep in episodes]
         prompts, params = [], []
         for ep, ctx, text in zip(episodes, built, forced):
-            prompts.append(
-                {
-                    "prompt_token_ids": _collapse_images(ctx, self._builder.image_token_id),
-                    "multi_modal_data": {"image": [image.image for image in ctx.images]} if ctx.images else {},
-                }
-            )
+            prompt: dict[str, Any] = {"prompt_token_ids": _collapse_images(ctx, self._builder.image_token_id)}
+            if ctx.images:
+                prompt["multi_modal_data"] = {"image": [image.image for image in ctx.images]}
+            prompts.append(prompt)
             # One seed per episode and turn: reproducible, independent of the batch.
             params.append(self._params(sampling, sampling.seed + ep.index + 100_003 * len(ep.turns), text is not None))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         returned = time.perf_counter()
         for ep, ctx, text, out in zip(episodes, built, forced, outputs):
             completion = out.outputs[0]
+            logprobs: list[float] = []
             if text is not None:
                 generated, finish = self._builder.tokenizer(text, add_special_tokens=False)["input_ids"], "forced"
             else:
                 generated = list(completion.token_ids)
+                logprobs = [step[token].logprob for step, token in zip(completion.logprobs or [], generated)]
                 if completion.finish_reason == "length":
                     finish = "length"
                 elif isinstance(completion.stop_reason, str):
@@ -780,7 +818,7 @@ class VLLMRolloutEngine(RolloutEngine):
             arrival = getattr(metrics, "arrival_time", None)
             ttft = first - arrival if first is not None and arrival is not None else returned - start
             reused = int(getattr(out, "num_cached_tokens", 0) or 0)
-            self._record(ep, ctx, generated, finish, reused, ttft, max(returned - start - ttft, 0.0))
+            self._record(ep, ctx, generated, finish, reused, ttft, max(returned - start - ttft, 0.0), logprobs)
 
 
 def _collapse_images(ctx: _Context, image_token_id: int) -> list[int]:

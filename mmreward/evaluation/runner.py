@@ -50,6 +50,8 @@ __all__ = [
     "RunConfigError",
     "PredictionsError",
     "make_batches",
+    "run_identity",
+    "check_run_config",
     "read_rows",
     "consolidate",
     "load_predictions",
@@ -219,23 +221,36 @@ def load_predictions(out_dir: str | Path) -> list[dict[str, Any]]:
     return read_rows(path)
 
 
-def _check_run_config(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
-    path = out_dir / RUN_CONFIG_NAME
-    text = json.dumps(identity, indent=2, sort_keys=True, default=str) + "\n"
-    if path.exists() and not overwrite:
-        previous = json.loads(path.read_text())
-        current = json.loads(text)
-        if previous != current:
-            changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-            raise RunConfigError(
-                f"{out_dir}: holds predictions of a different evaluation (differs in {changed}); "
-                f"use another output directory or overwrite it"
-            )
+def run_identity(scorer: Scorer, cfg: RunnerConfig, identity: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What `run_config.json` records: the scorer, the row format (both_orders) and the caller's keys."""
+    # both_orders changes what a row holds, so rows of the two modes must not mix.
+    full = {"scorer": scorer.describe(), "both_orders": cfg.both_orders, **(identity or {})}
+    return json.loads(json.dumps(full, sort_keys=True, default=str))
+
+
+def check_run_config(out_dir: str | Path, identity: dict[str, Any]) -> None:
+    """Raise `RunConfigError` if `out_dir` holds predictions of an evaluation other than `identity`
+    (as built by `run_identity`). Writes nothing, so callers can check before touching the folder."""
+    path = Path(out_dir) / RUN_CONFIG_NAME
+    if not path.exists():
+        return
+    previous = json.loads(path.read_text())
+    if previous != identity:
+        changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
+        raise RunConfigError(
+            f"{out_dir}: holds predictions of a different evaluation (differs in {changed}); "
+            f"use another output directory or overwrite it"
+        )
+
+
+def _claim_run_dir(out_dir: Path, identity: dict[str, Any], overwrite: bool) -> None:
     if overwrite:
         for stale in [out_dir / PREDICTIONS_NAME, *(out_dir / SHARD_DIR).glob("*.jsonl")]:
             if stale.exists():
                 stale.unlink()
-    path.write_text(text)
+    else:
+        check_run_config(out_dir, identity)
+    (out_dir / RUN_CONFIG_NAME).write_text(json.dumps(identity, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------ scoring
@@ -377,9 +392,7 @@ def run_predictions(
 
     if state.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        # both_orders changes what a row holds, so rows of the two modes must not mix.
-        full_identity = {"scorer": scorer.describe(), "both_orders": cfg.both_orders, **(identity or {})}
-        _check_run_config(out, full_identity, overwrite)
+        _claim_run_dir(out, run_identity(scorer, cfg, identity), overwrite)
         consolidate(out, ids, drop_errors=cfg.retry_errors)
     state.wait_for_everyone()
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -132,6 +133,7 @@ def load_pair_media(record: PreferenceRecord, media: MediaConfig):
     return dataset[0]
 
 
+@lru_cache(maxsize=1 << 16)  # benchmarks reuse each media file in many pairs
 def _image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header; (0, 0) when unreadable (the decode step reports it)."""
     from PIL import Image
@@ -143,21 +145,28 @@ def _image_size(path: Path) -> tuple[int, int]:
         return 0, 0
 
 
-def _video_shape(path: Path, media: MediaConfig) -> tuple[int, int, int]:
-    """(sampled frames, width, height) from the container header; zeros when unreadable."""
+@lru_cache(maxsize=1 << 16)
+def _video_header(path: Path) -> tuple[float, int, int, int]:
+    """(seconds, frames, width, height) from the container header; zeros when unreadable."""
     import av
 
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            if media.fps is not None:
-                seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
-                frames = max(1, int(seconds * media.fps))
-            else:
-                frames = media.num_frames or stream.frames
-            return int(frames), stream.width, stream.height
+            seconds = float(stream.duration * stream.time_base) if stream.duration else 0.0
+            return seconds, int(stream.frames), int(stream.width), int(stream.height)
     except (OSError, ValueError, IndexError, av.error.FFmpegError):
-        return 0, 0, 0
+        return 0.0, 0, 0, 0
+
+
+def _video_shape(path: Path, media: MediaConfig) -> tuple[int, int, int]:
+    """(sampled frames, width, height) as `media` would sample the video."""
+    seconds, total, width, height = _video_header(path)
+    if media.fps is not None:
+        frames = max(1, int(seconds * media.fps))
+    else:
+        frames = media.num_frames or total
+    return frames, width, height
 
 
 # ------------------------------------------------------------------------------------ reward model

@@ -100,7 +100,8 @@ class RewardTrainer:
     """Trains `model` on `train_data` pairs; `train()` returns the final metrics.
 
     log_dir: TensorBoard and JSONL logs (default: `output_dir/logs`). Checkpoints go to
-    `output_dir/checkpoints`. The caller saves the final model (`unwrapped_model().save_pretrained`).
+    `output_dir/checkpoints`. The caller saves the final model (`unwrapped_model().save_pretrained`)
+    and then calls `accelerator.end_training()` (it closes the trackers and the process group).
     """
 
     def __init__(
@@ -368,5 +369,4 @@ class RewardTrainer:
             if len(set(digests)) != 1:
                 raise RuntimeError(f"processes ended with different weights (sha256 per process: {digests})")
             metrics["replica_weight_sha256"] = digests
-        acc.end_training()
         return metrics

@@ -2,10 +2,9 @@
 
 import json
 
+import open_clip
 import pytest
 import torch
-
-import open_clip
 
 from mmreward.backbones.clip import (
     CONFIG_NAME,

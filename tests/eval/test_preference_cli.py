@@ -16,7 +16,7 @@ from accelerate import PartialState
 from PIL import Image
 
 from mmreward.data.records import read_records
-from mmreward.evaluation.runner import SHARD_DIR, load_predictions
+from mmreward.evaluation.runner import SHARD_DIR, RunConfigError, load_predictions
 from mmreward.manifest import INCOMPLETE_MARKER, RunDirError, read_manifest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +70,17 @@ def test_outputs_manifest_config_and_media_failure(tmp_path, state):
     assert (out / "summary.md").read_text().startswith("# toy run")
     assert "MediaError" in (out / "report.html").read_text()
     assert {r["id"] for r in load_predictions(out)} == {r.id for r in read_records(data)}
+
+
+def test_another_evaluations_folder_is_left_alone(tmp_path, state):
+    data = toy.write_toy_records(tmp_path / "data", 4)
+    out = tmp_path / "out"
+    preference.main(_args(data, out), state=state)
+    with pytest.raises(RunConfigError, match=r"differs in \['limit'\]"):
+        preference.main(_args(data, out, "--limit", "2"), state=state)
+    read_manifest(out, expect_stage="eval_preference")  # still finished and intact
+    preference.main(_args(data, out, "--limit", "2", "--overwrite", "true"), state=state)
+    assert [r["id"] for r in load_predictions(out)] == ["p000", "p001"]
 
 
 def test_benchmark_spec_uses_the_reader(tmp_path, state):
@@ -220,3 +231,55 @@ def test_master_key_needs_text_responses():
     video_only = PreferenceRecord("v", "p", Side(video=Path("a.mp4")), Side(video=Path("b.mp4")), {"overall": "a"})
     with pytest.raises(ValueError, match="replace text responses"):
         master_key.probe_records([video_only], [":"])
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "eval" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_configs_parse(config):
+    required = ["--model", "m", "--data", "d", "--out", "o"]
+    if config.name == "master_key.yaml":
+        from trl import TrlParser
+
+        (args,) = TrlParser([master_key.MasterKeyArguments]).parse_args_and_config(["--config", str(config), *required])
+        assert args.keys[4] == "Thought process:" and args.criterion in master_key.CRITERIA
+    else:
+        args = preference.parse_args(["--config", str(config), *required])
+        assert args.batch_size >= 1 and args.model == "m"
+
+
+def test_vr_thinker_judge_adapter_runs_the_real_judge(tmp_path, state):
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from mmreward.data.records import PreferenceRecord, Side
+    from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+    from mmreward.evaluation.runner import RunnerConfig, run_predictions
+    from mmreward.evaluation.scorers import JudgeScorer
+    from vr_thinker.env import EnvConfig
+    from vr_thinker.judge import VRThinkerJudge
+    from vr_thinker.rollout import SamplingConfig
+
+    assert callable(preference._load_factory(preference.JUDGES["vr_thinker"], preference.HERE))
+    adapter = _load("scorers_vrt_test", REPO / "eval" / "scorers_vrt.py")
+    syn = tmp_path / "syn"
+    generate_synthetic(syn, seed=0, config=SyntheticConfig(image_splits=SplitSizes(1, 1, 1), video_splits=SplitSizes(1, 1, 3)))
+    records = list(read_records(syn / "videos" / "test.jsonl"))
+    records[2].a.video.write_bytes(b"")  # unreadable video: a recorded MediaError
+    records.append(PreferenceRecord("text", "p", Side(response="a"), Side(response="b"), {"overall": "a"}))
+
+    model, processor = load_vlm(VLMLoadConfig(path=str(build_tiny_vlm(tmp_path / "vlm")), tool_chat_template=True))
+    judge = VRThinkerJudge(model, processor, EnvConfig(pool_frames=4, initial_frames=2, max_turns=1),
+                           {"VQ": "visual quality", "MQ": "motion quality", "TA": "text alignment"},
+                           SamplingConfig(do_sample=False, max_new_tokens=3), batch_size=2)
+    scorer = JudgeScorer(adapter.VRThinkerPairJudge(judge), name="vr_thinker")
+    run_predictions(records, scorer, tmp_path / "out", RunnerConfig(batch_size=4), state=state)
+    rows = {r["id"]: r for r in load_predictions(tmp_path / "out")}
+    assert rows[records[2].id]["error"]["type"] == "MediaError"
+    assert rows["text"]["error"]["type"] == "SampleError"
+    for record in records[:2]:
+        row = rows[record.id]
+        assert set(row["delta"]) == {"VQ", "MQ", "TA", "overall"}
+        verdicts = row["extra"]["verdicts"]
+        # A random 3-token answer gives no verdicts: delta 0 and every dimension unanswered.
+        assert all(v is None for v in verdicts.values()) and row["extra"]["unanswered"] == ["MQ", "TA", "VQ", "overall"]
+        assert all(d == 0.0 for d in row["delta"].values())
+        trace = row["extra"]["trace"]
+        assert trace["format_valid"] is False and len(trace["turns"]) == 1 and trace["generated_tokens"] == 3

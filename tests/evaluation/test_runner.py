@@ -267,12 +267,17 @@ def synthetic_images(tmp_path_factory):
     return out
 
 
-def test_clip_scorer_is_prompt_image_cosine(tmp_path, synthetic_images, state):
-    import torch
-
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
     from mmreward.backbones.clip import build_tiny_clip
 
-    scorer = ClipScorer.from_pretrained(build_tiny_clip(tmp_path / "clip"), dimensions=["TA"])
+    return build_tiny_clip(tmp_path_factory.mktemp("clip"))
+
+
+def test_clip_scorer_is_prompt_image_cosine(tmp_path, synthetic_images, clip_dir, state):
+    import torch
+
+    scorer = ClipScorer.from_pretrained(clip_dir, dimensions=["TA"])
     recs = list(read_records(synthetic_images / "images" / "test.jsonl"))
     run_predictions(recs, scorer, tmp_path / "out", RunnerConfig(batch_size=4), state=state)
     rows = load_predictions(tmp_path / "out")
@@ -286,10 +291,8 @@ def test_clip_scorer_is_prompt_image_cosine(tmp_path, synthetic_images, state):
     assert rows[0]["delta"]["overall"] == pytest.approx(sims[0] - sims[1], abs=1e-5)
 
 
-def test_clip_scorer_video_mean_over_frames_and_text_only_error(tmp_path, synthetic_images, state):
-    from mmreward.backbones.clip import build_tiny_clip
-
-    scorer = ClipScorer.from_pretrained(build_tiny_clip(tmp_path / "clip"), media=MediaConfig(num_frames=3))
+def test_clip_scorer_video_mean_over_frames_and_text_only_error(tmp_path, synthetic_images, clip_dir, state):
+    scorer = ClipScorer.from_pretrained(clip_dir, media=MediaConfig(num_frames=3))
     recs = list(read_records(synthetic_images / "videos" / "test.jsonl"))
     text_only = PreferenceRecord("t", "p", Side(response="a"), Side(response="b"), {"overall": "a"})
     run_predictions(recs + [text_only], scorer, tmp_path / "out", state=state)

@@ -14,7 +14,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForImageTextToText, AutoProcessor
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE
 from mmreward.backbones.tiny import build_tiny_vlm
@@ -34,27 +36,32 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-_MODELS: dict[str, tuple] = {}
+class TinyModels:
+    """Tiny random models built once per test module, one directory per family."""
+
+    def __init__(self, root):
+        self.root = root
+        self.loaded: dict[str, tuple] = {}
+
+    def __call__(self, family: str = "qwen2_5_vl"):
+        if family not in self.loaded:
+            path = build_tiny_vlm(self.root / family, family=family, seed=0)
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
+            self.loaded[family] = (model, AutoProcessor.from_pretrained(path))
+        return self.loaded[family]
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("tiny_vlms")
+def tiny(tmp_path_factory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny_vlms"))
 
 
-def load(tiny_dir, family: str = "qwen2_5_vl"):
-    if family not in _MODELS:
-        path = build_tiny_vlm(tiny_dir / family, family=family, seed=0)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-        _MODELS[family] = (model, AutoProcessor.from_pretrained(path))
-    return _MODELS[family]
-
-
-def make_env(seed: int, **cfg) -> VideoPairEnv:
+def make_env(seed: int, prompt: str | None = None, **cfg) -> VideoPairEnv:
     rng = np.random.default_rng(seed)
     videos = [frame_pool_from_arrays(rng.integers(0, 256, (16, 56, 56, 3), dtype=np.uint8)) for _ in "12"]
     config = dict(pool_frames=16, initial_frames=2, memory_window=1, max_turns=5) | cfg
-    return VideoPairEnv(f"a ball rolls ({seed})", *videos, dimensions=["VQ", "TA"], config=EnvConfig(**config))
+    prompt = prompt or f"a ball rolls ({seed})"
+    return VideoPairEnv(prompt, *videos, dimensions=["VQ", "TA"], config=EnvConfig(**config))
 
 
 def call(frames: list[int]) -> str:
@@ -69,18 +76,15 @@ def reference_logits(model, processor, env: VideoPairEnv, turn: int, generated: 
         tokenize=True, return_dict=True, return_tensors="pt",
     )
     context = inputs["input_ids"][0].tolist()
-    ids = torch.tensor([context + generated])
+    ids = torch.tensor([context + generated], device=model.device)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    vision = {k: inputs[k].to(model.device) for k in ("pixel_values", "image_grid_thw") if k in inputs}
     with torch.no_grad():
         logits = model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            mm_token_type_ids=(ids == image_id).int(),
-            pixel_values=inputs.get("pixel_values"),
-            image_grid_thw=inputs.get("image_grid_thw"),
+            input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == image_id).int(), **vision
         ).logits[0]
     n = len(context)
-    return context, logits[n - 1 : n - 1 + len(generated)]
+    return context, logits[n - 1 : n - 1 + len(generated)].float().cpu()
 
 
 def max_diff(a: RolloutTrace, b: RolloutTrace) -> float:
@@ -93,8 +97,8 @@ SCRIPTS = [[call([1, 2]), call([3]), call([5, 6, 7])], [call([4, 9])]]
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen2_vl"])
-def test_cached_turns_match_full_prefill(tiny_dir, family):
-    model, processor = load(tiny_dir, family)
+def test_cached_turns_match_full_prefill(tiny, family):
+    model, processor = tiny(family)
     envs = [make_env(0), make_env(1)]
     traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=SCRIPTS)
 
@@ -104,6 +108,8 @@ def test_cached_turns_match_full_prefill(tiny_dir, family):
             context, ref = reference_logits(model, processor, env, t, turn.generated_ids)
             assert turn.context_ids == context, f"turn {t}: ids differ from the processor's"
             torch.testing.assert_close(turn.logits, ref, atol=ATOL, rtol=0)
+            chosen = ref.log_softmax(-1).gather(-1, torch.tensor(turn.generated_ids)[:, None])[:, 0]
+            torch.testing.assert_close(torch.tensor(turn.logprobs), chosen, atol=ATOL, rtol=0)
             assert turn.generated_mask == [0] * len(context) + [1] * len(turn.generated_ids)
             if t > 0:
                 assert turn.reused_tokens > 0 and turn.prefilled_tokens < len(context) // 2
@@ -121,10 +127,10 @@ def test_cached_turns_match_full_prefill(tiny_dir, family):
     assert turns[1].images[-4:] == [envs[0].frame(v, i).image for i in (1, 2) for v in (1, 2)]
 
 
-def test_cache_cut_inside_an_image_of_another_row(tiny_dir):
+def test_cache_cut_inside_an_image_of_another_row(tiny):
     """The batch cache is cut at the earliest row's divergence; another row re-prefills from the same slot,
     which here falls inside one of its images (it then gets the features of that image's uncached tokens)."""
-    model, processor = load(tiny_dir)
+    model, processor = tiny()
     envs = [make_env(0), make_env(1, memory_window=None)]
     scripts = [[call([1]), call([5]), call([6])], [call([9, 10]), call([7]), call([8])]]
     traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=scripts)
@@ -138,8 +144,34 @@ def test_cache_cut_inside_an_image_of_another_row(tiny_dir):
             torch.testing.assert_close(turn.logits, ref, atol=ATOL, rtol=0)
 
 
-def test_full_reprefill_mode_gives_the_same_logits(tiny_dir):
-    model, processor = load(tiny_dir)
+def _strict_sdpa(module, query, key, value, attention_mask, **kwargs):
+    """SDPA that refuses a query row allowed to attend to no key (GPU kernels may return NaN for it)."""
+    if attention_mask is not None:
+        assert attention_mask.any(dim=-1).all(), "a query row attends to nothing"
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def test_no_query_attends_to_nothing_with_ragged_first_turns(tiny):
+    """First-turn contexts of different lengths share one forward without a fully masked query row, and the
+    logits stay equal to a full prefill."""
+    AttentionInterface.register("strict_sdpa", _strict_sdpa)
+    AttentionMaskInterface.register("strict_sdpa", sdpa_mask)
+    _, processor = tiny()
+    model = AutoModelForImageTextToText.from_pretrained(
+        tiny.root / "qwen2_5_vl", dtype=torch.float32, attn_implementation="strict_sdpa"
+    ).eval()
+    envs = [make_env(0), make_env(1, prompt="a much longer prompt about a ball that rolls down a hill")]
+    scripts = [[call([1, 2]), call([3])], [call([4])]]
+    traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=scripts)
+    assert len(traces[0].turns[0].context_ids) != len(traces[1].turns[0].context_ids)
+    for env, trace in zip(envs, traces):
+        for t, turn in enumerate(trace.turns):
+            _, ref = reference_logits(model, processor, env, t, turn.generated_ids)
+            torch.testing.assert_close(turn.logits, ref, atol=ATOL, rtol=0)
+
+
+def test_full_reprefill_mode_gives_the_same_logits(tiny):
+    model, processor = tiny()
     cached = HFRolloutEngine(model, processor, record_logits=True).rollout([make_env(0)], GREEDY, [SCRIPTS[0]])
     full = HFRolloutEngine(model, processor, cache_reuse=False, record_logits=True).rollout(
         [make_env(0)], GREEDY, [SCRIPTS[0]]
@@ -149,8 +181,8 @@ def test_full_reprefill_mode_gives_the_same_logits(tiny_dir):
     assert all(t.reused_tokens == 0 and t.prefilled_tokens == len(t.context_ids) for t in full[0].turns)
 
 
-def test_batch_equals_single_episodes(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_batch_equals_single_episodes(tiny):
+    model, processor = tiny()
     sampling = SamplingConfig(max_new_tokens=10, do_sample=True, top_k=50, top_p=0.9, temperature=0.8, seed=7)
     engine = HFRolloutEngine(model, processor, record_logits=True)
     batch = engine.rollout([make_env(0), make_env(1)], sampling, forced=SCRIPTS)
@@ -161,8 +193,8 @@ def test_batch_equals_single_episodes(tiny_dir):
         assert max_diff(alone[0], batch[i]) <= ATOL
 
 
-def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny):
+    model, processor = tiny()
     engine = HFRolloutEngine(model, processor)
 
     def tokens(sampling):
@@ -176,12 +208,13 @@ def test_greedy_is_deterministic_and_sampling_follows_the_seed(tiny_dir):
     assert tokens(sampled) != tokens(GREEDY)
 
 
-def test_turn_ends_at_stop_string_and_stop_token(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_turn_ends_at_stop_string_and_stop_token(tiny):
+    model, processor = tiny()
     tok = processor.tokenizer
     greedy = HFRolloutEngine(model, processor).rollout([make_env(0, max_turns=2)], GREEDY)[0].turns[0].generated_ids
     # A token whose text is readable and new in the greedy sequence ends the turn there.
-    j = next(i for i, t in enumerate(greedy) if "\ufffd" not in tok.decode([t]) and tok.decode([t]) not in tok.decode(greedy[:i]))
+    texts = [tok.decode([t]) for t in greedy]
+    j = next(i for i, text in enumerate(texts) if "\ufffd" not in text and text not in tok.decode(greedy[:i]))
     stop = tok.decode([greedy[j]])
 
     by_string = SamplingConfig(max_new_tokens=12, do_sample=False, stop_strings=(stop,))
@@ -201,8 +234,8 @@ def test_turn_ends_at_stop_string_and_stop_token(tiny_dir):
     assert second.context_ids[start : start + j + 1] == greedy[:j] + [tok.convert_tokens_to_ids("<|im_end|>")]
 
 
-def test_vision_placeholders_are_never_generated(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_vision_placeholders_are_never_generated(tiny):
+    model, processor = tiny()
     biased = copy.deepcopy(model)
     vocab = processor.tokenizer.get_vocab()
     head = torch.nn.Linear(biased.lm_head.in_features, biased.lm_head.out_features, bias=True)
@@ -216,8 +249,8 @@ def test_vision_placeholders_are_never_generated(tiny_dir):
     assert turn.generated_ids == [vocab["A"]] * GREEDY.max_new_tokens
 
 
-def test_template_that_rewrites_history_is_refused(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_template_that_rewrites_history_is_refused(tiny):
+    model, processor = tiny()
     rewriting = copy.deepcopy(processor)
     # A template that drops the reasoning of earlier assistant turns (as some reasoning templates do).
     rewriting.chat_template = TOOL_CHAT_TEMPLATE.replace(
@@ -227,8 +260,8 @@ def test_template_that_rewrites_history_is_refused(tiny_dir):
         HFRolloutEngine(model, rewriting).rollout([make_env(0)], GREEDY, forced=[[call([1])]])
 
 
-def test_bad_arguments_are_refused(tiny_dir):
-    model, processor = load(tiny_dir)
+def test_bad_arguments_are_refused(tiny):
+    model, processor = tiny()
     engine = HFRolloutEngine(model, processor)
     with pytest.raises(ValueError, match="forced has 1 entries for 2 envs"):
         engine.rollout([make_env(0), make_env(1)], GREEDY, forced=[[call([1])]])
@@ -238,11 +271,11 @@ def test_bad_arguments_are_refused(tiny_dir):
         SamplingConfig(max_new_tokens=0)
 
 
-def test_vllm_prompt_has_one_placeholder_per_image(tiny_dir):
+def test_vllm_prompt_has_one_placeholder_per_image(tiny):
     """The vLLM backend (GPU, not run here) sends the same context with each image's tokens collapsed to one."""
     from vr_thinker.rollout import _collapse_images, _ConversationBuilder
 
-    _, processor = load(tiny_dir)
+    _, processor = tiny()
     env = make_env(0)
     ctx = _ConversationBuilder(processor).build(env.reset(), env.tools, [])
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
@@ -252,3 +285,19 @@ def test_vllm_prompt_has_one_placeholder_per_image(tiny_dir):
         add_special_tokens=False,
     )["input_ids"]
     assert collapsed == unexpanded and collapsed.count(image_id) == len(ctx.images) == 4
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cached_turns_match_full_prefill_on_gpu(tiny):
+    """Same check on CUDA (fp32, TF32 off), where SDPA kernels differ from the CPU ones."""
+    model, processor = tiny()
+    gpu_model = copy.deepcopy(model).to("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    envs = [make_env(0), make_env(1, prompt="a much longer prompt about a ball that rolls down a hill")]
+    traces = HFRolloutEngine(gpu_model, processor, record_logits=True).rollout(envs, GREEDY, forced=SCRIPTS)
+    for env, trace in zip(envs, traces):
+        for t, turn in enumerate(trace.turns):
+            assert torch.isfinite(turn.logits).all()
+            _, ref = reference_logits(gpu_model, processor, env, t, turn.generated_ids)
+            torch.testing.assert_close(turn.logits, ref, atol=1e-4, rtol=0)

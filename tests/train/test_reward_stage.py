@@ -1,0 +1,174 @@
+"""The reward training stage end to end: outputs, DDP, SIGKILL + resume, NaN guard, learning."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+from mmreward.heads import ScalarHead
+from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
+from mmreward.model import RewardModel
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "train"))
+import reward as stage  # noqa: E402  (train/reward.py, the script under test)
+
+IMAGE_DIMS = ["VQ", "TA", "overall"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own Accelerator (the state is a process-wide singleton)."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    config = SyntheticConfig(image_splits=SplitSizes(48, 24, 0), video_splits=SplitSizes(8, 4, 0))
+    return generate_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0, config=config)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_tiny_vlm(tmp_path_factory.mktemp("tiny"), family="qwen2_5_vl")
+
+
+def _args(tiny, data, out, *extra, modality="images", dims=IMAGE_DIMS):
+    return [
+        "--backbone", str(tiny), "--output_dir", str(out),
+        "--train_file", str(data[f"{modality}/train"]), "--val_file", str(data[f"{modality}/val"]),
+        "--dimensions", *dims, "--batch_size", "4", "--eval_batch_size", "12", "--logging_steps", "2",
+        "--torch_threads", "1", "--seed", "3", *extra,
+    ]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    weights = {f"head.{k}": v for k, v in load_file(out / "head.safetensors").items()}
+    if (out / "backbone" / "model.safetensors").exists():
+        weights.update(load_file(out / "backbone" / "model.safetensors"))
+    return weights
+
+
+def test_image_stage_outputs(tiny, data, tmp_path):
+    out = tmp_path / "run"
+    metrics = stage.main(_args(tiny, data, out, "--max_steps", "4", "--save_steps", "2", "--eval_steps", "2"))
+    manifest = read_manifest(out, expect_stage="reward")
+    assert manifest["inputs"]["train_file"] == str(data["images/train"])
+    assert manifest["metrics"]["steps"] == 4 and "head.safetensors" in manifest["checksums"]
+    for dim in IMAGE_DIMS:
+        assert 0.0 <= metrics[f"val/accuracy/{dim}"] <= 1.0
+    assert json.loads((out / "metrics.json").read_text())["steps"] == 4
+    resolved = yaml.safe_load((out / "resolved_config.yaml").read_text())
+    assert resolved["dimensions"] == IMAGE_DIMS and resolved["max_steps"] == 4
+    log = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    train_rows = [row for row in log if "train/loss" in row]
+    assert [row["step"] for row in train_rows] == [2, 4]
+    assert {"train/lr", "train/grad_norm", "train/accuracy/TA"} <= train_rows[0].keys()
+    assert [row["step"] for row in log if "val/accuracy/VQ" in row] == [2, 4]
+    assert list((out / "logs").rglob("events.out.tfevents.*"))
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    model = RewardModel.from_pretrained(out)
+    assert model.dimensions == IMAGE_DIMS and model.tuning.mode == "full"
+    # the resolved config reruns the stage as is (here: resumes the finished run, nothing to do)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    again = stage.main(["--config", str(out / "resolved_config.yaml"), "--max_steps", "2"])
+    assert again["steps"] == 2 and again["resumed_from"].endswith("step_00000002")
+
+
+def test_video_stage_lora(tiny, data, tmp_path):
+    out = tmp_path / "video"
+    dims = ["VQ", "MQ", "TA", "overall"]
+    metrics = stage.main(_args(tiny, data, out, "--max_steps", "2", "--tuning_mode", "lora", "--loss_kind", "btt",
+                               "--num_frames", "4", modality="videos", dims=dims))
+    assert metrics["steps"] == 2 and metrics["val/pairs"] == 4
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and not (out / "backbone").exists()
+    assert RewardModel.from_pretrained(out).dimensions == dims
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, data, tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    original = ScalarHead.forward
+
+    def poisoned(self, hidden, lm_head=None):
+        calls["n"] += 1
+        out = original(self, hidden, lm_head)
+        return out * float("nan") if calls["n"] == 4 else out  # the 4th training forward = step 4
+
+    monkeypatch.setattr(ScalarHead, "forward", poisoned)
+    out = tmp_path / "nan"
+    with pytest.raises(SystemExit) as exit_info:
+        stage.main(_args(tiny, data, out, "--max_steps", "6", "--save_steps", "2"))
+    assert exit_info.value.code == stage.EXIT_NON_FINITE
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 4" in err and "step_00000002" in err
+    assert (out / INCOMPLETE_MARKER).exists() and not (out / "manifest.json").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_then_resume_gives_identical_weights(tiny, data, tmp_path):
+    common = ["--max_steps", "24", "--save_steps", "4", "--eval_steps", "0", "--max_val_records", "4"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "reward.py"), *_args(tiny, data, killed, *common)],
+                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (killed / "checkpoints" / "step_00000004").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / INCOMPLETE_MARKER).exists() and not (killed / "head.safetensors").exists()
+    resumed = stage.main(_args(tiny, data, killed, *common))
+    assert resumed["resumed_from"] is not None and resumed["steps"] == 24
+    AcceleratorState._reset_state(reset_partial_state=True)
+    straight = tmp_path / "straight"
+    assert stage.main(_args(tiny, data, straight, *common))["resumed_from"] is None
+    a, b = _weights(killed), _weights(straight)
+    assert a.keys() == b.keys() and len(a) > 10
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    assert not all(torch.equal(a[n], v) for n, v in _weights_of_untrained(tiny).items() if n in a)
+
+
+def _weights_of_untrained(tiny: Path) -> dict[str, torch.Tensor]:
+    return load_file(tiny / "model.safetensors")
+
+
+def test_ddp_two_cpu_processes_end_with_same_weights(tiny, data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), str(ROOT / "train" / "reward.py"),
+        *_args(tiny, data, out, "--max_steps", "3", "--freeze_vision", "false"),
+    ]
+    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = read_manifest(out, expect_stage="reward")["metrics"]
+    assert metrics["num_processes"] == 2
+    digests = metrics["replica_weight_sha256"]
+    assert len(digests) == 2 and digests[0] == digests[1]

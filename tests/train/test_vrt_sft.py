@@ -1,0 +1,129 @@
+"""The VR-Thinker SFT stage end to end: outputs, chaining through the manifest, frozen vision tower, LoRA merge,
+the judge API on the result, and (slow) learning: format-valid rate on held-out pairs before vs after SFT."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate.state import AcceleratorState
+from safetensors.torch import load_file
+
+from mmreward.data.records import read_records
+from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+from mmreward.manifest import read_manifest
+from vr_thinker.cold_start import read_traces
+from vr_thinker.judge import JUDGE_CONFIG_NAME, VRThinkerJudge
+from vr_thinker.rollout import SamplingConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "train"))
+import vrt_sft as stage  # noqa: E402  (train/vrt_sft.py, the script under test)
+
+# Short contexts keep the CPU steps cheap: 2 initial frames of 48 px, a one-line system prompt.
+FAST = [
+    "--pool_frames", "8", "--initial_frames", "2", "--max_frames_per_call", "4", "--motion_frames", "2",
+    "--system_prompt", "Judge which video is better.", "--per_device_train_batch_size", "1",
+    "--report_to", "none", "--logging_steps", "1", "--warmup_steps", "0",
+]
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process run builds its own accelerate state (a process-wide singleton)."""
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    config = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(24, 8, 0), num_frames=8,
+                             video_size=48)
+    out = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic(out, seed=0, config=config)
+    return out
+
+
+def run(*args: str) -> dict:
+    return stage.main(["--config", str(ROOT / "train/configs/vrt_sft.yaml"), *FAST, *args])
+
+
+def weights(directory: Path) -> dict[str, torch.Tensor]:
+    return load_file(directory / "model.safetensors")
+
+
+def is_vision(name: str) -> bool:
+    return name.startswith("visual.")  # checkpoint names: visual.* (vision tower), model.* and lm_head (text)
+
+
+def test_stage_writes_a_judge_and_chains_through_its_manifest(data, tmp_path):
+    first = tmp_path / "sft"
+    metrics = run("--model_path", "tiny", "--data", str(data), "--output_dir", str(first), "--max_pairs", "4",
+                  "--max_steps", "1", "--eval_pairs", "2", "--eval_before", "true", "--eval_max_new_tokens", "4")
+    manifest = read_manifest(first, expect_stage="vrt_sft")
+    assert manifest["metrics"]["traces"] == 4 and manifest["metrics"]["train_steps"] == 1
+    assert manifest["inputs"]["data"] == str(data)
+    for key in ("eval_before", "eval_after"):
+        assert metrics[key]["pairs"] == 2 and 0.0 <= metrics[key]["format_valid_rate"] <= 1.0
+    assert sum(metrics["tool_calls_per_trace"].values()) == 4 and metrics["rows"] >= 4
+    resolved = yaml.safe_load((first / "resolved_config.yaml").read_text())
+    assert resolved["initial_frames"] == 2 and resolved["max_steps"] == 1
+    assert (first / "example_trace.html").read_text().count("<img ") >= 4
+    traces = read_traces(first / "traces.jsonl")
+    assert len(traces) == 4 and traces[0].env.pool_frames == 8
+    saved = json.loads((first / JUDGE_CONFIG_NAME).read_text())
+    assert saved["env"]["initial_frames"] == 2 and saved["env"]["system_prompt"] == "Judge which video is better."
+
+    # Full fine-tuning with the vision tower frozen: vision weights equal the input model's, the rest moved.
+    before, after = weights(first / "tiny_backbone"), weights(first)
+    assert before.keys() == after.keys()
+    vision = [k for k in before if is_vision(k)]
+    assert vision and all(torch.equal(before[k], after[k]) for k in vision)
+    assert any(not torch.equal(before[k], after[k]) for k in before if not is_vision(k))
+
+    # Next stage: model and data from the first stage's directory (its traces.jsonl), LoRA merged on save.
+    second = tmp_path / "sft2"
+    metrics2 = run("--model_path", str(first), "--data", str(first), "--output_dir", str(second),
+                   "--max_steps", "1", "--use_lora", "true", "--lora_r", "4", "--eval_pairs", "0")
+    manifest2 = read_manifest(second, expect_stage="vrt_sft")
+    assert manifest2["inputs"]["model_stage"] == "vrt_sft" and metrics2["source"]["kind"] == "stage"
+    merged = weights(second)
+    assert merged.keys() == after.keys()  # adapters merged: a plain checkpoint, no lora_ tensors
+    assert all(torch.equal(after[k], merged[k]) for k in vision)
+    changed = [k for k in after if not torch.equal(after[k], merged[k])]
+    assert changed and all(k.startswith("model.layers.") and k.endswith("proj.weight") for k in changed)
+
+    # The judge API on the stage output: verdicts, trace, HTML.
+    judge = VRThinkerJudge.from_pretrained(second, sampling=SamplingConfig(do_sample=False, max_new_tokens=4))
+    assert judge.env_config.initial_frames == 2 and list(judge.dimensions) == ["VQ", "MQ", "TA"]
+    record = read_records(data / "videos" / "val.jsonl")[0]
+    result = judge.compare(record.prompt, record.a.video, record.b.video)
+    assert result.status == "truncated" and not result.format_valid  # 4 tokens cannot hold a turn
+    assert len(result.trace.turns) == 1 and len(result.trace.turns[0].generated_ids) == 4
+    page = result.html(title=record.id, label=record.label)
+    assert record.prompt in page and page.count("<img ") == 4
+
+
+def test_unfinished_input_stage_is_refused(data, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "traces.jsonl").write_text("")
+    (broken / "INCOMPLETE").write_text("started\n")
+    with pytest.raises(Exception, match="did not finish"):
+        run("--model_path", "tiny", "--data", str(broken), "--output_dir", str(tmp_path / "out"), "--max_steps", "1",
+            "--eval_pairs", "0")
+
+
+@pytest.mark.slow
+def test_sft_makes_the_tiny_judge_produce_valid_episodes(data, tmp_path):
+    """Learning check (about 10 CPU minutes on 2 cores): greedy episodes on 8 held-out pairs, before vs after."""
+    metrics = run("--model_path", "tiny", "--data", str(data), "--output_dir", str(tmp_path / "sft"),
+                  "--teacher_style", "brief", "--max_steps", "150", "--learning_rate", "2e-2",
+                  "--per_device_train_batch_size", "2", "--lr_scheduler_type", "constant",
+                  "--eval_pairs", "8", "--eval_before", "true", "--eval_max_new_tokens", "96")
+    before, after = metrics["eval_before"], metrics["eval_after"]
+    assert before["format_valid_rate"] == 0.0
+    assert after["format_valid_rate"] >= 0.5
+    assert after["overall_accuracy"] > before["overall_accuracy"]

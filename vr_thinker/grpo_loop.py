@@ -1,0 +1,543 @@
+"""The VR-Thinker GRPO loop on accelerate: multi-turn tool rollouts, rule rewards, per-turn rows, clipped updates.
+
+One step (per process):
+
+1. Take ``pairs_per_step`` judging pairs (a pure function of the step, so a resumed run sees the same data) and
+   roll out ``group_size`` episodes of each with :class:`~vr_thinker.rollout.HFRolloutEngine` (sampling; the seed is
+   a function of the step too).
+2. Score every group with :func:`vr_thinker.rewards.group_rewards` and turn the totals into group-normalised
+   advantages, shared by all turns of a trace (:func:`vr_thinker.grpo.group_advantages`).
+3. Build one row per assistant turn with the exact windowed context it saw (:func:`vr_thinker.grpo.rollout_rows`),
+   weights that normalise the loss per trace, reference log-probs (adapters disabled for LoRA, else a frozen copy
+   of the starting model; skipped when ``kl_coef == 0``) and, when a rollout serves several updates, the old
+   log-probs.
+4. ``updates_per_rollout`` optimizer steps over the rows in micro-batches (gradients synchronised across DDP
+   processes only on the last micro-batch), clipped gradient norm, AdamW, a transformers LR schedule.
+
+Logged every ``logging_steps`` (TensorBoard under ``log_dir`` and ``train_log.jsonl``): reward and its components
+(accuracy, format, exploration), verdict accuracy per dimension, tool calls, response length, turns, episode
+statuses, KL, clip fractions, entropy, loss, gradient norm, learning rate, timings. With ``eval_pairs`` the policy is
+also run on a fixed set every ``eval_steps`` (greedy or with a fixed sampling seed) and its mean reward logged.
+
+Checkpoints ``checkpoints/step_N`` (model, optimizer, scheduler, loop state, RNG of every process) are written
+atomically every ``save_steps``; a restarted loop resumes from the newest one, and log lines written after it by a
+killed run are dropped. Supported launches: one process (CPU or GPU) and DDP. Sharded engines (ZeRO-3, FSDP) would
+need the full weights gathered for generation, which the HF rollout engine does not do.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections import Counter
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from peft import PeftModel
+from transformers import get_scheduler
+
+from mmreward.data.media import VideoClip
+from mmreward.data.records import PreferenceRecord
+from vr_thinker.env import EnvConfig, VideoPairEnv
+from vr_thinker.grpo import (
+    ADVANTAGE_SCALES,
+    GRPOLossConfig,
+    PolicyRow,
+    PolicyRowCollator,
+    group_advantages,
+    grpo_token_loss,
+    rollout_rows,
+    token_logprobs,
+    token_weights,
+)
+from vr_thinker.protocol import OVERALL, DimensionsLike, normalize_dimensions, verdicts_from_label
+from vr_thinker.rewards import RewardConfig, group_rewards
+from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_NAME = "train_log.jsonl"
+Video = str | Path | VideoClip
+
+
+@dataclass(frozen=True)
+class JudgePair:
+    """One labelled pair to judge: ``label`` holds protocol verdicts (1 = Video 1 better, 2, 0 = tie) for every
+    dimension and "overall"."""
+
+    id: str
+    prompt: str
+    video_1: Video
+    video_2: Video
+    label: dict[str, int]
+
+
+def pairs_from_records(records: Sequence[PreferenceRecord], dimensions: DimensionsLike) -> list[JudgePair]:
+    """Video records (side a = Video 1) as judging pairs over ``dimensions`` + overall; raises naming the record
+    when a side has no video or the label lacks a judged dimension."""
+    dims = list(normalize_dimensions(dimensions))
+    pairs = []
+    for record in records:
+        if record.a.video is None or record.b.video is None:
+            raise ValueError(f"record {record.id!r}: GRPO needs a video on both sides")
+        missing = [k for k in [*dims, OVERALL] if k not in record.label]
+        if missing:
+            raise ValueError(f"record {record.id!r}: label has no {missing} (judged: {[*dims, OVERALL]})")
+        label = verdicts_from_label({k: record.label[k] for k in [*dims, OVERALL]})
+        pairs.append(JudgePair(record.id, record.prompt, record.a.video, record.b.video, label))
+    return pairs
+
+
+@dataclass
+class GRPOConfig:
+    """Settings of the GRPO loop (flat fields, so ``TrlParser`` reads them from YAML and ``--key value``).
+
+    A step is one rollout batch (``pairs_per_step`` pairs x ``group_size`` episodes per process) followed by
+    ``updates_per_rollout`` optimizer steps on it; ``max_steps``, ``logging_steps``, ``eval_steps`` and
+    ``save_steps`` count steps.
+    """
+
+    output_dir: str = field(default="", metadata={"help": "stage output directory (checkpoints/, logs/)"})
+    seed: int = field(default=0, metadata={"help": "seed of the data order and the rollout sampling"})
+    max_steps: int = field(default=100, metadata={"help": "rollout steps"})
+    pairs_per_step: int = field(default=2, metadata={"help": "pairs rolled out per step and process"})
+    group_size: int = field(default=8, metadata={"help": "G: episodes per pair (one advantage group)"})
+    updates_per_rollout: int = field(default=1, metadata={"help": "optimizer steps per rollout batch (mu)"})
+    micro_batch_rows: int = field(default=4, metadata={"help": "training rows per forward"})
+    rollout_batch_size: int = field(default=0, metadata={"help": "episodes per generation batch (0: all at once)"})
+    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
+    warmup_steps: int = field(default=0, metadata={"help": "warm-up optimizer steps"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
+    clip_low: float = field(default=0.2, metadata={"help": "ratio clipped below at 1 - clip_low"})
+    clip_high: float = field(default=0.28, metadata={"help": "ratio clipped above at 1 + clip_high (DAPO)"})
+    kl_coef: float = field(default=0.01, metadata={"help": "k3 KL coefficient (0: no reference model)"})
+    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus coefficient"})
+    advantage_scale: str = field(default="std", metadata={"help": "std (GRPO) | none (Dr. GRPO)"})
+    advantage_eps: float = field(default=1e-4, metadata={"help": "added to the group std"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (log-probs use it too)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    max_new_tokens: int = field(default=512, metadata={"help": "token limit per assistant turn"})
+    merge_rows: bool = field(default=True, metadata={"help": "one row for turns whose contexts extend each other"})
+    logging_steps: int = field(default=1, metadata={"help": "log every N steps"})
+    eval_steps: int = field(default=0, metadata={"help": "run the fixed eval set every N steps (0: start and end)"})
+    eval_samples: int = field(default=1, metadata={"help": "episodes per eval pair"})
+    eval_greedy: bool = field(default=True, metadata={"help": "greedy eval (else sampled with a fixed seed)"})
+    save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: none)"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})
+    use_cpu: bool = field(default=False, metadata={"help": "train on CPU even with a GPU"})
+    torch_threads: int = field(default=0, metadata={"help": "intra-op CPU threads (0: torch's default)"})
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_steps", "pairs_per_step", "group_size", "updates_per_rollout", "micro_batch_rows",
+                     "logging_steps", "eval_samples", "max_new_tokens", "save_total_limit"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1")
+        if self.advantage_scale not in ADVANTAGE_SCALES:
+            problems.append(f"advantage_scale must be one of {ADVANTAGE_SCALES}")
+        if self.temperature <= 0:
+            problems.append("temperature must be > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def loss(self) -> GRPOLossConfig:
+        return GRPOLossConfig(self.clip_low, self.clip_high, self.kl_coef, self.entropy_coef)
+
+    def sampling(self, seed: int) -> SamplingConfig:
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p, seed=seed)
+
+
+@dataclass
+class LoopState:
+    """What a checkpoint restores besides model/optimizer/scheduler/RNG: the step (= data position)."""
+
+    step: int = 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
+
+def checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    return int(name[5:]) if path.is_dir() and name.startswith("step_") and name[5:].isdigit() else None
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    root = Path(output_dir) / CHECKPOINT_DIR
+    found = [(s, p) for p in root.glob("step_*") if (s := checkpoint_step(p)) is not None] if root.is_dir() else []
+    return max(found)[1] if found else None
+
+
+def step_seed(seed: int, step: int, process: int) -> int:
+    """Sampling seed of one step on one process; episodes add their index, so seeds are spread far apart."""
+    digest = hashlib.sha256(f"{seed}:{step}:{process}".encode()).digest()
+    return int.from_bytes(digest[:5], "little") * 4096
+
+
+def trace_summary(traces: Sequence[RolloutTrace], pairs: Sequence[JudgePair], rewards: Sequence[Any],
+                  dimensions: Sequence[str]) -> dict[str, float]:
+    """Means over traces: reward and components, verdict accuracy per dimension, tool calls, response length,
+    turns, and the share of each episode status."""
+    n = len(traces)
+    out = {
+        "reward/mean": sum(r.total for r in rewards) / n,
+        "reward/std": float(np.std([r.total for r in rewards])),
+        "reward/accuracy": sum(r.accuracy for r in rewards) / n,
+        "reward/format": sum(r.format for r in rewards) / n,
+        "reward/exploration": sum(r.exploration for r in rewards) / n,
+        "tool_calls/mean": sum(t.outcome.num_tool_calls for t in traces) / n,
+        "tool_calls/any": sum(t.outcome.num_tool_calls > 0 for t in traces) / n,
+        "response_length/mean": sum(t.num_generated_tokens for t in traces) / n,
+        "turns/mean": sum(len(t.turns) for t in traces) / n,
+    }
+    for key in [*dimensions, OVERALL]:
+        out[f"accuracy/{key}"] = sum(t.outcome.verdicts.get(key) == p.label[key] for t, p in zip(traces, pairs)) / n
+    for status, count in Counter(t.status for t in traces).items():
+        out[f"status/{status}"] = count / n
+    return out
+
+
+class GRPOLoop:
+    """Trains ``model`` (HF Qwen-VL or a ``peft.PeftModel``; trainable parameters already chosen) with GRPO on
+    ``pairs``; ``train()`` runs or resumes to ``config.max_steps`` and returns the final metrics.
+
+    env_config / dimensions: the episode settings (must be the ones the model was trained with).
+    eval_pairs: a fixed set judged at the start, every ``eval_steps`` and at the end (mean reward logged).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        processor: Any,
+        pairs: Sequence[JudgePair],
+        env_config: EnvConfig,
+        dimensions: DimensionsLike,
+        config: GRPOConfig,
+        reward_config: RewardConfig = RewardConfig(),
+        eval_pairs: Sequence[JudgePair] = (),
+        accelerator: Accelerator | None = None,
+        log_dir: str | Path | None = None,
+    ):
+        if not pairs:
+            raise ValueError("no training pairs")
+        self.cfg, self.reward_cfg, self.loss_cfg = config, reward_config, config.loss()
+        self.output_dir = Path(config.output_dir)
+        self.log_dir = Path(log_dir) if log_dir is not None else self.output_dir / "logs"
+        self.accelerator = accelerator or Accelerator(
+            cpu=config.use_cpu or not torch.cuda.is_available(), log_with="tensorboard", project_dir=str(self.log_dir)
+        )
+        self.pairs, self.eval_pairs = list(pairs), list(eval_pairs)
+        self.env_config, self.dimensions = env_config, normalize_dimensions(dimensions)
+        self.processor = processor
+        self.collator = PolicyRowCollator(processor)
+        self.state = LoopState()
+        # The reference is the starting policy: copied before any checkpoint is loaded into the model.
+        self.ref_model = None
+        if config.kl_coef > 0 and not isinstance(model, PeftModel):
+            self.ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
+                                       num_training_steps=config.max_steps * config.updates_per_rollout)
+        self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)
+        if self.ref_model is not None:
+            self.ref_model.to(self.accelerator.device)
+        # Stepped by hand once per optimizer step (a prepared scheduler would step once per process).
+        self.accelerator.register_for_checkpointing(self.scheduler, self.state)
+
+    # ------------------------------------------------------------------------------------------------ helpers
+
+    def unwrapped(self) -> Any:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _generator_model(self) -> Any:
+        """The model the rollout engine drives: the HF model itself (for LoRA: with the adapters active)."""
+        model = self.unwrapped()
+        return model.get_base_model() if isinstance(model, PeftModel) else model
+
+    @contextmanager
+    def _reference(self):
+        """The reference model: the frozen copy, or the policy with its LoRA adapters switched off."""
+        if self.ref_model is not None:
+            yield self.ref_model
+            return
+        model = self.unwrapped()
+        with model.disable_adapter():
+            yield model
+
+    def step_pairs(self, step: int) -> list[JudgePair]:
+        """The pairs of ``step`` on this process: consecutive slices of per-epoch permutations."""
+        acc, k, n = self.accelerator, self.cfg.pairs_per_step, len(self.pairs)
+        start = (step * acc.num_processes + acc.process_index) * k
+        picked = []
+        for position in range(start, start + k):
+            epoch, offset = divmod(position, n)
+            order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
+            picked.append(self.pairs[int(order[offset])])
+        return picked
+
+    def _envs(self, pairs: Sequence[JudgePair], copies: int) -> list[VideoPairEnv]:
+        return [VideoPairEnv(p.prompt, p.video_1, p.video_2, self.dimensions, self.env_config)
+                for p in pairs for _ in range(copies)]
+
+    def rollout(self, envs: list[VideoPairEnv], sampling: SamplingConfig) -> list[RolloutTrace]:
+        """Episodes generated by the current policy (eval mode, no gradients), in batches of
+        ``rollout_batch_size``; each batch's episodes get seeds offset by their position in ``envs``."""
+        model = self._generator_model()
+        was_training = model.training
+        model.eval()
+        engine = HFRolloutEngine(model, self.processor)
+        size = self.cfg.rollout_batch_size or len(envs)
+        traces: list[RolloutTrace] = []
+        for start in range(0, len(envs), size):
+            batch_sampling = SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed + start})
+            traces += engine.rollout(envs[start : start + size], batch_sampling)
+        model.train(was_training)
+        return traces
+
+    def _micro_batches(self, rows: list[PolicyRow]) -> list[list[int]]:
+        """Row indices per forward: longest first, so rows of similar length share padding."""
+        order = sorted(range(len(rows)), key=lambda i: -len(rows[i].input_ids))
+        size = self.cfg.micro_batch_rows
+        return [order[i : i + size] for i in range(0, len(order), size)]
+
+    # ---------------------------------------------------------------------------------------------------- step
+
+    def train_step(self) -> dict[str, float]:
+        """Roll out, score and update once; returns this step's metrics (this process only)."""
+        acc, cfg = self.accelerator, self.cfg
+        started = time.perf_counter()
+        pairs = self.step_pairs(self.state.step)
+        envs = self._envs(pairs, cfg.group_size)
+        traces = self.rollout(envs, cfg.sampling(step_seed(cfg.seed, self.state.step, acc.process_index)))
+        rollout_s = time.perf_counter() - started
+
+        rewards = []
+        for g, pair in enumerate(pairs):
+            group = traces[g * cfg.group_size : (g + 1) * cfg.group_size]
+            rewards += group_rewards([t.outcome for t in group], pair.label, self.reward_cfg)
+        group_ids = [i // cfg.group_size for i in range(len(traces))]
+        advantages = group_advantages([r.total for r in rewards], group_ids, cfg.advantage_scale, cfg.advantage_eps)
+        rows = rollout_rows(traces, cfg.merge_rows)
+        row_weights = torch.tensor(token_weights(rows))
+        row_advantages = advantages[[row.trace for row in rows]]
+        micro = self._micro_batches(rows)
+        batches = [self.collator([rows[i] for i in chunk]) for chunk in micro]
+
+        device = acc.device
+        ref_logps: list[torch.Tensor | None] = [None] * len(micro)
+        old_logps: list[torch.Tensor | None] = [None] * len(micro)
+        with torch.no_grad():
+            if self.loss_cfg.kl_coef > 0:
+                with self._reference() as reference:
+                    reference.eval()
+                    ref_logps = [token_logprobs(reference, b, cfg.temperature)[0] for b in batches]
+            if cfg.updates_per_rollout > 1:  # with one update the old policy is the current one (ratio 1)
+                self.unwrapped().eval()
+                old_logps = [token_logprobs(self.model, b, cfg.temperature)[0] for b in batches]
+
+        self.model.train()
+        totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "low": 0.0, "high": 0.0, "tokens": 0.0}
+        grad_norm = None
+        entropy_mode = self.loss_cfg.entropy_coef > 0
+        for _ in range(cfg.updates_per_rollout):
+            for index, (chunk, batch) in enumerate(zip(micro, batches)):
+                last = index == len(micro) - 1
+                with acc.no_sync(self.model) if not last else nullcontext():
+                    logp, entropy = token_logprobs(self.model, batch, cfg.temperature, with_entropy=True)
+                    if not entropy_mode:
+                        entropy = entropy.detach()
+                    token_rows = batch["token_rows"].to(device)
+                    weights = row_weights[chunk].to(device)[token_rows]
+                    old = old_logps[index].to(device) if old_logps[index] is not None else logp.detach()
+                    ref = ref_logps[index].to(device) if ref_logps[index] is not None else None
+                    terms = grpo_token_loss(logp, old, row_advantages[chunk].to(device)[token_rows], self.loss_cfg,
+                                            ref_logp=ref, entropy=entropy)
+                    loss = (terms.loss * weights).sum()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(f"non-finite GRPO loss at step {self.state.step + 1}")
+                    acc.backward(loss)
+                totals["loss"] += loss.item()
+                totals["tokens"] += logp.numel()
+                totals["entropy"] += entropy.sum().item()
+                totals["low"] += terms.low_clipped.sum().item()
+                totals["high"] += terms.high_clipped.sum().item()
+                if terms.kl is not None:
+                    totals["kl"] += terms.kl.detach().sum().item()
+            max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+            grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        self.state.step += 1
+
+        tokens = max(totals["tokens"], 1.0)
+        metrics = trace_summary(traces, [p for p in pairs for _ in range(cfg.group_size)], rewards,
+                                list(self.dimensions))
+        metrics.update({
+            "loss": totals["loss"] / cfg.updates_per_rollout,
+            "kl": totals["kl"] / tokens,
+            "entropy": totals["entropy"] / tokens,
+            "clip/low": totals["low"] / tokens,
+            "clip/high": totals["high"] / tokens,
+            "clip/fraction": (totals["low"] + totals["high"]) / tokens,
+            "advantage/abs_mean": advantages.abs().mean().item(),
+            "rows": float(len(rows)),
+            "lr": self.scheduler.get_last_lr()[-1],
+            "time/rollout_s": rollout_s,
+            "time/step_s": time.perf_counter() - started,
+        })
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------- evaluation
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean reward, accuracies, format rate and tool calls on the fixed eval pairs (shared across processes;
+        each pair's episodes form one reward group)."""
+        if not self.eval_pairs:
+            return {}
+        acc, cfg = self.accelerator, self.cfg
+        mine = self.eval_pairs[acc.process_index :: acc.num_processes]
+        rows = []
+        if mine:
+            sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.eval_greedy,
+                                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                                      seed=step_seed(cfg.seed, -1, acc.process_index))
+            traces = self.rollout(self._envs(mine, cfg.eval_samples), sampling)
+            for g, pair in enumerate(mine):
+                group = traces[g * cfg.eval_samples : (g + 1) * cfg.eval_samples]
+                for trace, reward in zip(group, group_rewards([t.outcome for t in group], pair.label, self.reward_cfg)):
+                    rows.append((trace, pair, reward))
+        gathered = gather_object([(t.outcome, t.status, t.num_generated_tokens, p.label, r) for t, p, r in rows])
+        n = len(gathered)
+        out = {
+            "eval/reward": sum(r.total for *_, r in gathered) / n,
+            "eval/format_valid": sum(s == "answered" and r.format == 1.0 for _, s, _, _, r in gathered) / n,
+            "eval/tool_calls": sum(o.num_tool_calls for o, *_ in gathered) / n,
+            "eval/response_length": sum(length for _, _, length, _, _ in gathered) / n,
+            "eval/episodes": float(n),
+        }
+        for key in [*self.dimensions, OVERALL]:
+            out[f"eval/accuracy/{key}"] = sum(o.verdicts.get(key) == label[key] for o, _, _, label, _ in gathered) / n
+        return out
+
+    # ------------------------------------------------------------------------------------- logs, checkpoints
+
+    def _log(self, values: dict[str, float]) -> None:
+        acc = self.accelerator
+        acc.log(values, step=self.state.step)
+        if acc.is_main_process:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.log_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"step": self.state.step, **values}) + "\n")
+
+    def _drop_logs_after(self, step: int) -> None:
+        """A killed run may have logged steps after its last checkpoint; the resumed run logs them again."""
+        path = self.log_dir / LOG_NAME
+        if self.accelerator.is_main_process and path.exists():
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+            kept = []
+            for line in lines:
+                try:
+                    if json.loads(line)["step"] <= step:
+                        kept.append(line)
+                except (json.JSONDecodeError, KeyError):
+                    continue  # a line cut by the kill
+            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_N`` atomically (a temporary directory renamed once every process is done)."""
+        acc = self.accelerator
+        root = self.output_dir / CHECKPOINT_DIR
+        final, tmp = root / f"step_{self.state.step:08d}", root / f"tmp_step_{self.state.step:08d}"
+        if acc.is_main_process and tmp.exists():
+            shutil.rmtree(tmp)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)
+            finished = sorted(p for p in root.iterdir() if checkpoint_step(p) is not None)
+            for old in finished[: -self.cfg.save_total_limit]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
+        return final
+
+    def maybe_resume(self) -> Path | None:
+        path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
+        if path is not None:
+            self.accelerator.load_state(str(path))
+            self._drop_logs_after(self.state.step)
+            self.accelerator.print(f"resumed from {path} at step {self.state.step}")
+        return path
+
+    # ---------------------------------------------------------------------------------------------------- loop
+
+    def train(self) -> dict[str, Any]:
+        acc, cfg = self.accelerator, self.cfg
+        acc.init_trackers("vrt_grpo")
+        resumed = self.maybe_resume()
+        start_step, started = self.state.step, time.perf_counter()
+        first_eval = self.evaluate() if start_step == 0 else {}
+        if first_eval:
+            self._log(first_eval)
+        window: list[dict[str, float]] = []
+        history: list[float] = []
+        while self.state.step < cfg.max_steps:
+            metrics = self.train_step()
+            window.append(metrics)
+            history.append(metrics["reward/mean"])
+            step = self.state.step
+            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
+                self._log(self._reduce(window))
+                window = []
+            if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
+                self._log(self.evaluate())
+            if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
+                self.save_checkpoint()
+        final_eval = self.evaluate()
+        if final_eval:
+            self._log(final_eval)
+        elapsed = time.perf_counter() - started
+        return {
+            "steps": self.state.step,
+            "resumed_from": str(resumed) if resumed is not None else None,
+            "train_seconds": round(elapsed, 2),
+            "seconds_per_step": round(elapsed / max(self.state.step - start_step, 1), 3),
+            "num_processes": acc.num_processes,
+            "reward_by_step": history,
+            "eval_start": first_eval,
+            "eval_end": final_eval,
+        }
+
+    def _reduce(self, window: list[dict[str, float]]) -> dict[str, float]:
+        """Mean of each metric over the window's steps and over processes (keys may differ: statuses)."""
+        keys = sorted({k for m in window for k in m})
+        gathered = gather_object([[m.get(k, 0.0 if k.startswith("status/") else math.nan) for k in keys]
+                                  for m in window])
+        values = np.asarray(gathered, dtype=np.float64)
+        return {k: float(np.nanmean(values[:, j])) for j, k in enumerate(keys)}
