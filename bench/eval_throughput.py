@@ -23,7 +23,7 @@ which would inflate the ratio. What batching cannot amortise on CPU (media decod
 processor's per-image work, attention over long sequences) bounds the ratio; on a GPU the model
 part shrinks and batching matters more.
 
-    python bench/eval_throughput.py [--pairs 64] [--batch-size 16] [--repeats 3] [--max-chars 200]
+    python bench/eval_throughput.py [--pairs 96] [--batch-size 32] [--repeats 3] [--max-chars 200]
         [--modality images|videos] [--threads 1] [--device cpu|cuda]
 """
 
@@ -70,8 +70,8 @@ def make_data(root: Path, pairs: int, max_chars: int, modality: str = "images", 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--pairs", type=int, default=96)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-chars", type=int, default=200, help="longest response (0: prompt only)")
     parser.add_argument("--modality", choices=["images", "videos"], default="images")
     parser.add_argument("--repeats", type=int, default=3)

@@ -11,7 +11,9 @@ media, and scored:
 - pairwise (reward models, generative judges): key vs reference; a false positive is the key
   judged better (delta > 0). Ties are counted separately.
 - pointwise (yes-token heads such as RewardDance, whose score is P("yes")): the key's own score
-  above `--threshold` is a false positive.
+  above `--threshold` is a false positive. For a pointwise head that is P(yes) to "does this
+  response answer the prompt?"; for a pairwise-form head, P(yes) to "is the key better than the
+  reference?".
 
 The probe runs through the evaluation runner (batched, resumable, data-parallel) and writes
 master_key.json, master_key.md and report.html (false-positive rate per key with intervals).
@@ -169,10 +171,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     (args,) = TrlParser([MasterKeyArguments]).parse_args_and_config(argv)
     if args.criterion not in CRITERIA:
         raise ValueError(f"--criterion must be one of {CRITERIA}, got {args.criterion!r}")
-    if state is None:
-        from accelerate import PartialState
-
-        state = PartialState(cpu=args.cpu)
+    state = preference.make_state(args) if state is None else state
     out = Path(args.out)
     records = preference.load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:

@@ -74,6 +74,8 @@ class EvalArguments:
     # model
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
+    barrier_timeout_minutes: int = field(default=180, metadata={
+        "help": "how long processes wait for each other (a fast process waits at the end for the slowest)"})
     overall: str = field(default="sum", metadata={"help": "'overall' of a model without that head: sum | DIMENSION"})
     prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is the record's prompt"})
     system_prompt: str | None = field(default=None, metadata={"help": "system turn before the user turn"})
@@ -193,16 +195,23 @@ def _headline_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def make_state(args: EvalArguments) -> Any:
+    """The accelerate process state (reads the `accelerate launch` environment)."""
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    # torch.distributed's default barrier timeout (10 min for NCCL) is shorter than a long evaluation's tail.
+    return PartialState(cpu=args.cpu, timeout=timedelta(minutes=args.barrier_timeout_minutes))
+
+
 def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, Any] | None:
     """Run the evaluation; returns the metrics on the main process (None on the others).
 
-    state: an accelerate `PartialState` / `Accelerator` (default: `PartialState(cpu=args.cpu)`).
+    state: an accelerate `PartialState` / `Accelerator` (default: `make_state(args)`).
     """
     args = parse_args(argv)
-    if state is None:
-        from accelerate import PartialState
-
-        state = PartialState(cpu=args.cpu)
+    state = make_state(args) if state is None else state
     out = Path(args.out)
     # Benchmarks with embedded images write them out; one folder per process avoids two writers.
     records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")

@@ -87,6 +87,12 @@ class RewardHead(nn.Module):
 
         return PairCollator(processor, self.dimensions, cfg)
 
+    def encode_sides(self, processor: Any, prompts: Any, sides: Any, cfg: Any) -> dict[str, torch.Tensor]:
+        """Inputs that score each side on its own (`collate.encode_sides`; yes_token asks its question)."""
+        from mmreward.collate import encode_sides
+
+        return encode_sides(processor, prompts, sides, cfg)
+
 
 HEADS: dict[str, type[RewardHead]] = {}
 

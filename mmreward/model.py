@@ -321,3 +321,36 @@ class RewardModel(nn.Module):
             model.requires_grad_(False)
             model.eval()
         return model
+
+
+class RewardEnsemble:
+    """Several reward models scored on the same inputs: their mean reward and its spread.
+
+    Members must name the same dimensions and share one processor configuration (same backbone
+    family), because one encoded batch feeds them all; `processor` is the first member's.
+    """
+
+    def __init__(self, models: Sequence[RewardModel]):
+        if not models:
+            raise RewardModelError("an ensemble needs at least one reward model")
+        dims = models[0].dimensions
+        for i, member in enumerate(models[1:], start=1):
+            if member.dimensions != dims:
+                raise RewardModelError(f"ensemble member {i} has dimensions {member.dimensions}, member 0 has {dims}")
+            if member.processor is not None and models[0].processor is not None and (
+                type(member.processor) is not type(models[0].processor)
+                or member.processor.tokenizer.get_vocab() != models[0].processor.tokenizer.get_vocab()
+            ):
+                raise RewardModelError(f"ensemble member {i} uses a different processor than member 0")
+        self.models = list(models)
+        self.dimensions = list(dims)
+        self.processor = models[0].processor
+
+    @classmethod
+    def from_pretrained(cls, checkpoint_dirs: Sequence[str | Path], **kwargs: Any) -> "RewardEnsemble":
+        return cls([RewardModel.from_pretrained(d, **kwargs) for d in checkpoint_dirs])
+
+    def score(self, inputs: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(mean, std)` over the members, each `[N, k]` (population std: 0 for one member)."""
+        scores = torch.stack([member.score(inputs) for member in self.models])
+        return scores.mean(dim=0), scores.std(dim=0, unbiased=False)

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from mmreward.collate import CollateConfig, encode_sides
+from mmreward.collate import CollateConfig
 from mmreward.data.dataset import SideMedia
 from mmreward.data.media import load_image, read_video
 from mmreward.model import RewardModel
@@ -107,7 +107,8 @@ class RewardFunction:
         rewards: list[float] = []
         for start in range(0, n, self.batch_size):
             stop = start + self.batch_size
-            batch = encode_sides(self.model.processor, texts[start:stop], sides[start:stop], self.collate)
+            batch = self.model.head.encode_sides(self.model.processor, texts[start:stop], sides[start:stop],
+                                                 self.collate)  # the head's prompt (e.g. yes_token's question)
             batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
             rewards.extend(self.model.score(batch)[:, self.column].float().cpu().tolist())
         return rewards

@@ -269,3 +269,18 @@ class YesTokenHead(RewardHead):
         from mmreward.yes_token_prompts import YesTokenCollator  # prompts import collate/data; keep heads light
 
         return YesTokenCollator(processor, self.dimensions, self.cfg, cfg)
+
+    def encode_sides(self, processor: Any, prompts: Any, sides: Any, cfg: Any) -> dict[str, torch.Tensor]:
+        """Pointwise queries for each (prompt, side); the other forms need more than one side."""
+        from mmreward.yes_token_prompts import VerdictQuery, encode_queries
+
+        if self.cfg.form != "pointwise" or self.cfg.reasoning == "rationale_first":
+            raise HeadError(
+                f"head 'yes_token' with form={self.cfg.form!r}, reasoning={self.cfg.reasoning!r} cannot score sides "
+                "one by one (a reference or a generated rationale is needed): use "
+                "mmreward.yes_token_scoring.YesTokenScorer or YesTokenRewardFunction"
+            )
+        if len(prompts) != len(sides):
+            raise ValueError(f"{len(prompts)} prompts for {len(sides)} sides")
+        queries = [VerdictQuery(cfg.prompt_template.format(prompt=p), side) for p, side in zip(prompts, sides)]
+        return encode_queries(processor, queries, self.cfg, cfg)

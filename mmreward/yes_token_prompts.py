@@ -127,9 +127,13 @@ def encode_queries(
     if not queries:
         raise CollateError("no queries to encode")
     texts, images, videos, metadata = [], [], [], []
+    rendered: dict[str, str] = {}  # candidates for one prompt share their chat text: render it once
     for query in queries:
-        chat = processor.apply_chat_template(build_verdict_messages(query, cfg, collate), tokenize=False,
-                                             add_generation_prompt=True)
+        messages = build_verdict_messages(query, cfg, collate)
+        key = repr(messages)
+        if key not in rendered:
+            rendered[key] = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        chat = rendered[key]
         texts.append(chat if for_generation else chat + verdict_prefix_text(cfg, query.rationale))
         query_images, query_videos = query_media(query)
         images.extend(query_images)

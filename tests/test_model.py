@@ -154,3 +154,20 @@ def test_head_must_match_backbone(tiny):
     model = _model(tiny, "head")
     with pytest.raises(RewardModelError, match="hidden size 7"):
         RewardModel(model.backbone, build_head("scalar", 7, ["overall"]))
+
+
+def test_ensemble_mean_and_spread(tiny):
+    from mmreward.model import RewardEnsemble
+
+    members = [_model(tiny, "head", seed=s).eval() for s in (0, 1, 2)]
+    ensemble = RewardEnsemble(members)
+    batch = _batch(members[0])
+    mean, spread = ensemble.score(batch)
+    each = torch.stack([m.score(batch) for m in members])
+    torch.testing.assert_close(mean, each.mean(0))
+    torch.testing.assert_close(spread, ((each - each.mean(0)) ** 2).mean(0).sqrt())
+    assert spread.min() > 0  # differently initialised heads disagree
+    assert torch.equal(RewardEnsemble(members[:1]).score(batch)[1], torch.zeros_like(mean))
+    other = RewardModel.from_backbone(tiny, dimensions=["overall"], tuning=TuningConfig(mode="head"))
+    with pytest.raises(RewardModelError, match="member 1 has dimensions"):
+        RewardEnsemble([members[0], other])

@@ -192,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     traces, source = load_traces(args)
     env, dims = common_env(traces)
     rows = TraceRows(traces, merge=args.merge_rows)
+    held_out = eval_records(args)
     data_seconds = time.perf_counter() - started
 
     lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
@@ -199,10 +200,9 @@ def main(argv: list[str] | None = None) -> dict:
         path=model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
         freeze_vision=args.freeze_vision, lora=lora, tool_chat_template=True,
     ))
-    held_out = eval_records(args)
     metrics: dict = {}
     if held_out and args.eval_before and state.is_main_process:
-        metrics["eval_before"] = evaluate(model, processor, env, dims, held_out, args)
+        metrics["eval_before"] = evaluate(model.to(state.device), processor, env, dims, held_out, args)
 
     # Trainer checkpoints and logs go below the stage directory, outside the checksummed files.
     trainer_args = replace(training, output_dir=str(out / "checkpoints"), remove_unused_columns=False,
@@ -227,8 +227,8 @@ def main(argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()
 
     if held_out and state.is_main_process:
-        judge_model, _ = load_vlm(VLMLoadConfig(path=str(out), dtype=args.dtype))
-        metrics["eval_after"] = evaluate(judge_model, processor, env, dims, held_out, args)
+        judge_model, _ = load_vlm(VLMLoadConfig(path=str(out), dtype=args.dtype))  # what a user loads
+        metrics["eval_after"] = evaluate(judge_model.to(state.device), processor, env, dims, held_out, args)
     if state.is_main_process:
         calls = Counter(t.num_tool_calls for t in traces)
         metrics.update(

@@ -410,9 +410,10 @@ def teacher_trace(
         result = env.step(text)
         if result.info["frames"]:
             trace.frames.append(list(result.info["frames"]))
-        # A teacher trace that the environment rejects is a bug here, not bad data.
-        assert not env.turns[-1].problems, f"{record.id}: teacher turn rejected: {env.turns[-1].problems}"
-    assert env.status == EpisodeStatus.ANSWERED and env.verdicts == verdicts, f"{record.id}: {env.status}"
+    # A teacher trace that the environment rejects is a bug in this module, not bad data.
+    if any(t.problems for t in env.turns) or env.status != EpisodeStatus.ANSWERED or env.verdicts != verdicts:
+        problems = [str(p) for t in env.turns for p in t.problems]
+        raise RuntimeError(f"record {record.id!r}: teacher trace rejected ({env.status}, {problems})")
     return trace, env
 
 

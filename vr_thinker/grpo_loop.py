@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -310,8 +310,7 @@ class GRPOLoop:
         size = self.cfg.rollout_batch_size or len(envs)
         traces: list[RolloutTrace] = []
         for start in range(0, len(envs), size):
-            batch_sampling = SamplingConfig(**{**sampling.__dict__, "seed": sampling.seed + start})
-            traces += engine.rollout(envs[start : start + size], batch_sampling)
+            traces += engine.rollout(envs[start : start + size], replace(sampling, seed=sampling.seed + start))
         model.train(was_training)
         return traces
 
@@ -506,11 +505,8 @@ class GRPOLoop:
         if first_eval:
             self._log(first_eval)
         window: list[dict[str, float]] = []
-        history: list[float] = []
         while self.state.step < cfg.max_steps:
-            metrics = self.train_step()
-            window.append(metrics)
-            history.append(metrics["reward/mean"])
+            window.append(self.train_step())
             step = self.state.step
             if step % cfg.logging_steps == 0 or step == cfg.max_steps:
                 self._log(self._reduce(window))
@@ -529,15 +525,17 @@ class GRPOLoop:
             "train_seconds": round(elapsed, 2),
             "seconds_per_step": round(elapsed / max(self.state.step - start_step, 1), 3),
             "num_processes": acc.num_processes,
-            "reward_by_step": history,
             "eval_start": first_eval,
             "eval_end": final_eval,
         }
 
     def _reduce(self, window: list[dict[str, float]]) -> dict[str, float]:
-        """Mean of each metric over the window's steps and over processes (keys may differ: statuses)."""
-        keys = sorted({k for m in window for k in m})
-        gathered = gather_object([[m.get(k, 0.0 if k.startswith("status/") else math.nan) for k in keys]
-                                  for m in window])
-        values = np.asarray(gathered, dtype=np.float64)
-        return {k: float(np.nanmean(values[:, j])) for j, k in enumerate(keys)}
+        """Mean of each metric over the window's steps and all processes (a status absent from a step counts 0)."""
+        gathered = gather_object(window)
+        keys = sorted({k for m in gathered for k in m})
+        out = {}
+        for key in keys:
+            values = [m.get(key, 0.0) if key.startswith("status/") else m.get(key) for m in gathered]
+            present = [v for v in values if v is not None]
+            out[key] = float(np.mean(present))
+        return out

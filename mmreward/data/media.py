@@ -47,6 +47,10 @@ class MediaError(Exception):
         self.reason = reason
         super().__init__(f"{path}: {reason}")
 
+    def __reduce__(self):
+        # Rebuild from (path, reason) so the error survives DataLoader worker / multiprocessing pickling.
+        return (type(self), (self.path, self.reason))
+
 
 def _check_file(path: Path) -> None:
     if not path.exists():

@@ -55,6 +55,10 @@ class RecordError(ValueError):
             where += f" (id {record_id!r})"
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):
+        # Keep file/line/id when the error crosses process boundaries (DataLoader workers, DDP).
+        return (type(self), (self.reason, self.path, self.line, self.record_id))
+
 
 @dataclass
 class Side:

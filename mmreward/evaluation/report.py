@@ -24,7 +24,7 @@ from mmreward.metrics import (
     position_flip_rate,
     tie_calibration,
 )
-from mmreward.report import Report, plot_lines, plt
+from mmreward.report import Report, plt
 
 __all__ = [
     "METRICS_NAME",
@@ -257,6 +257,28 @@ def plot_delta_histogram(delta: np.ndarray, labels: np.ndarray, dim: str, path: 
     return Path(path)
 
 
+def plot_threshold_curve(thresholds: np.ndarray, accuracy: np.ndarray, best: float, dim: str, path: Path) -> Path:
+    """Three-way accuracy against the tie threshold: a step curve over t >= 0, the accuracy with no
+    forced ties (t = -1) as a dashed line, and the calibrated threshold marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    keep = thresholds >= 0
+    x, y = thresholds[keep], 100 * accuracy[keep]
+    # Carry the last step a little to the right so the value at the largest threshold is visible.
+    x, y = np.append(x, x[-1] * 1.05 if x[-1] > 0 else 1.0), np.append(y, y[-1])
+    ax.step(x, y, where="post", label="accuracy w/ ties")
+    ax.axhline(100 * accuracy[0], color="gray", ls="--", lw=1, label="no forced ties (t = -1)")
+    ax.axvline(best, color="k", ls=":", lw=1, label=f"calibrated t = {best:.4g}")
+    ax.set_title(f"{dim}: accuracy vs tie threshold")
+    ax.set_xlabel("tie threshold t (tie predicted where |delta| <= t)")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_report(out_dir: str | Path, rows: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any],
                  title: str, info: Mapping[str, Any] | None = None) -> dict[str, Path]:
     """Write `metrics.json`, `summary.md` and `report.html` (+ PNGs in `assets/`) into `out_dir`."""
@@ -289,9 +311,7 @@ def write_report(out_dir: str | Path, rows: Sequence[Mapping[str, Any]], metrics
                      "histogram of delta for tie-labelled and non-tie pairs")
         thresholds, acc = tie_threshold_curve(d, y)
         best = metrics["dimensions"][dim]["accuracy_with_ties"]["threshold"]
-        report.image(plot_lines({"accuracy w/ ties": (thresholds, 100 * acc)}, out / "assets" / f"threshold_{safe}.png",
-                                title=f"{dim}: accuracy vs tie threshold (best at {best:.4g})",
-                                xlabel="tie threshold t (tie where |delta| <= t; -1 = none)", ylabel="accuracy (%)"),
+        report.image(plot_threshold_curve(thresholds, acc, best, dim, out / "assets" / f"threshold_{safe}.png"),
                      "three-way accuracy against the tie threshold")
     failed = [r for r in rows if "error" in r]
     if failed:

@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,6 +211,9 @@ def consolidate(out_dir: Path, order: Sequence[str] = (), drop_errors: bool = Fa
         _write_atomic(merged_path, rows)
     for path in shard_paths:  # only after the merged file is safely on disk
         path.unlink()
+    shard_dir = out_dir / SHARD_DIR
+    if shard_dir.is_dir() and not any(shard_dir.iterdir()):
+        shard_dir.rmdir()
     return rows
 
 
@@ -387,7 +391,7 @@ def run_predictions(
     out = Path(out_dir)
     ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})[:5]
+        dupes = sorted(i for i, n in Counter(ids).items() if n > 1)[:5]
         raise ValueError(f"record ids must be unique; duplicated: {dupes}")
 
     if state.is_main_process:

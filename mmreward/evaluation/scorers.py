@@ -175,6 +175,9 @@ def _video_shape(path: Path, media: MediaConfig) -> tuple[int, int, int]:
 class RewardModelScorer(BaseScorer):
     """Scores each side with a `RewardModel`; `delta[dim] = reward_a[dim] - reward_b[dim]`.
 
+    Rewards are `RewardModel.score`'s: a scalar head's values, or P("yes") for a yes_token head
+    (pairwise form: side a's score is P(yes) to "is a better than b?").
+
     model: a loaded `mmreward.model.RewardModel` (eval mode); its `processor` encodes inputs.
     collate: chat layout / pair form (`mmreward.collate.CollateConfig`; default: the model's defaults).
     media: video sampling and image size.
@@ -187,14 +190,15 @@ class RewardModelScorer(BaseScorer):
 
     def __init__(self, model: Any, collate: Any | None = None, media: MediaConfig | None = None,
                  overall: str = "sum", device: Any | None = None, source: str | None = None):
-        from mmreward.collate import CollateConfig, PairCollator
+        from mmreward.collate import CollateConfig
 
         self.model = model
         self.media = media or MediaConfig()
         self.collate_cfg = collate or CollateConfig()
         if model.processor is None:
             raise ValueError("RewardModelScorer: the model has no processor to encode inputs")
-        self.collator = PairCollator(model.processor, model.dimensions, self.collate_cfg)
+        # The head decides how pairs are encoded (yes_token asks its question about each side).
+        self.collator = model.head.pair_collator(model.processor, self.collate_cfg)
         self.dimensions = list(model.dimensions)
         if "overall" not in self.dimensions and overall != "sum" and overall not in self.dimensions:
             raise ValueError(f"overall={overall!r}: expected 'sum' or one of the model's dimensions {self.dimensions}")

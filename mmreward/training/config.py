@@ -89,6 +89,8 @@ class RewardTrainingConfig:
     eval_batch_size: int = field(default=32, metadata={"help": "pairs per process in validation"})
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate (backbone)"})
     head_learning_rate: float | None = field(default=None, metadata={"help": "head learning rate (default: learning_rate)"})
+    vision_learning_rate: float | None = field(
+        default=None, metadata={"help": "vision tower learning rate when it trains (default: learning_rate)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
@@ -104,6 +106,7 @@ class RewardTrainingConfig:
     )
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     eval_steps: int = field(default=0, metadata={"help": "validate every N steps (0: only at the end)"})
+    eval_at_start: bool = field(default=False, metadata={"help": "validate the untrained model first (step 0)"})
     save_steps: int = field(default=0, metadata={"help": "checkpoint every N steps (0: no intermediate checkpoints)"})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest removed)"})
     resume: bool = field(default=True, metadata={"help": "continue from the newest checkpoint in output_dir"})

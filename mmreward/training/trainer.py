@@ -27,6 +27,7 @@ from accelerate.utils import DistributedType, gather_object, send_to_device
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
+from mmreward.backbones.vlm import vision_tower
 from mmreward.collate import PairCollator
 from mmreward.data.dataset import PreferenceDataset
 from mmreward.metrics import pair_accuracy
@@ -141,13 +142,22 @@ class RewardTrainer:
     # ------------------------------------------------------------------------------ setup
 
     def _optimizer(self, model: RewardModel) -> torch.optim.Optimizer:
+        """AdamW with three parameter groups: head, vision tower, the rest (each its own learning rate)."""
+        cfg = self.cfg
         head = [p for p in model.head.parameters() if p.requires_grad]
-        head_ids = {id(p) for p in head}
-        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
-        groups = [{"params": head, "lr": self.cfg.head_learning_rate or self.cfg.learning_rate}]
-        if rest:
-            groups.append({"params": rest, "lr": self.cfg.learning_rate})
-        return torch.optim.AdamW(groups, lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)
+        vision = [p for p in vision_tower(model.backbone).parameters() if p.requires_grad]
+        taken = {id(p) for p in head + vision}
+        rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+        groups = [
+            {"params": params, "lr": lr}
+            for params, lr in (
+                (head, cfg.head_learning_rate or cfg.learning_rate),
+                (vision, cfg.vision_learning_rate or cfg.learning_rate),
+                (rest, cfg.learning_rate),
+            )
+            if params
+        ]
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg
@@ -318,6 +328,8 @@ class RewardTrainer:
         acc, cfg = self.accelerator, self.cfg
         acc.init_trackers("reward")
         resumed = self.maybe_resume()
+        if cfg.eval_at_start and self.state.step == 0:
+            self._log(self.evaluate())  # the untrained baseline, logged at step 0
         batches = iter(self._loader(self.state.step * cfg.grad_accum_steps))
         window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
         started, start_step = time.perf_counter(), self.state.step
@@ -337,7 +349,7 @@ class RewardTrainer:
                 count_all = acc.reduce(window["count"], reduction="sum")
                 values = {
                     "train/loss": last_loss,
-                    "train/lr": self.scheduler.get_last_lr()[-1],
+                    "train/lr": self.scheduler.get_last_lr()[-1],  # the backbone's (last group)
                     "train/curriculum": float(phase == "curriculum"),
                     "train/steps_per_s": (step - start_step) / max(time.perf_counter() - started, 1e-9),
                 }

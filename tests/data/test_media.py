@@ -276,3 +276,15 @@ def test_default_pool(coded_video):
 def test_pool_missing_file(tmp_path):
     with pytest.raises(MediaError, match="file not found"):
         FramePool().get(tmp_path / "none.mp4", num_frames=2)
+
+
+def test_media_and_record_errors_survive_pickling():
+    import pickle
+
+    from mmreward.data.records import RecordError
+
+    media = pickle.loads(pickle.dumps(MediaError("clips/a.mp4", "truncated")))
+    assert (media.path, media.reason, str(media)) == (Path("clips/a.mp4"), "truncated", "clips/a.mp4: truncated")
+    record = pickle.loads(pickle.dumps(RecordError("bad label", "d/x.jsonl", 3, "p7")))
+    assert (record.path, record.line, record.record_id) == (Path("d/x.jsonl"), 3, "p7")
+    assert str(record) == "d/x.jsonl:3 (id 'p7'): bad label"

@@ -283,3 +283,31 @@ def test_vr_thinker_judge_adapter_runs_the_real_judge(tmp_path, state):
         assert all(d == 0.0 for d in row["delta"].values())
         trace = row["extra"]["trace"]
         assert trace["format_valid"] is False and len(trace["turns"]) == 1 and trace["generated_tokens"] == 3
+
+
+def test_master_key_on_a_yes_token_reward_model(tmp_path, state):
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.collate import CollateConfig
+    from mmreward.evaluation.scorers import MediaConfig, load_pair_media
+    from mmreward.model import RewardModel
+
+    ckpt = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "vlm"), head="yes_token",
+                                     dimensions=["TA"]).save_pretrained(tmp_path / "rd")
+    data = toy.write_toy_records(tmp_path / "data", 6)
+    m = master_key.main(["--model", str(ckpt), "--data", str(data), "--out", str(tmp_path / "mk"), "--keys", ":",
+                         "Solution", "--criterion", "pointwise", "--n_bootstrap", "20", "--progress", "false"],
+                        state=state)
+    rows = load_predictions(tmp_path / "mk")
+    refs = [r for r in read_records(data) if r.label["overall"] != "tie"]
+    assert len(rows) == 2 * len(refs) and all(0 < r["score_a"]["overall"] < 1 for r in rows)
+    for k, key in enumerate([":", "Solution"]):
+        accepted = [r["score_a"]["overall"] > 0.5 for r in rows if r["id"].endswith(f"@key{k}")]
+        assert m["keys"][key]["false_positive_rate"]["estimate"] == pytest.approx(sum(accepted) / len(accepted))
+    # A probe's score is the model's P(yes) for the key as the response, with the reference's image.
+    model = RewardModel.from_pretrained(ckpt)
+    probe = master_key.probe_records(refs[:1], [":"])[0]
+    side = load_pair_media(probe, MediaConfig()).a
+    assert side.response == ":"
+    inputs = model.head.encode_sides(model.processor, [probe.prompt], [side], CollateConfig())
+    row = next(r for r in rows if r["id"] == probe.id)
+    assert row["score_a"]["overall"] == pytest.approx(float(model.score(inputs)[0, 0]), abs=1e-5)

@@ -91,7 +91,7 @@ def test_run_scores_every_pair_once_with_exact_values(tmp_path, data, state):
         assert row["score_a"]["overall"] - row["score_b"]["overall"] == pytest.approx(row["delta"]["overall"])
         assert row["labels"] == {k: {"a": 1, "b": -1, "tie": 0}[v] for k, v in record.label.items()}
         assert row["item_id"] == record.meta["item_id"] and row["category"] == record.meta["category"]
-    assert not (tmp_path / "out" / SHARD_DIR / "part-00000.jsonl").exists()  # merged and removed
+    assert not (tmp_path / "out" / SHARD_DIR).exists()  # merged and removed
 
 
 def test_media_failure_is_recorded_not_fatal(tmp_path, data, state):
@@ -163,7 +163,7 @@ def test_consolidate_prefers_scored_rows_over_errors(tmp_path):
     rows = consolidate(tmp_path, order=["w", "x"])
     assert rows == [{"id": "w", "delta": {"overall": 2.0}}, {"id": "x", "delta": {"overall": 1.0}}]
     assert read_rows(tmp_path / PREDICTIONS_NAME) == rows
-    assert list((tmp_path / SHARD_DIR).iterdir()) == []
+    assert not (tmp_path / SHARD_DIR).exists()
 
 
 def test_retry_errors_rescores_fixed_media(tmp_path, data, state):
@@ -346,3 +346,21 @@ def test_reward_model_scorer_overall_choice(reward_model_dir):
     (score,) = RewardModelScorer(model, overall="TA").score([load_pair_media(rec, MediaConfig())])
     assert score.delta["overall"] == score.delta["TA"]
     assert np.isfinite(score.delta["VQ"])
+
+
+def test_reward_model_scorer_with_a_yes_token_head(tmp_path, synthetic_images, state):
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.model import RewardModel
+
+    model = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "vlm"), head="yes_token", dimensions=["TA"])
+    scorer = RewardModelScorer(model)
+    recs = list(read_records(synthetic_images / "images" / "test.jsonl"))[:3]
+    run_predictions(recs, scorer, tmp_path / "out", state=state)
+    rows = load_predictions(tmp_path / "out")
+    for rec, row in zip(recs, rows):
+        assert 0.0 < row["score_a"]["TA"] < 1.0  # P(yes)
+        assert row["delta"]["overall"] == pytest.approx(row["score_a"]["TA"] - row["score_b"]["TA"])
+        # The head's own question about side a alone gives the same P(yes).
+        inputs = model.head.encode_sides(model.processor, [rec.prompt], [load_pair_media(rec, MediaConfig()).a],
+                                         scorer.collate_cfg)
+        assert row["score_a"]["TA"] == pytest.approx(float(model.score(inputs)[0, 0]), abs=1e-5)

@@ -1,0 +1,126 @@
+"""Rejection sampling end to end: kept traces are right and replayable, statistics add up, shards resume."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmreward.manifest import read_manifest
+from vr_thinker.cold_start import read_traces
+from vr_thinker.env import EnvConfig
+from vr_thinker.rollout import HFRolloutEngine
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import vrt_rejection as stage  # noqa: E402  (train/vrt_rejection.py, the script under test)
+import vrt_sft  # noqa: E402  (the next stage reads the output)
+from vrt_tiny_judge import synthetic_videos, tiny_judge  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return synthetic_videos(tmp_path_factory.mktemp("synthetic"), train=4, val=0)
+
+
+@pytest.fixture(scope="module")
+def judge(tmp_path_factory, data):
+    return tiny_judge(tmp_path_factory.mktemp("judge") / "sft", data / "videos" / "train.jsonl")
+
+
+def _args(judge, data, out, *extra):
+    return ["--model_path", str(judge), "--data", str(data), "--output_dir", str(out), "--samples_per_pair", "6",
+            "--pairs_per_batch", "2", "--max_new_tokens", "48", "--use_cpu", "true", "--torch_threads", "1",
+            "--seed", "3", "--dtype", "float32", *extra]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, judge, data):
+    out = tmp_path_factory.mktemp("rejection") / "straight"
+    return out, stage.main(_args(judge, data, out))
+
+
+def test_kept_traces_are_right_and_feed_the_next_sft(straight, data):
+    out, metrics = straight
+    manifest = read_manifest(out, expect_stage="vrt_rejection")
+    assert manifest["inputs"]["model_stage"] == "vrt_sft"
+    assert metrics["pairs"] == 4 and metrics["samples"] == 24
+    # the tiny judge answers in format with random verdicts: some samples are kept, not all
+    assert 0 < metrics["accepted_samples"] < metrics["samples"]
+    # replaying every kept trace through the environment: valid episodes whose verdicts match the label
+    traces = read_traces(out / stage.TRACES_NAME, EnvConfig(), require_correct=True)
+    assert len(traces) == metrics["kept_traces"] > 0
+    by_pair = {}
+    for trace in traces:
+        by_pair.setdefault(trace.id.split("#")[0], []).append(tuple(trace.turns))
+    assert all(len(set(texts)) == len(texts) for texts in by_pair.values())  # distinct traces per pair
+    assert all(t.env.system_prompt == "Judge." and t.dimensions == {} for t in traces)
+    # the next SFT stage takes the directory as its data
+    loaded, source = vrt_sft.load_traces(vrt_sft.VRTSFTArguments(data=str(out)))
+    assert len(loaded) == len(traces) and source["stage"] == "vrt_rejection"
+
+
+def test_statistics_add_up(straight):
+    out, metrics = straight
+    lines = [line for p in sorted((out / "shards").iterdir()) for line in stage.read_shard(p)]
+    samples = [s for line in lines for s in line["samples"]]
+    assert len(samples) == metrics["samples"]
+    assert metrics["acceptance_rate"] == pytest.approx(sum(s["kept"] for s in samples) / 24)
+    assert metrics["verdict_accuracy"]["overall"] == pytest.approx(sum(s["right"]["overall"] for s in samples) / 24)
+    assert metrics["acceptance_rate"] <= metrics["verdict_accuracy"]["overall"]
+    assert metrics["acceptance_rate"] <= metrics["format_valid_rate"]
+    assert sum(metrics["tool_calls_per_trace"].values()) == 24 == sum(metrics["statuses"].values())
+    assert sum(metrics["tool_calls_per_kept_trace"].values()) == metrics["kept_traces"]
+    by_varies = metrics["acceptance_by_varied_dimension"]
+    assert by_varies and all(0.0 <= v <= 1.0 for v in by_varies.values())
+    assert set(by_varies) <= {"VQ", "MQ", "TA", "none", "MQ+TA", "MQ+VQ", "TA+VQ"}
+
+
+def test_resume_skips_done_pairs_and_ends_with_the_same_output(straight, judge, data, tmp_path, monkeypatch):
+    """A run killed after its first batch (a half-written line after it) redoes only what is missing."""
+    out, _ = straight
+    shard = next((out / "shards").iterdir())
+    complete = shard.read_text().splitlines(keepends=True)
+    resumed = tmp_path / "resumed"
+    (resumed / "shards").mkdir(parents=True)
+    (resumed / "shards" / shard.name).write_text("".join(complete[:2]) + complete[2][: len(complete[2]) // 2])
+    rolled = []
+    original = HFRolloutEngine.rollout
+
+    def counting(self, envs, *args, **kwargs):
+        rolled.append(len(envs))
+        return original(self, envs, *args, **kwargs)
+
+    monkeypatch.setattr(HFRolloutEngine, "rollout", counting)
+    metrics = stage.main(_args(judge, data, resumed))
+    assert rolled == [2 * 6]  # only the second batch (pairs 3 and 4) was sampled again
+    assert metrics["pairs_sampled_by_this_run"] == 2
+    assert (resumed / stage.TRACES_NAME).read_text() == (out / stage.TRACES_NAME).read_text()
+    assert stage.read_shard(resumed / "shards" / shard.name) == stage.read_shard(shard)
+
+
+def test_shards_split_pairs_and_seeds_follow_the_batch():
+    records = [type("R", (), {"id": f"p{i}"})() for i in range(7)]
+    shards = [stage.my_batches(records, rank, 3, 2) for rank in range(3)]
+    assert [[[r.id for r in b] for b in s] for s in shards] == [
+        [["p0", "p3"], ["p6"]], [["p1", "p4"]], [["p2", "p5"]]]
+    assert stage.batch_seed(0, ["p0", "p3"]) == stage.batch_seed(0, ["p0", "p3"]) != stage.batch_seed(0, ["p1"])
+
+
+def test_read_shard_drops_a_cut_last_line(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text(json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}) + "\n" + '{"id": "c", "sam')
+    assert [line["id"] for line in stage.read_shard(path)] == ["a", "b"]
+    assert path.read_text().count("\n") == 2 and "sam" in path.read_text()  # left alone without repair
+    stage.read_shard(path, repair=True)
+    assert path.read_text() == json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}) + "\n"

@@ -1,0 +1,169 @@
+"""VR-Thinker GRPO: multi-turn tool rollouts, rule rewards, per-turn rows with the exact windowed context.
+
+    python train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path runs/vrt_sft2 --data runs/synthetic
+    accelerate launch --config_file train/accelerate/ddp.yaml train/vrt_grpo.py --config ...      # many GPUs (DDP)
+
+Inputs:
+- ``--model_path``: a finished VR-Thinker stage directory (``vrt_sft`` or ``vrt_grpo``; checked through its
+  ``manifest.json``). Its ``vr_thinker.json`` gives the episode settings and dimensions, which GRPO keeps.
+- ``--data``: a synthetic data directory (``videos/<train_split>.jsonl``) or a record JSONL of video pairs.
+- ``--eval_records`` / ``--eval_pairs N``: a fixed set judged at the start, every ``eval_steps`` and at the end
+  (default: the synthetic directory's ``eval_split``).
+
+Output directory: the model (LoRA merged) and processor, ``vr_thinker.json``, ``resolved_config.yaml`` (usable as
+``--config``), ``metrics.json``, ``example_trace.html`` (the final policy on one pair), ``logs/`` (TensorBoard and
+``train_log.jsonl``), ``checkpoints/`` and ``manifest.json`` (stage ``vrt_grpo``). Rerunning the same command
+resumes from the newest checkpoint. The loop itself is :class:`vr_thinker.grpo_loop.GRPOLoop`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from peft import PeftModel
+from trl import TrlParser
+
+from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.data.records import read_records
+from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
+from vr_thinker.env import VideoPairEnv
+from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records
+from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config, save_judge_config
+from vr_thinker.rewards import RewardConfig
+from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
+from vr_thinker.trace_html import write_trace_html
+
+STAGE = "vrt_grpo"
+INPUT_STAGES = ("vrt_sft", "vrt_grpo")
+
+
+@dataclass
+class VRTGRPOArguments:
+    """Stage settings besides the loop (``GRPOConfig``) and the reward weights (``RewardConfig``)."""
+
+    model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
+    data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
+    train_split: str = field(default="train", metadata={"help": "synthetic split to train on"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs"})
+    eval_records: str | None = field(default=None, metadata={"help": "record JSONL of the fixed eval set"})
+    eval_split: str = field(default="val", metadata={"help": "synthetic split of the fixed eval set"})
+    eval_pairs: int = field(default=0, metadata={"help": "pairs in the fixed eval set (0: no eval)"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save); the reference "
+                                                            "model is then the policy with adapters off"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update equal)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[VRTGRPOArguments, RewardConfig, GRPOConfig]:
+    parser = TrlParser((VRTGRPOArguments, RewardConfig, GRPOConfig))
+    args, reward, loop = parser.parse_args_and_config(argv)
+    missing = [n for n, v in (("model_path", args.model_path), ("data", args.data), ("output_dir", loop.output_dir))
+               if not v]
+    if missing:
+        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    return args, reward, loop
+
+
+def record_file(data: str, split: str) -> Path:
+    """A record JSONL, or the split's video records of a synthetic data directory."""
+    path = Path(data)
+    if path.is_dir():
+        path = path / "videos" / f"{split}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--data {data}: no record file {path}")
+    return path
+
+
+def eval_file(args: VRTGRPOArguments) -> Path | None:
+    if args.eval_pairs <= 0:
+        return None
+    if args.eval_records is not None:
+        return Path(args.eval_records)
+    path = Path(args.data) / "videos" / f"{args.eval_split}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
+    return path
+
+
+def write_example(model, processor, pair: JudgePair, loop: GRPOLoop, path: Path) -> None:
+    """The final policy's greedy episode on one pair, as HTML."""
+    env = VideoPairEnv(pair.prompt, pair.video_1, pair.video_2, loop.dimensions, loop.env_config)
+    model.eval()
+    HFRolloutEngine(model, processor).rollout([env], SamplingConfig(do_sample=False,
+                                                                    max_new_tokens=loop.cfg.max_new_tokens))
+    label = {k: {1: "a", 2: "b", 0: "tie"}[v] for k, v in pair.label.items()}
+    write_trace_html(path, env, title=pair.id, label=label)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, reward_cfg, cfg = parse_args(argv)
+    out = Path(cfg.output_dir)
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    accelerator = Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), log_with="tensorboard",
+                              project_dir=str(out / "logs"))
+    if accelerator.is_main_process:
+        start_run_dir(out)
+    accelerator.wait_for_everyone()
+
+    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
+    saved = load_judge_config(args.model_path)
+    if saved is None:
+        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
+    env_config, dimensions = saved
+    train_path = record_file(args.data, args.train_split)
+    pairs = pairs_from_records(list(read_records(train_path))[: args.max_pairs], dimensions)
+    eval_path = eval_file(args)
+    eval_pairs = pairs_from_records(list(read_records(eval_path))[: args.eval_pairs], dimensions) if eval_path else []
+
+    set_seed(cfg.seed)
+    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
+    model, processor = load_vlm(VLMLoadConfig(
+        path=args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation,
+        freeze_vision=args.freeze_vision, lora=lora, gradient_checkpointing=args.gradient_checkpointing,
+        tool_chat_template=True,
+    ))
+    if accelerator.is_main_process:
+        resolved = {**asdict(args), **asdict(reward_cfg), **asdict(cfg)}
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    loop = GRPOLoop(model, processor, pairs, env_config, dimensions, cfg, reward_cfg, eval_pairs=eval_pairs,
+                    accelerator=accelerator, log_dir=out / "logs")
+    metrics = loop.train()
+    accelerator.wait_for_everyone()
+
+    if accelerator.is_main_process:
+        trained = loop.unwrapped()
+        if isinstance(trained, PeftModel):
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(out)
+        processor.save_pretrained(out)
+        save_judge_config(out, env_config, dimensions)
+        write_example(trained, processor, (eval_pairs or pairs)[0], loop, out / "example_trace.html")
+        metrics.update(train_pairs=len(pairs), eval_pairs=len(eval_pairs))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(train_path),
+                  "eval": str(eval_path) if eval_path else None}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        summary = {"steps": metrics["steps"]}
+        for key in ("eval_start", "eval_end"):
+            if metrics.get(key):
+                summary[key] = {k: metrics[key][k] for k in ("eval/reward", "eval/accuracy/overall")}
+        print(json.dumps(summary))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,301 @@
+"""VR-Thinker rejection sampling: sample K traces per pair, keep the fully right ones as the next SFT set.
+
+    python train/vrt_rejection.py --config train/configs/vrt_rejection.yaml --model_path runs/vrt_sft \\
+        --data runs/synthetic --output_dir runs/vrt_rejection
+    accelerate launch --num_processes 8 train/vrt_rejection.py --config ...          # pairs sharded over processes
+
+A trace is kept when every assistant turn is valid, the episode ended with an answer, and every dimension verdict
+and the overall verdict match the label (:func:`vr_thinker.rewards.keep_for_rejection_sampling`). Distinct kept
+traces of a pair are written (at most ``keep_per_pair`` of them, in sampling order; 0 = all).
+
+Sharding and resuming: process r of n takes pairs r, r + n, ... and generates ``pairs_per_batch`` pairs x K episodes
+per batch with a seed that depends only on the batch's pair ids. After each batch it appends one line per pair
+(kept traces and per-sample statistics) to ``shards/shard-<r>-of-<n>.jsonl`` and flushes it. A rerun of the same
+command skips every pair id found in any shard file (a line cut by a kill is dropped and redone), so a killed run
+resumes where it stopped and, with the same process count, ends with the same output as an uninterrupted one.
+
+Output directory: ``traces.jsonl`` (kept traces in the trace format of :mod:`vr_thinker.cold_start`; pass the
+directory as ``--data`` to ``train/vrt_sft.py``), ``metrics.json`` (acceptance overall, per dimension and per varied
+dimension, format-valid rate, statuses, tool calls per trace for all samples and for kept traces),
+``resolved_config.yaml``, ``shards/`` and ``manifest.json`` (stage ``vrt_rejection``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import PartialState
+from accelerate.utils import gather_object
+from trl import TrlParser
+
+from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+from mmreward.data.records import PreferenceRecord, read_records
+from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
+from vr_thinker.cold_start import EpisodeTrace, trace_to_dict
+from vr_thinker.env import EnvConfig, EpisodeStatus, VideoPairEnv
+from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config
+from vr_thinker.protocol import OVERALL, verdicts_from_label
+from vr_thinker.rewards import format_reward, keep_for_rejection_sampling
+from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
+
+STAGE = "vrt_rejection"
+INPUT_STAGES = ("vrt_sft", "vrt_grpo")
+TRACES_NAME = "traces.jsonl"
+SHARD_DIR = "shards"
+
+
+@dataclass
+class VRTRejectionArguments:
+    """Settings of the rejection-sampling stage."""
+
+    model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
+    data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
+    split: str = field(default="train", metadata={"help": "synthetic split to sample on"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs"})
+    output_dir: str = field(default="", metadata={"help": "stage output directory"})
+    samples_per_pair: int = field(default=8, metadata={"help": "K: traces sampled per pair"})
+    keep_per_pair: int = field(default=0, metadata={"help": "most distinct kept traces per pair (0: all)"})
+    pairs_per_batch: int = field(default=4, metadata={"help": "pairs generated together (x K episodes)"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
+    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
+    max_new_tokens: int = field(default=512, metadata={"help": "token limit per assistant turn"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    use_cpu: bool = field(default=False, metadata={"help": "run on CPU even with a GPU"})
+    torch_threads: int = field(default=0, metadata={"help": "intra-op CPU threads (0: torch's default)"})
+
+    def __post_init__(self) -> None:
+        for name in ("samples_per_pair", "pairs_per_batch", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        if self.keep_per_pair < 0:
+            raise ValueError("keep_per_pair must be >= 0")
+
+
+def parse_args(argv: list[str] | None = None) -> VRTRejectionArguments:
+    parser = TrlParser((VRTRejectionArguments,))
+    (args,) = parser.parse_args_and_config(argv)
+    missing = [n for n in ("model_path", "data", "output_dir") if not getattr(args, n)]
+    if missing:
+        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------- shard files
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    return out / SHARD_DIR / f"shard-{rank:05d}-of-{world:05d}.jsonl"
+
+
+def read_shard(path: Path, repair: bool = False) -> list[dict[str, Any]]:
+    """The complete lines of a shard file. Lines are written whole and flushed in order, so only the last one can be
+    cut (by a kill); it is left out, and with ``repair`` cut off the file so appending continues cleanly."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines, good = [], 0
+    for chunk in raw.split(b"\n")[:-1]:  # what follows the last newline is a cut line or nothing
+        try:
+            lines.append(json.loads(chunk))
+        except json.JSONDecodeError:
+            break
+        good += len(chunk) + 1
+    if repair and good != len(raw):
+        with path.open("r+b") as handle:
+            handle.truncate(good)
+    return lines
+
+
+def done_ids(out: Path) -> set[str]:
+    """Pair ids already written by any shard (any process count; others may be appending meanwhile)."""
+    root = out / SHARD_DIR
+    return {line["id"] for path in sorted(root.glob("shard-*.jsonl")) for line in read_shard(path)} if root.is_dir() \
+        else set()
+
+
+def my_batches(records: Sequence[PreferenceRecord], rank: int, world: int, size: int) -> list[list[PreferenceRecord]]:
+    """This process's pairs (every world-th, from rank), in fixed batches of ``size``."""
+    mine = list(records)[rank::world]
+    return [mine[i : i + size] for i in range(0, len(mine), size)]
+
+
+def batch_seed(seed: int, ids: Iterable[str]) -> int:
+    digest = hashlib.sha256(f"{seed}:{','.join(ids)}".encode()).digest()
+    return int.from_bytes(digest[:5], "little") * 4096  # episodes add their index
+
+
+# ------------------------------------------------------------------------------------------------------ scoring
+
+
+def sample_stats(trace: RolloutTrace, label: dict[str, int]) -> dict[str, Any]:
+    """What the statistics need from one sample: kept, format, status, tool calls, which verdicts were right."""
+    return {
+        "kept": keep_for_rejection_sampling(trace.outcome, label) and trace.status == EpisodeStatus.ANSWERED.value,
+        "format_valid": format_reward(trace.outcome.turn_valid) == 1.0 and trace.status == EpisodeStatus.ANSWERED.value,
+        "status": trace.status,
+        "tool_calls": trace.outcome.num_tool_calls,
+        "right": {k: trace.outcome.verdicts.get(k) == v for k, v in label.items()},
+    }
+
+
+def pair_line(record: PreferenceRecord, traces: Sequence[RolloutTrace], dims: dict[str, str], env: EnvConfig,
+              keep_per_pair: int, root: Path, source: str) -> dict[str, Any]:
+    """One shard line: the pair's kept traces (trace format, distinct, at most ``keep_per_pair``) and statistics."""
+    label_names = {k: record.label[k] for k in [*dims, OVERALL]}
+    label = verdicts_from_label(label_names)
+    samples = [sample_stats(t, label) for t in traces]
+    kept: list[dict[str, Any]] = []
+    seen: set[tuple[str, ...]] = set()
+    for k, (trace, stats) in enumerate(zip(traces, samples)):
+        texts = tuple(turn.text for turn in trace.turns)
+        if not stats["kept"] or texts in seen or (keep_per_pair and len(kept) >= keep_per_pair):
+            continue
+        seen.add(texts)
+        episode = EpisodeTrace(
+            id=f"{record.id}#{k}", prompt=record.prompt, video_1=Path(record.a.video), video_2=Path(record.b.video),
+            turns=list(texts), frames=[list(f) for f in trace.tool_calls], dimensions=dict(dims), label=label_names,
+            env=env, source=source,
+        )
+        kept.append(trace_to_dict(episode, root))
+    varies = record.meta.get("varies") if isinstance(record.meta, dict) else None
+    return {"id": record.id, "varies": sorted(varies) if isinstance(varies, list) else None, "samples": samples,
+            "kept": kept}
+
+
+def summarise(lines: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Acceptance overall / per dimension / per varied dimension, format rate, statuses, tool calls per trace."""
+    samples = [s for line in lines for s in line["samples"]]
+    n = len(samples)
+    if n == 0:
+        raise ValueError("no samples to summarise")
+    keys = list(samples[0]["right"])
+    by_varies: dict[str, list[bool]] = {}
+    for line in lines:
+        if line["varies"] is not None:
+            name = "+".join(line["varies"]) or "none"
+            by_varies.setdefault(name, []).extend(s["kept"] for s in line["samples"])
+    calls = Counter(s["tool_calls"] for s in samples)
+    kept_calls = Counter(len([m for m in t["conversation"] if m["role"] == "tool"]) for t in kept)
+    return {
+        "pairs": len(lines),
+        "samples": n,
+        "accepted_samples": sum(s["kept"] for s in samples),
+        "acceptance_rate": sum(s["kept"] for s in samples) / n,
+        "pairs_with_a_kept_trace": sum(any(s["kept"] for s in line["samples"]) for line in lines) / len(lines),
+        "kept_traces": len(kept),
+        "format_valid_rate": sum(s["format_valid"] for s in samples) / n,
+        "verdict_accuracy": {k: sum(s["right"][k] for s in samples) / n for k in keys},
+        "acceptance_by_varied_dimension": {k: sum(v) / len(v) for k, v in sorted(by_varies.items())},
+        "statuses": dict(Counter(s["status"] for s in samples)),
+        "tool_calls_per_trace": {str(k): calls[k] for k in sorted(calls)},
+        "tool_calls_per_kept_trace": {str(k): kept_calls[k] for k in sorted(kept_calls)},
+        "mean_tool_calls": sum(s["tool_calls"] for s in samples) / n,
+    }
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def record_file(data: str, split: str) -> Path:
+    path = Path(data)
+    if path.is_dir():
+        path = path / "videos" / f"{split}.jsonl"
+    if not path.is_file():
+        raise SystemExit(f"--data {data}: no record file {path}")
+    return path
+
+
+def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], env: EnvConfig, dims: dict[str, str],
+                 state: PartialState, out: Path) -> dict[str, float]:
+    """Sample this process's remaining pairs, streaming one line per pair into its shard file."""
+    model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype,
+                                              attn_implementation=args.attn_implementation, tool_chat_template=True))
+    model.to(state.device).eval()
+    engine = HFRolloutEngine(model, processor)
+    path = shard_path(out, state.process_index, state.num_processes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    read_shard(path, repair=True)  # only this process writes this file
+    done = done_ids(out)
+    source = f"rejection:{Path(args.model_path).name}"
+    started, pairs = time.perf_counter(), 0
+    for batch in my_batches(records, state.process_index, state.num_processes, args.pairs_per_batch):
+        todo = [r for r in batch if r.id not in done]
+        if not todo:
+            continue
+        k = args.samples_per_pair
+        envs = [VideoPairEnv(r.prompt, r.a.video, r.b.video, dims, env) for r in todo for _ in range(k)]
+        # The seed depends on the whole batch (as planned), so a redone batch samples what it sampled before.
+        sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, top_k=args.top_k, seed=batch_seed(args.seed, [r.id for r in batch]))
+        traces = engine.rollout(envs, sampling)
+        with path.open("a", encoding="utf-8") as handle:
+            for j, record in enumerate(todo):
+                line = pair_line(record, traces[j * k : (j + 1) * k], dims, env, args.keep_per_pair, out, source)
+                handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        pairs += len(todo)
+    return {"pairs": pairs, "seconds": time.perf_counter() - started}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    state = PartialState(cpu=args.use_cpu or not torch.cuda.is_available())
+    out = Path(args.output_dir)
+    if state.is_main_process:
+        start_run_dir(out)
+    state.wait_for_everyone()
+    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
+    saved = load_judge_config(args.model_path)
+    if saved is None:
+        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
+    env, dims = saved
+    path = record_file(args.data, args.split)
+    records = list(read_records(path))[: args.max_pairs]
+    for record in records:
+        if record.a.video is None or record.b.video is None:
+            raise SystemExit(f"{path}: record {record.id!r} needs a video on both sides")
+        missing = [k for k in [*dims, OVERALL] if k not in record.label]
+        if missing:
+            raise SystemExit(f"{path}: record {record.id!r} has no label for {missing}")
+
+    timing = sample_shard(args, records, env, dims, state, out)
+    timings = gather_object([timing]) if state.num_processes > 1 else [timing]
+    state.wait_for_everyone()
+    metrics: dict[str, Any] = {}
+    if state.is_main_process:
+        lines = {line["id"]: line for p in sorted((out / SHARD_DIR).glob("shard-*.jsonl"))
+                 for line in read_shard(p, repair=True)}
+        missing = [r.id for r in records if r.id not in lines]
+        if missing:
+            raise RuntimeError(f"no samples for pairs {missing[:5]} (of {len(missing)}); rerun to finish them")
+        ordered = [lines[r.id] for r in records]
+        kept = [t for line in ordered for t in line["kept"]]
+        (out / TRACES_NAME).write_text("".join(json.dumps(t, ensure_ascii=False) + "\n" for t in kept),
+                                       encoding="utf-8")
+        metrics = summarise(ordered, kept)
+        metrics.update(num_processes=state.num_processes, sampling_seconds=timings,
+                       pairs_sampled_by_this_run=sum(t["pairs"] for t in timings))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(asdict(args), sort_keys=False))
+        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(path)}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        print(json.dumps({k: metrics[k] for k in ("pairs", "samples", "acceptance_rate", "kept_traces")}))
+    state.wait_for_everyone()
+    return metrics
+
