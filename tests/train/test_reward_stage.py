@@ -180,23 +180,90 @@ def _val_rows(out: Path) -> dict[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def colour_data(tmp_path_factory):
-    """Text-alignment pairs that differ in colour only: what a tiny model learns within a minute."""
+def noise_data(tmp_path_factory):
+    """Quality pairs whose loser carries Gaussian noise: what a tiny model learns within a minute."""
     config = SyntheticConfig(image_splits=SplitSizes(256, 96, 0), video_splits=SplitSizes(0, 0, 0), tie_share=0.0,
-                             mixed_share=0.0, dim_weights={"VQ": 0.0, "MQ": 0.0, "TA": 1.0},
-                             ta_attribute_weights={"color": 1.0})
-    return generate_synthetic(tmp_path_factory.mktemp("colour"), seed=1, config=config)
+                             mixed_share=0.0, dim_weights={"VQ": 1.0, "MQ": 0.0, "TA": 0.0}, degradations=("noise",))
+    return generate_synthetic(tmp_path_factory.mktemp("noise"), seed=1, config=config)
 
 
-def test_learning_check_clear_gain(tiny, colour_data, tmp_path):
-    """<= 60 s: held-out colour alignment goes from chance to clearly above it."""
+def test_learning_check_clear_gain(tiny, noise_data, tmp_path):
+    """<= 60 s: held-out visual-quality accuracy goes from chance to clearly above it."""
     out = tmp_path / "learn"
     started = time.perf_counter()
-    stage.main(_args(tiny, colour_data, out, "--max_steps", "150", "--batch_size", "16", "--eval_batch_size", "96",
-                     "--learning_rate", "0.002", "--eval_at_start", "true", dims=["TA"]))
+    stage.main(_args(tiny, noise_data, out, "--max_steps", "100", "--batch_size", "16", "--eval_batch_size", "96",
+                     "--learning_rate", "0.0005", "--head_learning_rate", "0.002", "--eval_at_start", "true",
+                     dims=["VQ"]))
     elapsed = time.perf_counter() - started
     rows = _val_rows(out)
-    before, after = rows[0]["val/accuracy/TA"], rows[150]["val/accuracy/TA"]
-    print(f"TA (colour) held-out accuracy {before:.3f} -> {after:.3f} in {elapsed:.0f} s")
+    before, after = rows[0]["val/accuracy/VQ"], rows[100]["val/accuracy/VQ"]
+    print(f"VQ (noise) held-out accuracy {before:.3f} -> {after:.3f} in {elapsed:.0f} s")
     assert abs(before - 0.5) < 0.2
-    assert after >= 0.75 and after - before >= 0.2
+    assert after >= 0.8 and after - before >= 0.25
+
+
+def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=(0, 1, 2, 3), num_frames=8) -> dict:
+    """Held-out accuracy of untrained models, averaged over head initialisations.
+
+    One random head can be biased on a visible factor (say, noise) by chance, in either direction;
+    over initialisations the untrained accuracy is chance.
+    """
+    from mmreward.collate import PairCollator
+    from mmreward.data.dataset import PreferenceDataset
+    from mmreward.metrics import pair_accuracy
+
+    data = PreferenceDataset(val_file, num_frames=num_frames)
+    totals = {dim: 0.0 for dim in dims}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = RewardModel.from_backbone(tiny, dimensions=dims).eval()
+        batch = PairCollator(model.processor, dims)([data[i] for i in range(len(data))])
+        rewards = model.score(batch["inputs"])
+        delta = rewards[: len(data)] - rewards[len(data) :]
+        for j, dim in enumerate(dims):
+            keep = batch["label_mask"][:, j] & (batch["labels"][:, j] != 0)
+            totals[dim] += pair_accuracy(delta[keep, j].numpy(), batch["labels"][keep, j].numpy()) / len(seeds)
+    return totals
+
+
+@pytest.mark.slow
+def test_learning_check_image_all_dimensions(tiny, tmp_path):
+    """At most ~3 CPU minutes: every trained image dimension >= 0.75 on held-out pairs, untrained ~0.5.
+
+    The set is the synthetic image set with text-alignment mismatches in colour and quality losers
+    with noise: what a tiny random-init model learns in minutes (shape, count and blur mismatches
+    need far longer; see the issue's learning facts). The schedule is train/configs/reward_image.yaml:
+    a quality-only warm-up, then all pairs.
+    """
+    config = SyntheticConfig(image_splits=SplitSizes(1024, 128, 0), video_splits=SplitSizes(0, 0, 0),
+                             ta_attribute_weights={"color": 1.0}, degradations=("noise",))
+    data = generate_synthetic(tmp_path / "synthetic", seed=0, config=config)
+    out = tmp_path / "image"
+    stage.main(["--config", str(ROOT / "train" / "configs" / "reward_image.yaml"), "--backbone", str(tiny),
+                "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
+                "--output_dir", str(out), "--max_steps", "800", "--save_steps", "0"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    untrained = _untrained_accuracy(tiny, data["images/val"], IMAGE_DIMS)
+    print({dim: (round(untrained[dim], 3), round(metrics[f"val/accuracy/{dim}"], 3)) for dim in IMAGE_DIMS},
+          f"{metrics['train_seconds']:.0f} s")
+    for dim in IMAGE_DIMS:
+        assert abs(untrained[dim] - 0.5) < 0.1, dim
+        assert metrics[f"val/accuracy/{dim}"] >= 0.75, dim
+
+
+@pytest.mark.slow
+def test_learning_check_video(tiny, tmp_path):
+    """Video pairs (train/configs/reward_video.yaml): visual quality >= 0.75 held out, untrained ~0.5."""
+    config = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(256, 64, 0),
+                             degradations=("noise",))
+    data = generate_synthetic(tmp_path / "synthetic", seed=0, config=config)
+    out = tmp_path / "video"
+    stage.main(["--config", str(ROOT / "train" / "configs" / "reward_video.yaml"), "--backbone", str(tiny),
+                "--train_file", str(data["videos/train"]), "--val_file", str(data["videos/val"]),
+                "--output_dir", str(out), "--max_steps", "400", "--save_steps", "0"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    untrained = _untrained_accuracy(tiny, data["videos/val"], ["VQ", "MQ", "TA", "overall"])
+    print({k: round(v, 3) for k, v in metrics.items() if k.startswith("val/accuracy/")},
+          {k: round(v, 3) for k, v in untrained.items()}, f"{metrics['train_seconds']:.0f} s")
+    assert abs(untrained["VQ"] - 0.5) < 0.1
+    assert metrics["val/accuracy/VQ"] >= 0.75

@@ -132,6 +132,21 @@ def test_sigkill_then_resume_gives_identical_weights(straight, judge, data, tmp_
     assert steps == [1, 2, 3]  # lines a killed run wrote after its last checkpoint are not duplicated
 
 
+def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypatch):
+    import vrt_grpo_trl as baseline
+
+    monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
+    out = tmp_path / "trl"
+    metrics = baseline.main(["--model_path", str(judge), "--data", str(data), "--output_dir", str(out),
+                             "--num_generations", "4", "--per_device_train_batch_size", "4", "--max_steps", "2",
+                             "--max_completion_length", "64", "--use_cpu", "true", "--report_to", "none",
+                             "--logging_steps", "1", "--save_strategy", "no", "--seed", "1"])
+    manifest = read_manifest(out, expect_stage="vrt_grpo_trl")
+    assert manifest["metrics"]["steps"] == 2 and len(metrics["log"]) == 2
+    assert all(np.isfinite(row["reward"]) for row in metrics["log"])
+    assert json.loads((out / "vr_thinker.json").read_text())["env"]["memory_window"] is None
+
+
 def _learning_run(judge, data, out, steps: int) -> list[dict]:
     target = relabelled(data / "videos" / "train.jsonl", "a", "always_a.jsonl")
     stage.main(_args(judge, str(target), out, "--max_steps", str(steps), "--pairs_per_step", "2", "--group_size", "8",

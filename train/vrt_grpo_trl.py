@@ -1,0 +1,127 @@
+"""Baseline VR-Thinker GRPO with plain TRL ``GRPOTrainer`` (``environment_factory``, no memory window).
+
+    python train/vrt_grpo_trl.py --config train/configs/vrt_grpo_trl_baseline.yaml --model_path runs/vrt_sft2 \\
+        --data runs/synthetic --output_dir runs/vrt_grpo_trl
+
+Same inputs as ``train/vrt_grpo.py`` (a ``vrt_sft`` / ``vrt_grpo`` stage directory whose ``vr_thinker.json`` gives the
+episode settings; a synthetic directory or record JSONL) and the same reward, but TRL's tool loop trains one
+append-only sequence per trace, so every tool image stays in the context (``memory_window`` is forced to None; the
+saved ``vr_thinker.json`` records that). TRL settings (``num_generations``, ``beta`` = KL coefficient, ``epsilon`` /
+``epsilon_high``, ``max_completion_length`` for a whole trace, ``max_tool_calling_iterations``, ``use_vllm``, ...)
+come from TRL's ``GRPOConfig``; see docs/vr_thinker_scale_out.md for the comparison with the own loop.
+
+Output directory: the model (LoRA merged) and processor, ``vr_thinker.json``, ``resolved_config.yaml``,
+``metrics.json``, ``checkpoints/`` (TRL's, with its logs) and ``manifest.json`` (stage ``vrt_grpo_trl``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+from accelerate import PartialState
+from peft import PeftModel
+from transformers import set_seed
+from trl import GRPOConfig, GRPOTrainer, TrlParser
+
+from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.data.records import read_records
+from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
+from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config, save_judge_config
+from vr_thinker.rewards import RewardConfig
+from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_env_config, judge_dataset, make_reward_function
+
+STAGE = "vrt_grpo_trl"
+INPUT_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")
+
+
+@dataclass
+class TRLBaselineArguments:
+    """Stage settings besides TRL's ``GRPOConfig`` and the reward weights (``RewardConfig``)."""
+
+    model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
+    data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
+    train_split: str = field(default="train", metadata={"help": "synthetic split to train on"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs"})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
+    freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
+    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save)"})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, RewardConfig, GRPOConfig]:
+    parser = TrlParser((TRLBaselineArguments, RewardConfig, GRPOConfig))
+    args, reward, training = parser.parse_args_and_config(argv)
+    missing = [n for n, v in (("model_path", args.model_path), ("data", args.data),
+                              ("output_dir", training.output_dir)) if not v]
+    if missing:
+        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    return args, reward, training
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args, reward_cfg, training = parse_args(argv)
+    out = Path(training.output_dir)
+    state = PartialState()
+    if state.is_main_process:
+        start_run_dir(out)
+    state.wait_for_everyone()
+    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
+    saved = load_judge_config(args.model_path)
+    if saved is None:
+        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
+    env_config, dimensions = baseline_env_config(saved[0]), saved[1]
+    data = Path(args.data)
+    records_path = data / "videos" / f"{args.train_split}.jsonl" if data.is_dir() else data
+    records = list(read_records(records_path))[: args.max_pairs]
+
+    set_seed(training.seed)
+    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0) if args.use_lora else None
+    model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype, freeze_vision=args.freeze_vision,
+                                              lora=lora, tool_chat_template=True))
+    processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
+    # TRL checkpoints and logs go below the stage directory, outside the checksummed files. Set in place:
+    # dataclasses.replace would rerun GRPOConfig's checks on fields it already derived.
+    resolved = {**asdict(args), **asdict(reward_cfg), **training.to_dict()}
+    training.output_dir = str(out / "checkpoints")
+    training.max_tool_calling_iterations = training.max_tool_calling_iterations or env_config.max_tool_calls
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[make_reward_function(dimensions, reward_cfg)],
+        args=training,
+        train_dataset=judge_dataset(records, dimensions, env_config),
+        processing_class=processor,
+        environment_factory=lambda: TRLJudgeEnvironment(env_config, dimensions),
+    )
+    result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    state.wait_for_everyone()
+    metrics: dict = {}
+    if state.is_main_process:
+        trained = trainer.accelerator.unwrap_model(trainer.model)
+        if isinstance(trained, PeftModel):
+            trained = trained.merge_and_unload()
+        trained.save_pretrained(out)
+        processor.save_pretrained(out)
+        save_judge_config(out, env_config, dimensions)
+        history = [row for row in trainer.state.log_history if "reward" in row]
+        metrics = {
+            "steps": result.global_step,
+            "train_seconds": round(result.metrics.get("train_runtime", 0.0), 2),
+            "reward_first": history[0]["reward"] if history else None,
+            "reward_last": history[-1]["reward"] if history else None,
+            "log": history,
+        }
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
+        (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(records_path)}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics={k: v for k, v in metrics.items() if k != "log"})
+        print(json.dumps({k: metrics[k] for k in ("steps", "reward_first", "reward_last")}))
+    state.wait_for_everyone()
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
