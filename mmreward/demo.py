@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from mmreward.backbones.clip import build_tiny_clip
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
-from mmreward.report import Report
+from mmreward.report import Report, plot_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,9 +110,120 @@ def step_humanoid(ctx: DemoContext) -> None:
         ctx.report.video(videos[-1], caption="last evaluation episode")
 
 
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str) -> Path:
+    """Run `train/reward.py` on the demo's data and tiny backbone; return its output directory."""
+    run = ctx.out / name
+    data = ctx.out / "data" / modality
+    run_script(
+        "train/reward.py",
+        ["--config", f"train/configs/{config}", "--backbone", str(ctx.paths["vlm"]),
+         "--train_file", str(data / "train.jsonl"), "--val_file", str(data / "val.jsonl"),
+         "--output_dir", str(run)],
+        ctx.out / "logs" / f"{name}.log",
+    )
+    ctx.paths[name] = run
+    return run
+
+
+def _report_reward_run(ctx: DemoContext, title: str, runs: dict[str, Path]) -> None:
+    """Loss curves and final validation accuracy per dimension of reward-model runs."""
+    ctx.report.heading(title)
+    rows, curves = [], {}
+    for name, run in runs.items():
+        metrics = json.loads((run / "metrics.json").read_text())
+        row = {"run": name, "steps": metrics.get("steps"), "train s": metrics.get("train_seconds")}
+        row.update({key.removeprefix("val/accuracy/"): value for key, value in metrics.items()
+                    if key.startswith("val/accuracy/")})
+        rows.append(row)
+        log = [entry for entry in _read_jsonl(run / "logs" / "train_log.jsonl") if "train/loss" in entry]
+        curves[name] = ([entry["step"] for entry in log], [entry["train/loss"] for entry in log])
+    columns = sorted({key for row in rows for key in row}, key=lambda k: (k not in ("run", "steps", "train s"), k))
+    ctx.report.text("Validation pair accuracy per dimension (without ties) after training:")
+    ctx.report.table(rows, columns)
+    plot = plot_lines(curves, ctx.out / "assets" / f"{title.split(':')[0].lower()}_loss.png",
+                      f"{title.split(':')[0]} training loss", ylabel="loss")
+    ctx.report.image(plot, caption="training loss (logged every few steps)")
+
+
+def step_basereward(ctx: DemoContext) -> None:
+    runs = {
+        "basereward_image": _train_reward_model(ctx, "basereward_image", "reward_image.yaml", "images"),
+        "basereward_video": _train_reward_model(ctx, "basereward_video", "reward_video.yaml", "videos"),
+    }
+    _report_reward_run(ctx, "BaseReward: scalar head, Bradley-Terry", runs)
+
+
+def step_rewarddance(ctx: DemoContext) -> None:
+    runs = {
+        "rewarddance_image": _train_reward_model(ctx, "rewarddance_image", "rewarddance_image.yaml", "images"),
+        "rewarddance_video": _train_reward_model(ctx, "rewarddance_video", "rewarddance_video.yaml", "videos"),
+    }
+    _report_reward_run(ctx, "RewardDance: P(yes) from the LM head", runs)
+
+
+def _evaluate(ctx: DemoContext, name: str, model: Path, data: Path, extra: list[str] | None = None) -> Path:
+    out = ctx.out / "eval" / name
+    run_script("eval/preference.py",
+               ["--model", str(model), "--data", str(data), "--out", str(out), "--progress", "false",
+                *(extra or [])],
+               ctx.out / "logs" / f"eval_{name}.log")
+    return out
+
+
+def _fmt_interval(entry: dict | None) -> str:
+    if not entry:
+        return "n/a"
+    return f"{entry['estimate']:.3f} [{entry['low']:.2f}, {entry['high']:.2f}]"
+
+
+def _headline(metrics: dict) -> dict[str, str]:
+    """Overall accuracy with/without ties plus per-dimension accuracy of one `metrics.json`."""
+    dims = metrics["dimensions"]
+    row = {"pairs": str(metrics["counts"]["scored"]), "errors": str(metrics["counts"]["errors"])}
+    for dim in ["overall", *sorted(d for d in dims if d != "overall")]:
+        if dim in dims:
+            row[f"{dim} w/o ties"] = _fmt_interval(dims[dim]["accuracy"])
+            row[f"{dim} w/ ties"] = _fmt_interval(dims[dim]["accuracy_with_ties"])
+    return row
+
+
+def step_evaluation(ctx: DemoContext) -> None:
+    test_videos = ctx.out / "data" / "videos" / "test.jsonl"
+    evaluated: dict[str, Path] = {}
+    for name in ("basereward_video", "rewarddance_video"):
+        if name in ctx.paths:
+            evaluated[name] = _evaluate(ctx, name, ctx.paths[name], test_videos)
+    if "vrt_final" in ctx.paths:
+        evaluated["vr_thinker"] = _evaluate(ctx, "vr_thinker", ctx.paths["vrt_final"], test_videos,
+                                            ["--judge", "vr_thinker"])
+    evaluated["clip_baseline"] = _evaluate(ctx, "clip_baseline", ctx.paths["clip"], test_videos,
+                                           ["--scorer", "clip"])
+    ctx.report.heading("Evaluation on the held-out synthetic video pairs")
+    ctx.report.text("Accuracy without ties drops tie-labelled pairs and counts a zero score difference as "
+                    "wrong; accuracy with ties uses tie calibration over |score difference| (VideoAlign's "
+                    "protocol). Brackets: bootstrap 95% intervals.")
+    rows = []
+    for name, out in evaluated.items():
+        metrics = json.loads((out / "metrics.json").read_text())
+        rows.append({"model": name, **_headline(metrics)})
+    ctx.report.table(rows, sorted({k for row in rows for k in row}, key=lambda k: (k != "model", k)))
+    for name, out in evaluated.items():
+        for png in (out / "assets" / "accuracy.png", out / "assets" / "delta_overall.png"):
+            if not png.exists():
+                continue
+            ctx.report.image(png, caption=f"{name}: {png.stem.replace('_', ' ')}")
+
+
 STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("synthetic data", step_data),
     ("tiny backbones", step_backbones),
+    ("BaseReward training", step_basereward),
+    ("RewardDance training", step_rewarddance),
+    ("evaluation", step_evaluation),
     ("humanoid SAC with a CLIP reward", step_humanoid),
 ]
 

@@ -86,7 +86,7 @@ class RewardFunction:
         self.num_frames = num_frames
         self.__name__ = f"reward_model_{self.dimension}"  # TRL names reward columns after it
 
-    def _side(self, i: int, completion: Any, images: Any, video: Any) -> SideMedia:
+    def _side(self, completion: Any, images: Any, video: Any) -> SideMedia:
         if images is None:
             images = []
         elif isinstance(images, (Image.Image, str, Path)):
@@ -102,7 +102,7 @@ class RewardFunction:
         images = _column(kwargs, ("images", "image"), n)
         videos = _column(kwargs, ("videos", "video"), n)
         texts = [prompt_text(p) for p in prompts]
-        sides = [self._side(i, c, images[i], videos[i]) for i, c in enumerate(completions)]
+        sides = [self._side(c, images[i], videos[i]) for i, c in enumerate(completions)]
         device = next(self.model.parameters()).device
         rewards: list[float] = []
         for start in range(0, n, self.batch_size):

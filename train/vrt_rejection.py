@@ -299,3 +299,6 @@ def main(argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()
     return metrics
 
+
+if __name__ == "__main__":
+    main()
