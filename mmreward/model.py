@@ -202,9 +202,7 @@ class RewardModel(nn.Module):
         inner = self._inner()
         input_ids = inputs["input_ids"]
         positions = packed_position_ids(inner.get_rope_index, dict(inputs))
-        embeds_shape = torch.empty(input_ids.shape[0], input_ids.shape[1], 1, dtype=self._dtype(),
-                                   device=input_ids.device)
-        mask = block_attention_mask(inner.language_model.config, embeds_shape, inputs["attention_mask"],
+        mask = block_attention_mask(inner.language_model.config, self._dtype(), inputs["attention_mask"],
                                     inputs["segment_ids"])
         out = inner(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=False, **extra)
         hidden = out.last_hidden_state

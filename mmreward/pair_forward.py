@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import torch
-from transformers.masking_utils import create_causal_mask
 
 SEG_PAD, SEG_PREFIX, SEG_A, SEG_B = -1, 0, 1, 2
 # Processor outputs that describe media; the packed batch takes them from side a only.
@@ -99,25 +98,30 @@ def packed_position_ids(get_rope_index: Callable[..., tuple[torch.Tensor, torch.
     return torch.where(segments.unsqueeze(0) == SEG_B, positions[1], positions[0])
 
 
-def block_attention_mask(text_config: Any, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor,
-                         segment_ids: torch.Tensor) -> Any:
-    """Causal mask in the attention implementation's own format, with the two tails kept apart.
+def block_attention_mask(text_config: Any, dtype: torch.dtype, attention_mask: torch.Tensor,
+                         segment_ids: torch.Tensor) -> torch.Tensor:
+    """`[P, 1, L, L]` causal mask with the two tails kept apart, in the attention implementation's format.
 
     A query may see a key when the key is in the prefix or in the query's own segment (and the
     causal and padding rules allow it). Padding queries (segment -1) see the prefix only, so no
-    row is empty and no NaN reaches the backward pass.
+    row is empty and no NaN reaches the backward pass. "sdpa" takes the boolean mask (True = may
+    attend), "eager" an additive float mask; flash attention cannot express a block mask. Built
+    with plain tensor ops: transformers' mask-function path (vmap) costs a noticeable share of a
+    tiny model's step.
     """
+    implementation = text_config._attn_implementation
+    if implementation not in ("sdpa", "eager"):
+        raise NotImplementedError(
+            f"the shared-prefix pair forward needs attn_implementation 'sdpa' or 'eager', not {implementation!r}; "
+            "use pair_form='naive'"
+        )
     if any(t != "full_attention" for t in getattr(text_config, "layer_types", None) or ()):
         raise NotImplementedError("the shared-prefix pair forward supports full-attention layers only")
-
-    def same_block(batch_idx, head_idx, q_idx, kv_idx):
-        kv_segment = segment_ids[batch_idx, kv_idx]
-        return (kv_segment == SEG_PREFIX) | (kv_segment == segment_ids[batch_idx, q_idx])
-
-    return create_causal_mask(
-        config=text_config,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        past_key_values=None,
-        and_mask_function=same_block,
-    )
+    length = segment_ids.shape[1]
+    causal = torch.ones(length, length, dtype=torch.bool, device=segment_ids.device).tril()
+    query, key = segment_ids[:, :, None], segment_ids[:, None, :]
+    allowed = causal & ((key == SEG_PREFIX) | (key == query)) & attention_mask.bool()[:, None, :]
+    allowed = allowed[:, None]
+    if implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)

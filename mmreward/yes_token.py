@@ -118,7 +118,8 @@ class YesTokenConfig:
         if self.reasoning == "rationale_first" and not self.verdict_prefix.strip():
             problems.append("rationale_first needs a non-empty verdict_prefix (the reward is read after it)")
         if self.ce_weight < 0 or self.bt_weight < 0 or self.ce_weight + self.bt_weight == 0:
-            problems.append(f"ce_weight and bt_weight must be >= 0 and not both 0, got {self.ce_weight}, {self.bt_weight}")
+            problems.append(f"ce_weight and bt_weight must be >= 0 and not both 0, "
+                            f"got {self.ce_weight}, {self.bt_weight}")
         if self.tie_target is not None and not 0.0 <= self.tie_target <= 1.0:
             problems.append(f"tie_target must be in [0, 1] or None, got {self.tie_target}")
         if problems:
@@ -142,7 +143,8 @@ def single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
     return ids
 
 
-def verdict_log_odds(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int], probability: str) -> torch.Tensor:
+def verdict_log_odds(logits: torch.Tensor, yes_ids: Sequence[int], no_ids: Sequence[int],
+                     probability: str) -> torch.Tensor:
     """`log P(yes) - log(1 - P(yes))` per row of next-token logits `[N, V]` (float32 or wider).
 
     softmax: P(yes) = sum_yes softmax(logits), so 1 - P(yes) is the mass of every other token;
@@ -245,7 +247,8 @@ class YesTokenHead(RewardHead):
         self.yes_ids = single_token_ids(tokenizer, self.cfg.yes_words)
         self.no_ids = single_token_ids(tokenizer, self.cfg.no_words)
         if set(self.yes_ids) & set(self.no_ids):
-            raise HeadError(f"head 'yes_token': yes and no spellings share token ids {set(self.yes_ids) & set(self.no_ids)}")
+            shared = set(self.yes_ids) & set(self.no_ids)
+            raise HeadError(f"head 'yes_token': yes and no spellings share token ids {sorted(shared)}")
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
         if lm_head is None:

@@ -155,7 +155,8 @@ def encode_queries(
     return batch
 
 
-def pair_queries(examples: Sequence[PreferenceExample], cfg: YesTokenConfig, collate: CollateConfig) -> list[VerdictQuery]:
+def pair_queries(examples: Sequence[PreferenceExample], cfg: YesTokenConfig,
+                 collate: CollateConfig) -> list[VerdictQuery]:
     """2P queries for P pairs: every `a` side, then every `b` side (pairwise: each against the other)."""
     queries_a, queries_b = [], []
     for ex in examples:
@@ -188,7 +189,8 @@ class YesTokenCollator:
 
     def __post_init__(self) -> None:
         if self.cfg.pair_form == "shared_prefix":
-            raise CollateError("the yes_token head asks one question per side; pair_form='shared_prefix' does not apply "
+            raise CollateError("the yes_token head asks one question per side; "
+                               "pair_form='shared_prefix' does not apply "
                                "(use 'naive' or 'auto')")
 
     def __call__(self, examples: Sequence[PreferenceExample]) -> dict[str, Any]:

@@ -114,7 +114,8 @@ class YesTokenScorer:
 
     def _batches(self, queries: Sequence[VerdictQuery]) -> list[list[int]]:
         # Similar sizes together, so a batch pads little; indices let results go back in input order.
-        order = sorted(range(len(queries)), key=lambda i: _side_cost(queries[i].candidate) + _side_cost(queries[i].reference))
+        costs = [_side_cost(q.candidate) + _side_cost(q.reference) for q in queries]
+        order = sorted(range(len(queries)), key=costs.__getitem__)
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     @torch.no_grad()
@@ -171,7 +172,8 @@ class YesTokenScorer:
         if reference is None:
             raise ValueError("the pairwise yes_token form needs a reference to compare the candidates with")
         if swapped:  # the reference is asked about, with the candidate shown first
-            return [VerdictQuery(text, reference, reference=c, id=f"candidate {i} (swapped)") for i, c in enumerate(candidates)]
+            return [VerdictQuery(text, reference, reference=c, id=f"candidate {i} (swapped)")
+                    for i, c in enumerate(candidates)]
         return [VerdictQuery(text, c, reference=reference, id=f"candidate {i}") for i, c in enumerate(candidates)]
 
     def score(self, prompt: str, candidates: Sequence[SideMedia], reference: SideMedia | None = None,
@@ -188,7 +190,8 @@ class YesTokenScorer:
         """`(p_forward, p_swapped)` `[n]` each (module docstring), scored together in shared batches."""
         if self.config.form != "pairwise":
             raise ValueError("both orders exist only for the pairwise yes_token form")
-        queries = self._queries(prompt, candidates, reference) + self._queries(prompt, candidates, reference, swapped=True)
+        queries = [*self._queries(prompt, candidates, reference),
+                   *self._queries(prompt, candidates, reference, swapped=True)]
         probs = self.verdict_probs(queries)
         return probs[: len(candidates)], probs[len(candidates):]
 
@@ -260,10 +263,10 @@ class YesTokenRewardFunction(RewardFunction):
         if average_orders and self.scorer.config.form != "pairwise":
             raise RewardFunctionError("average_orders needs the pairwise yes_token form")
 
-    def _candidate(self, i: int, completion: Any, images: Any, video: Any) -> SideMedia:
+    def _candidate(self, completion: Any, images: Any, video: Any) -> SideMedia:
         if isinstance(completion, (Image.Image, VideoClip, np.ndarray)):
             return media_side(completion, self.num_frames, self.video_fps)
-        return self._side(i, completion, images, video)
+        return self._side(completion, images, video)  # a text response with the example's media
 
     def _reference(self, i: int, value: Any) -> SideMedia:
         if value is None:
@@ -280,7 +283,7 @@ class YesTokenRewardFunction(RewardFunction):
         images = _column(kwargs, ("images", "image"), n)
         videos = _column(kwargs, ("videos", "video"), n)
         texts = [self.collate.prompt_template.format(prompt=prompt_text(p)) for p in prompts]
-        sides = [self._candidate(i, c, images[i], videos[i]) for i, c in enumerate(completions)]
+        sides = [self._candidate(c, images[i], videos[i]) for i, c in enumerate(completions)]
         if self.scorer.config.form == "pointwise":
             queries = [VerdictQuery(texts[i], sides[i], id=f"example {i}") for i in range(n)]
             return self.scorer.verdict_probs(queries).tolist()

@@ -52,19 +52,26 @@ def test_block_mask_exact(tmp_path):
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(build_tiny_vlm(tmp_path / "tiny")).get_text_config()
-    config._attn_implementation = "sdpa"
     segments = torch.tensor([[0, 0, 1, 1, 2, -1]])
-    mask = block_attention_mask(config, torch.zeros(1, 6, 1), (segments >= 0).long(), segments)
-    allowed = [
+    allowed = torch.tensor([
         [1, 0, 0, 0, 0, 0],
         [1, 1, 0, 0, 0, 0],
         [1, 1, 1, 0, 0, 0],
         [1, 1, 1, 1, 0, 0],
         [1, 1, 0, 0, 1, 0],  # tail b sees the prefix and itself, not tail a
         [1, 1, 0, 0, 0, 0],  # padding query sees the prefix only: no empty row
-    ]
-    assert mask.shape == (1, 1, 6, 6)
-    assert mask[0, 0].long().tolist() == allowed
+    ], dtype=torch.bool)
+    config._attn_implementation = "sdpa"
+    mask = block_attention_mask(config, torch.float32, (segments >= 0).long(), segments)
+    assert mask.shape == (1, 1, 6, 6) and mask.dtype == torch.bool
+    assert torch.equal(mask[0, 0], allowed)
+    config._attn_implementation = "eager"
+    additive = block_attention_mask(config, torch.bfloat16, (segments >= 0).long(), segments)
+    assert additive.dtype == torch.bfloat16
+    assert torch.equal(additive[0, 0] == 0, allowed) and additive.min() == torch.finfo(torch.bfloat16).min
+    config._attn_implementation = "flash_attention_2"
+    with pytest.raises(NotImplementedError, match="pair_form='naive'"):
+        block_attention_mask(config, torch.float32, (segments >= 0).long(), segments)
 
 
 @pytest.fixture(scope="module")

@@ -296,7 +296,8 @@ def test_gradients_and_save_load(tiny, tmp_path, mode):
     model.save_pretrained(tmp_path / "ckpt")
     loaded = RewardModel.from_pretrained(tmp_path / "ckpt")
     assert loaded.head.cfg == model.head.cfg and loaded.head.yes_ids == model.head.yes_ids
-    assert loaded.score(batch["inputs"])[:, 0].tolist() == pytest.approx(model.score(batch["inputs"])[:, 0].tolist(), abs=1e-6)
+    expected = model.score(batch["inputs"])[:, 0].tolist()
+    assert loaded.score(batch["inputs"])[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ scoring

@@ -24,13 +24,14 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import datasets
 
+from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
 from vr_thinker.env import EnvConfig, VideoPairEnv
-from vr_thinker.grpo_loop import Video
 from vr_thinker.protocol import (
     OVERALL,
     TOOL_NAME,
@@ -41,6 +42,8 @@ from vr_thinker.protocol import (
     verdicts_from_label,
 )
 from vr_thinker.rewards import RewardConfig, TraceOutcome, group_rewards
+
+Video = str | Path | VideoClip
 
 
 def baseline_env_config(config: EnvConfig) -> EnvConfig:
@@ -120,8 +123,8 @@ def assistant_text(message: Mapping[str, Any]) -> str:
         parts.append(content.strip())
     for call in message.get("tool_calls") or []:
         function = call.get("function", call)
-        parts.append(f"<tool_call>\n{json.dumps({'name': function.get('name'), 'arguments': function.get('arguments')})}"
-                     "\n</tool_call>")
+        body = json.dumps({"name": function.get("name"), "arguments": function.get("arguments")})
+        parts.append(f"<tool_call>\n{body}\n</tool_call>")
     return "\n".join(parts)
 
 

@@ -202,7 +202,7 @@ def test_learning_check_clear_gain(tiny, noise_data, tmp_path):
     assert after >= 0.8 and after - before >= 0.25
 
 
-def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=(0, 1, 2, 3), num_frames=8) -> dict:
+def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=range(8), num_frames=8) -> dict:
     """Held-out accuracy of untrained models, averaged over head initialisations.
 
     One random head can be biased on a visible factor (say, noise) by chance, in either direction;

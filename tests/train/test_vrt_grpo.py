@@ -178,3 +178,22 @@ def test_grpo_learns_the_labels_of_each_pair(judge, data, tmp_path):
     evals = [row for row in log if "eval/reward" in row]
     assert evals[-1]["eval/accuracy/overall"] >= evals[0]["eval/accuracy/overall"] + 0.25, evals
     assert evals[-1]["eval/reward"] > evals[0]["eval/reward"] + 0.25, evals
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(judge, data, tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(ROOT / "train" / "vrt_grpo.py"), *_args(judge, data, out, *SMOKE, "--eval_pairs", "3")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = read_manifest(out, expect_stage="vrt_grpo")["metrics"]
+    assert metrics["num_processes"] == 2 and metrics["steps"] == 3
+    assert metrics["eval_end"]["eval/episodes"] == 3  # the eval pairs are split over the processes and gathered

@@ -124,3 +124,27 @@ def test_read_shard_drops_a_cut_last_line(tmp_path):
     assert path.read_text().count("\n") == 2 and "sam" in path.read_text()  # left alone without repair
     stage.read_shard(path, repair=True)
     assert path.read_text() == json.dumps({"id": "a"}) + "\n" + json.dumps({"id": "b"}) + "\n"
+
+
+@pytest.mark.slow
+def test_two_processes_shard_the_pairs(judge, data, tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+           str(port), str(ROOT / "train" / "vrt_rejection.py"), *_args(judge, data, out)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = read_manifest(out, expect_stage="vrt_rejection")["metrics"]
+    assert metrics["num_processes"] == 2 and metrics["pairs"] == 4 and metrics["samples"] == 24
+    shards = sorted((out / "shards").iterdir())
+    assert [p.name for p in shards] == ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
+    assert [[line["id"] for line in stage.read_shard(p)] for p in shards] == [
+        ["vid-train-000000", "vid-train-000002"], ["vid-train-000001", "vid-train-000003"]]

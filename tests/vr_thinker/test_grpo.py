@@ -190,6 +190,19 @@ def test_logprobs_match_the_rollout_merged_or_not(traces, tiny):
         torch.testing.assert_close(alone, expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen3_vl"])
+def test_logprobs_match_the_rollout_in_other_families(tmp_path, family):
+    path = build_tiny_vlm(tmp_path / family, family=family, seed=0)
+    model, processor = load_vlm(VLMLoadConfig(path=str(path), dtype="float32", tool_chat_template=True))
+    engine = HFRolloutEngine(model.eval(), processor, record_logits=True)
+    traces = engine.rollout([make_env(0)], SamplingConfig(max_new_tokens=4), forced=[[call([1, 2]), call([5]), ANSWER]])
+    for turn in traces[0].turns:
+        turn.finish = "stop_string"
+    with torch.no_grad():
+        logp, _ = token_logprobs(model, PolicyRowCollator(processor)(rollout_rows(traces)))
+    torch.testing.assert_close(logp, _reference_logprobs(traces), atol=1e-5, rtol=0)
+
+
 def test_only_generated_tokens_get_gradient_and_tool_images_stay_in_the_forward(traces, tiny):
     path, _, processor = tiny
     model, _ = load_vlm(VLMLoadConfig(path=str(path), dtype="float32", tool_chat_template=True))

@@ -50,7 +50,8 @@ def test_environment_shows_frames_and_keeps_every_image():
 def test_reward_follows_the_protocol(tokenizer):
     reward = make_reward_function(DIMS, RewardConfig())
     label = json.dumps({"VQ": 1, "overall": 2})
-    call = '<think>Look.</think>\n<tool_call>\n{"name": "select_frames", "arguments": {"target_frames": [3]}}\n</tool_call>'
+    body = json.dumps({"name": "select_frames", "arguments": {"target_frames": [3]}})
+    call = f"<think>Look.</think>\n<tool_call>\n{body}\n</tool_call>"
     completions = [
         [parsed(tokenizer, "<think>Fine.</think>\nVQ: \\boxed{1}\nOverall: \\boxed{2}")],  # right, valid
         [parsed(tokenizer, "<think>Fine.</think>\nVQ: \\boxed{2}\nOverall: \\boxed{2}")],  # half right, valid
