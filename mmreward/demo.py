@@ -114,6 +114,12 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+# Training steps per demo run: shorter than the configs' own schedules so the whole demo fits in
+# 15 CPU minutes; the configs (and `make test-slow`) train longer.
+DEMO_REWARD_STEPS = {"basereward_image": 800, "basereward_video": 400,
+                     "rewarddance_image": 300, "rewarddance_video": 250}
+
+
 def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str) -> Path:
     """Run `train/reward.py` on the demo's data and tiny backbone; return its output directory."""
     run = ctx.out / name
@@ -122,7 +128,7 @@ def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str)
         "train/reward.py",
         ["--config", f"train/configs/{config}", "--backbone", str(ctx.paths["vlm"]),
          "--train_file", str(data / "train.jsonl"), "--val_file", str(data / "val.jsonl"),
-         "--output_dir", str(run)],
+         "--output_dir", str(run), "--max_steps", str(DEMO_REWARD_STEPS[name])],
         ctx.out / "logs" / f"{name}.log",
     )
     ctx.paths[name] = run

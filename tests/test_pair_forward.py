@@ -113,5 +113,6 @@ def test_packed_equals_naive_loss_and_gradients(tiny, padding_side):
     torch.testing.assert_close(r_packed, r_naive, atol=1e-6, rtol=0)
     assert g_naive.keys() == g_packed.keys() and any(".visual." in n for n in g_naive)
     for name, grad in g_naive.items():
-        scale = grad.abs().max().clamp(min=1e-12)
-        assert (g_packed[name] - grad).abs().max() / scale < 1e-4, name
+        # Relative error per tensor, ||packed - naive|| / ||naive||: reduction orders differ (an image's
+        # gradient is summed once instead of twice), so single entries of tiny gradients differ by more.
+        assert (g_packed[name] - grad).norm() <= 1e-4 * grad.norm() + 1e-12, name

@@ -7,50 +7,60 @@
 #
 #   bash train/vr_thinker.sh [RUNS_DIR]          # default runs/vr_thinker; CPU, tiny random model
 #
-# CPU-sized on purpose: a one-layer tiny model, short episodes (one-line system prompt, one initial frame per video,
-# brief teacher reasoning) and few pairs, so each stage finishes in minutes. Every stage is resumable: rerunning the
-# script continues a killed stage (SFT restarts). A real run uses the stage configs as they are, with --model_path
-# pointing at a checkpoint (e.g. Qwen2.5-VL-7B-Instruct) and the record files of a real dataset.
+# CPU-sized on purpose, with the recipe under which the SFT stage teaches a tiny random model the format (see
+# tests/train/test_vrt_sft.py): 48 px clips of 8 frames, a tiny VLM with eight attention heads, brief teacher traces
+# and the short episodes of train/configs/vrt_sft.yaml. Most of the time goes into the 600 cold-start SFT steps.
+# Rerunning the script continues a killed rejection-sampling or GRPO stage (SFT restarts). A real run uses the stage
+# configs with --model_path pointing at a checkpoint (e.g. Qwen2.5-VL-7B-Instruct) and a real dataset's records.
 # Environment: PYTHON (default: .venv/bin/python if it exists, else python), VIDEO_SIZES (synthetic train,val,test
-# pairs, default 32,8,0), SFT_EPOCHS (default 6), GRPO_STEPS (default 20).
+# pairs, default 32,8,0), SFT_STEPS (cold start, default 600), GRPO_STEPS (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 RUNS=${1:-runs/vr_thinker}
 if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON; elif [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python; fi
-export FORCE_QWENVL_VIDEO_READER=decord TOKENIZERS_PARALLELISM=false TRL_EXPERIMENTAL_SILENCE=1
+export FORCE_QWENVL_VIDEO_READER=decord TOKENIZERS_PARALLELISM=false
 DATA=$RUNS/synthetic
 VAL=$DATA/videos/val.jsonl
 
-echo "== data: synthetic videos -> $DATA"
-"$PY" data/make_synthetic.py --out "$DATA" --seed 0 --image-sizes 0,0,0 --video-sizes "${VIDEO_SIZES:-32,8,0}"
-echo "== base model: one-layer tiny VLM (random weights) -> $RUNS/base"
-"$PY" -c "import sys; from mmreward.backbones.tiny import build_tiny_vlm; build_tiny_vlm(sys.argv[1], num_layers=1)" \
+echo "== data: synthetic videos (48 px, 8 frames) -> $DATA"
+"$PY" - "$DATA" "${VIDEO_SIZES:-32,8,0}" <<'PYTHON'
+import sys
+from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+train, val, test = (int(v) for v in sys.argv[2].split(","))
+config = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(train, val, test), num_frames=8,
+                         video_size=48)
+generate_synthetic(sys.argv[1], seed=0, config=config)
+PYTHON
+
+echo "== base model: tiny VLM with random weights (8 heads) -> $RUNS/base"
+"$PY" -c "import sys; from mmreward.backbones.tiny import build_tiny_vlm; build_tiny_vlm(sys.argv[1], num_heads=8, num_kv_heads=4)" \
     "$RUNS/base"
 
-echo "== 1/4 cold-start SFT"
+echo "== 1/4 cold-start SFT on teacher traces"
 "$PY" train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path "$RUNS/base" --data "$DATA" \
-    --output_dir "$RUNS/sft" --teacher_style brief --system_prompt "Judge." --initial_frames 1 \
-    --num_train_epochs "${SFT_EPOCHS:-6}" --learning_rate 5e-3 --warmup_steps 5 --eval_pairs 8 --eval_before true \
-    --eval_max_new_tokens 160
+    --output_dir "$RUNS/sft" --pool_frames 8 --max_steps "${SFT_STEPS:-600}" --eval_pairs 8 --eval_before true
 
 echo "== 2/4 rejection sampling"
 "$PY" train/vrt_rejection.py --config train/configs/vrt_rejection.yaml --model_path "$RUNS/sft" --data "$DATA" \
-    --output_dir "$RUNS/rejection" --samples_per_pair 8 --max_new_tokens 160 --dtype float32
+    --output_dir "$RUNS/rejection" --samples_per_pair 8 --max_new_tokens 128 --temperature 0.7 --dtype float32
 
 echo "== 3/4 SFT on the kept traces"
 "$PY" train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path "$RUNS/sft" --data "$RUNS/rejection" \
-    --output_dir "$RUNS/sft2" --num_train_epochs 2 --learning_rate 1e-3 --warmup_steps 0 --eval_records "$VAL" \
-    --eval_pairs 8 --eval_before true --eval_max_new_tokens 160
+    --output_dir "$RUNS/sft2" --max_steps 150 --learning_rate 3e-3 --warmup_steps 0 --eval_records "$VAL" \
+    --eval_pairs 8 --eval_before true
 
 echo "== 4/4 GRPO"
 "$PY" train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path "$RUNS/sft2" --data "$DATA" \
-    --output_dir "$RUNS/grpo" --max_steps "${GRPO_STEPS:-20}" --max_new_tokens 160 --eval_pairs 8 --eval_steps 10 \
+    --output_dir "$RUNS/grpo" --max_steps "${GRPO_STEPS:-20}" --max_new_tokens 128 --eval_pairs 8 --eval_steps 10 \
     --save_steps 10 --learning_rate 1e-3 --temperature 0.7
 
-"$PY" - "$RUNS" <<'EOF'
-import json, sys
+echo "== stage by stage (8 held-out pairs; SFT: greedy, accuracy reward; GRPO: greedy, total reward)"
+"$PY" - "$RUNS" <<'PYTHON'
+import json
+import sys
 from pathlib import Path
+
 runs = Path(sys.argv[1])
 rows = []
 for stage in ("sft", "sft2"):
@@ -59,14 +69,15 @@ for stage in ("sft", "sft2"):
         if key in metrics:
             m = metrics[key]
             rows.append((f"{stage}:{key}", m["format_valid_rate"], m["overall_accuracy"], m["mean_accuracy_reward"]))
-rejection = json.loads((runs / "rejection" / "metrics.json").read_text())
 grpo = json.loads((runs / "grpo" / "metrics.json").read_text())
 for key in ("eval_start", "eval_end"):
     m = grpo[key]
     rows.append((f"grpo:{key}", m["eval/format_valid"], m["eval/accuracy/overall"], m["eval/reward"]))
-print(f"{'stage':22s} {'format':>7s} {'overall':>8s} {'reward':>7s}   (SFT: accuracy reward; GRPO: total reward)")
+print(f"{'stage':18s} {'format':>7s} {'overall':>8s} {'reward':>7s}")
 for name, fmt, acc, reward in rows:
-    print(f"{name:22s} {fmt:7.3f} {acc:8.3f} {reward:7.3f}")
+    print(f"{name:18s} {fmt:7.3f} {acc:8.3f} {reward:7.3f}")
+rejection = json.loads((runs / "rejection" / "metrics.json").read_text())
 print(f"rejection sampling: acceptance {rejection['acceptance_rate']:.3f}, kept traces {rejection['kept_traces']}, "
       f"tool calls per trace {rejection['tool_calls_per_trace']}")
-EOF
+print(f"example trace: {runs / 'grpo' / 'example_trace.html'}")
+PYTHON

@@ -3,7 +3,7 @@
     python train/vrt_sft.py --config train/configs/vrt_sft.yaml                     # CPU, tiny model, synthetic data
     python train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path /models/Qwen2.5-VL-7B-Instruct \\
         --data runs/synthetic --dtype bfloat16 --bf16 true --use_lora true --output_dir runs/vrt_sft
-    accelerate launch --config_file train/accelerate/<ddp|zero2>.yaml train/vrt_sft.py --config ...   # many GPUs
+    accelerate launch --config_file train/accelerate/ddp.yaml train/vrt_sft.py --config ...   # or deepspeed_zero2.yaml
 
 Inputs:
 - ``--model_path``: a model directory (a checkpoint, or the output of a previous VR-Thinker stage), or ``tiny`` /
@@ -13,7 +13,8 @@ Inputs:
   a stronger judge (format in ``vr_thinker/cold_start.py``; every line is replayed and checked).
 
 Output directory: the model (LoRA merged into the weights) and processor, ``vr_thinker.json`` (episode settings
-for ``VRThinkerJudge.from_pretrained``), ``traces.jsonl`` (the training traces), ``example_trace.html``,
+for ``VRThinkerJudge.from_pretrained``), ``traces.jsonl`` (the training traces), ``example_trace.html`` (a
+training trace), ``eval_trace.html`` (the trained judge on a held-out pair, with ``--eval_pairs``),
 ``resolved_config.yaml``, ``metrics.json``, ``checkpoints/`` (trainer checkpoints and logs) and ``manifest.json``
 (stage ``vrt_sft``). With ``--eval_pairs N`` the judge is run greedily on N held-out pairs after training (and
 before, with ``--eval_before true``) and its format-valid rate and accuracies go into the metrics.
@@ -39,7 +40,7 @@ from mmreward.data.records import read_records
 from mmreward.manifest import MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
 from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
 from vr_thinker.env import EnvConfig
-from vr_thinker.judge import VRThinkerJudge, evaluate_judge, save_judge_config
+from vr_thinker.judge import VRThinkerJudge, save_judge_config, score_results
 from vr_thinker.rollout import SamplingConfig
 from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
 from vr_thinker.trace_html import write_trace_html
@@ -156,14 +157,19 @@ def eval_records(args: VRTSFTArguments) -> list:
     return list(read_records(path))[: args.eval_pairs]
 
 
-def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: VRTSFTArguments) -> dict:
+def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: VRTSFTArguments,
+             html_path: Path | None = None) -> dict:
+    """Greedy judge episodes on held-out records; metrics, and the first episode as HTML when asked."""
     if isinstance(model, PeftModel):  # untrained adapters are zero: the base model gives the same outputs
         model = model.get_base_model()
     sampling = SamplingConfig(do_sample=False, max_new_tokens=args.eval_max_new_tokens)
     judge = VRThinkerJudge(model, processor, env, dims, sampling, batch_size=args.eval_batch_size)
     start = time.perf_counter()
-    metrics = evaluate_judge(judge, records).as_dict()
+    results = judge.compare_records(records)
+    metrics = score_results(results, records).as_dict()
     metrics["seconds"] = round(time.perf_counter() - start, 2)
+    if html_path is not None:
+        write_trace_html(html_path, results[0].env, title=f"{records[0].id} (held out)", label=records[0].label)
     return metrics
 
 
@@ -228,7 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     if held_out and state.is_main_process:
         judge_model, _ = load_vlm(VLMLoadConfig(path=str(out), dtype=args.dtype))  # what a user loads
-        metrics["eval_after"] = evaluate(judge_model.to(state.device), processor, env, dims, held_out, args)
+        metrics["eval_after"] = evaluate(judge_model.to(state.device), processor, env, dims, held_out, args,
+                                         html_path=out / "eval_trace.html")
     if state.is_main_process:
         calls = Counter(t.num_tool_calls for t in traces)
         metrics.update(

@@ -98,6 +98,32 @@ class EpisodeTrace:
         return VideoPairEnv(self.prompt, self.video_1, self.video_2, self.dimensions, self.env)
 
 
+def trace_from_env(
+    env: VideoPairEnv,
+    trace_id: str,
+    video_1: str | Path,
+    video_2: str | Path,
+    label: Mapping[str, str] | None = None,
+    source: str = "",
+) -> EpisodeTrace:
+    """Record a finished episode (e.g. a sampled rollout kept by rejection sampling) as a trace. The environment
+    does not know its video files, so their paths are given."""
+    if not env.done:
+        raise ValueError(f"{trace_id}: the episode is not finished")
+    return EpisodeTrace(
+        id=trace_id,
+        prompt=env.prompt,
+        video_1=Path(video_1),
+        video_2=Path(video_2),
+        turns=[t.text for t in env.turns],
+        frames=[list(t.frames) for t in env.turns if t.frames],
+        dimensions=dict(env.dimensions),
+        label=dict(label) if label is not None else None,
+        env=env.config,
+        source=source,
+    )
+
+
 # ------------------------------------------------------------------------------------------------------- replay
 
 

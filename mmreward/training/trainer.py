@@ -11,11 +11,11 @@ the weights change, so the newest checkpoint is the last good state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,8 +315,6 @@ class RewardTrainer:
         acc = self.accelerator
         if acc.num_processes == 1 or acc.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP):
             return None
-        import hashlib
-
         digest = hashlib.sha256()
         for name, param in sorted(self.unwrapped_model().state_dict().items()):
             digest.update(name.encode())

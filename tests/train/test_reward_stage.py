@@ -1,5 +1,6 @@
 """The reward training stage end to end: outputs, DDP, SIGKILL + resume, NaN guard, learning."""
 
+import importlib.util
 import json
 import os
 import signal
@@ -22,8 +23,17 @@ from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
 from mmreward.model import RewardModel
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "train"))
-import reward as stage  # noqa: E402  (train/reward.py, the script under test)
+
+
+def _load_stage():
+    """train/reward.py, the script under test (train/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("train_reward_stage", ROOT / "train" / "reward.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stage = _load_stage()
 
 IMAGE_DIMS = ["VQ", "TA", "overall"]
 

@@ -15,7 +15,7 @@ from mmreward.data.records import read_records
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.manifest import read_manifest
 from vr_thinker.cold_start import read_traces
-from vr_thinker.judge import JUDGE_CONFIG_NAME, VRThinkerJudge
+from vr_thinker.judge import JUDGE_CONFIG_NAME, VRThinkerJudge, evaluate_judge
 from vr_thinker.rollout import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,6 +71,7 @@ def test_stage_writes_a_judge_and_chains_through_its_manifest(data, tmp_path):
     resolved = yaml.safe_load((first / "resolved_config.yaml").read_text())
     assert resolved["initial_frames"] == 2 and resolved["max_steps"] == 1
     assert (first / "example_trace.html").read_text().count("<img ") >= 4
+    assert "(held out)" in (first / "eval_trace.html").read_text()
     traces = read_traces(first / "traces.jsonl")
     assert len(traces) == 4 and traces[0].env.pool_frames == 8
     saved = json.loads((first / JUDGE_CONFIG_NAME).read_text())
@@ -104,6 +105,9 @@ def test_stage_writes_a_judge_and_chains_through_its_manifest(data, tmp_path):
     assert len(result.trace.turns) == 1 and len(result.trace.turns[0].generated_ids) == 4
     page = result.html(title=record.id, label=record.label)
     assert record.prompt in page and page.count("<img ") == 4
+    scores = evaluate_judge(judge, [record])
+    assert (scores.pairs, scores.format_valid_rate, scores.overall_accuracy) == (1, 0.0, 0.0)
+    assert scores.statuses == {"truncated": 1}
 
 
 def test_unfinished_input_stage_is_refused(data, tmp_path):
@@ -118,12 +122,17 @@ def test_unfinished_input_stage_is_refused(data, tmp_path):
 
 @pytest.mark.slow
 def test_sft_makes_the_tiny_judge_produce_valid_episodes(data, tmp_path):
-    """Learning check (about 10 CPU minutes on 2 cores): greedy episodes on 8 held-out pairs, before vs after."""
-    metrics = run("--model_path", "tiny", "--data", str(data), "--output_dir", str(tmp_path / "sft"),
-                  "--teacher_style", "brief", "--max_steps", "150", "--learning_rate", "2e-2",
-                  "--per_device_train_batch_size", "2", "--lr_scheduler_type", "constant",
-                  "--eval_pairs", "8", "--eval_before", "true", "--eval_max_new_tokens", "96")
+    """Learning check: greedy episodes on 8 held-out pairs before vs after 600 SFT steps on 24 brief teacher
+    traces (measured 1453 s on 2 busy CPU cores: format-valid 0/8 -> 8/8, overall accuracy 0.0 -> 0.5)."""
+    from mmreward.backbones.tiny import build_tiny_vlm
+
+    # Eight heads: over the ~1300-token contexts (mostly system prompt and tool schema) they learn faster than four.
+    model = build_tiny_vlm(tmp_path / "tiny8", num_heads=8, num_kv_heads=4)
+    metrics = run("--model_path", str(model), "--data", str(data), "--output_dir", str(tmp_path / "sft"),
+                  "--teacher_style", "brief", "--max_steps", "600", "--learning_rate", "1e-2",
+                  "--lr_scheduler_type", "cosine", "--warmup_steps", "20", "--logging_steps", "50",
+                  "--eval_pairs", "8", "--eval_before", "true", "--eval_max_new_tokens", "110")
     before, after = metrics["eval_before"], metrics["eval_after"]
-    assert before["format_valid_rate"] == 0.0
-    assert after["format_valid_rate"] >= 0.5
+    assert before["format_valid_rate"] == 0.0 and before["overall_accuracy"] == 0.0
+    assert after["format_valid_rate"] >= 0.75
     assert after["overall_accuracy"] > before["overall_accuracy"]

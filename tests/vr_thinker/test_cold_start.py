@@ -18,6 +18,7 @@ from vr_thinker.cold_start import (
     replay,
     teacher_trace,
     teacher_traces,
+    trace_from_env,
     write_traces,
 )
 from vr_thinker.env import EnvConfig, EpisodeStatus
@@ -100,6 +101,16 @@ def test_full_style_states_what_each_video_shows(records):
     assert f"Text alignment: Video {good} is better." in final.think
     assert f"Overall Video {good} wins on text alignment." in final.think
     assert final.synthesis is not None and "Video 1:" in final.synthesis  # notes that survive the memory window
+
+
+def test_a_finished_episode_is_recorded_as_its_trace(records):
+    trace, env = teacher_trace(records[0], ENV)
+    again = trace_from_env(env, trace.id, trace.video_1, trace.video_2, trace.label, trace.source)
+    assert again == trace
+    running = trace.make_env()
+    running.reset()
+    with pytest.raises(ValueError, match="not finished"):
+        trace_from_env(running, "x", trace.video_1, trace.video_2)
 
 
 def test_teacher_is_deterministic_per_seed(records):

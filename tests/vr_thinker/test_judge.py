@@ -1,0 +1,64 @@
+"""Judge results and their scores against labels (exact values; no model needed)."""
+
+import pytest
+
+from mmreward.data.records import PreferenceRecord, Side
+from vr_thinker.env import EnvConfig
+from vr_thinker.judge import JudgeResult, load_judge_config, save_judge_config, score_results
+from vr_thinker.rewards import TraceOutcome
+from vr_thinker.rollout import RolloutTrace
+
+
+def result(verdicts: dict, status: str = "answered", valid=(True, True), calls: int = 1) -> JudgeResult:
+    outcome = TraceOutcome(verdicts=verdicts, turn_valid=list(valid), num_tool_calls=calls)
+    trace = RolloutTrace(turns=[], status=status, tool_calls=[], final_parse=None, outcome=outcome, wall_s=0.0)
+    return JudgeResult(dict(verdicts), status, trace, env=None)
+
+
+def record(label: dict) -> PreferenceRecord:
+    return PreferenceRecord("r", "p", Side(), Side(), label)
+
+
+def test_score_results_exact_values():
+    records = [
+        record({"VQ": "a", "TA": "tie", "overall": "a"}),
+        record({"VQ": "b", "TA": "b", "overall": "b"}),
+        record({"VQ": "tie", "TA": "a", "overall": "a"}),
+        record({"VQ": "a", "TA": "a", "overall": "a"}),
+    ]
+    results = [
+        result({"VQ": 1, "TA": 0, "overall": 1}),  # all right
+        result({"VQ": 2, "TA": 1, "overall": 1}),  # VQ right only
+        result({"VQ": 0, "overall": 1}, status="invalid_answer", valid=(False,), calls=0),  # TA missing
+        result({}, status="truncated", valid=(True, False), calls=3),
+    ]
+    m = score_results(results, records)
+    assert m.pairs == 4
+    assert m.format_valid_rate == 0.5
+    assert m.overall_accuracy == 0.5
+    assert m.dimension_accuracy == {"VQ": 0.75, "TA": 0.25}
+    # accuracy reward: 0.5 * overall + 0.5 * mean over dimensions
+    assert m.mean_accuracy_reward == pytest.approx((1.0 + 0.25 + (0.5 + 0.25) + 0.0) / 4)
+    assert m.all_right_rate == 0.25
+    assert m.mean_tool_calls == 5 / 4
+    assert m.statuses == {"answered": 2, "invalid_answer": 1, "truncated": 1}
+    with pytest.raises(ValueError, match="one result per record"):
+        score_results(results[:1], records)
+
+
+def test_preference_uses_the_record_label_convention():
+    r = result({"VQ": 2, "TA": 0, "overall": 1})
+    assert (r.preference(), r.preference("VQ"), r.preference("TA"), r.preference("MQ")) == ("a", "b", "tie", None)
+    assert r.format_valid and not result({"overall": 1}, valid=(True, False)).format_valid
+    assert not result({"overall": 1}, status="truncated").format_valid
+
+
+def test_judge_config_round_trip(tmp_path):
+    env = EnvConfig(pool_frames=8, initial_frames=2, memory_window=None, system_prompt="Judge.")
+    save_judge_config(tmp_path, env, ["VQ", "TA"])
+    loaded_env, dims = load_judge_config(tmp_path)
+    assert loaded_env == env and list(dims) == ["VQ", "TA"]
+    assert load_judge_config(tmp_path / "missing") is None
+    (tmp_path / "vr_thinker.json").write_text('{"env": {"frames": 3}, "dimensions": []}')
+    with pytest.raises(ValueError, match="not a valid judge config"):
+        load_judge_config(tmp_path)
