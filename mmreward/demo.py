@@ -42,16 +42,18 @@ class DemoContext:
 
 
 def run_script(script: str, args: list[str], log_path: Path) -> None:
-    """Run a stage script from the checkout with this interpreter; its output goes to `log_path`."""
+    """Run a stage script from the checkout (Python with this interpreter, shell scripts with bash);
+    its output goes to `log_path`."""
     path = REPO_ROOT / script
     if not path.exists():
         raise FileNotFoundError(f"{path}: stage script missing; the demo must run from a source checkout")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    launcher = ["bash"] if path.suffix == ".sh" else [sys.executable]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable}
     env.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
     env.setdefault("MUJOCO_GL", "egl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, str(path), *args], stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.run([*launcher, str(path), *args], stdout=log, stderr=subprocess.STDOUT,
                               cwd=REPO_ROOT, env=env)
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
@@ -171,6 +173,41 @@ def step_rewarddance(ctx: DemoContext) -> None:
     _report_reward_run(ctx, "RewardDance: P(yes) from the LM head", runs)
 
 
+def _stage_metrics(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["metrics"]
+
+
+def step_vr_thinker(ctx: DemoContext) -> None:
+    """Cold-start SFT -> rejection sampling -> SFT -> GRPO (train/vr_thinker.sh), chained by manifests."""
+    runs = ctx.out / "vr_thinker"
+    run_script("train/vr_thinker.sh", [str(runs)], ctx.out / "logs" / "vr_thinker.log")
+    ctx.paths["vrt_final"] = runs / "grpo"
+    rows = []
+    for stage in ("sft", "sft2"):
+        metrics = _stage_metrics(runs / stage)
+        for when in ("eval_before", "eval_after"):
+            if when in metrics:
+                rows.append({"stage": f"{stage} ({when.removeprefix('eval_')})",
+                             "format-valid rate": metrics[when]["format_valid_rate"],
+                             "overall accuracy": metrics[when]["overall_accuracy"]})
+    rejection = _stage_metrics(runs / "rejection")
+    rows.append({"stage": "rejection sampling", "acceptance rate": rejection["acceptance_rate"],
+                 "kept traces": rejection["kept_traces"]})
+    grpo = _stage_metrics(runs / "grpo")
+    for when in ("eval_start", "eval_end"):
+        if grpo.get(when):
+            rows.append({"stage": f"grpo ({when.removeprefix('eval_')})", "mean reward": grpo[when]["eval/reward"],
+                         "overall accuracy": grpo[when]["eval/accuracy/overall"]})
+    ctx.report.heading("VR-Thinker: SFT -> rejection sampling -> SFT -> GRPO")
+    ctx.report.text("Tiny random one-layer model on small synthetic video pairs, so accuracies are those of a "
+                    "model that learns the answer format and a little of the task in CPU minutes.", note=True)
+    ctx.report.table(rows, ["stage", "format-valid rate", "overall accuracy", "acceptance rate", "kept traces",
+                            "mean reward"])
+    traces = sorted((runs / "grpo").rglob("*.html")) or sorted((runs / "sft2").rglob("*.html"))
+    if traces:
+        ctx.report.page(traces[-1], caption="an example trace: reasoning per turn and the frames the model selected")
+
+
 def _evaluate(ctx: DemoContext, name: str, model: Path, data: Path, extra: list[str] | None = None) -> Path:
     out = ctx.out / "eval" / name
     run_script("eval/preference.py",
@@ -205,7 +242,7 @@ def step_evaluation(ctx: DemoContext) -> None:
             evaluated[name] = _evaluate(ctx, name, ctx.paths[name], test_videos)
     if "vrt_final" in ctx.paths:
         evaluated["vr_thinker"] = _evaluate(ctx, "vr_thinker", ctx.paths["vrt_final"], test_videos,
-                                            ["--judge", "vr_thinker"])
+                                            ["--judge", "vr_thinker", "--limit", "16"])
     evaluated["clip_baseline"] = _evaluate(ctx, "clip_baseline", ctx.paths["clip"], test_videos,
                                            ["--scorer", "clip"])
     ctx.report.heading("Evaluation on the held-out synthetic video pairs")
@@ -229,6 +266,7 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("tiny backbones", step_backbones),
     ("BaseReward training", step_basereward),
     ("RewardDance training", step_rewarddance),
+    ("VR-Thinker chain", step_vr_thinker),
     ("evaluation", step_evaluation),
     ("humanoid SAC with a CLIP reward", step_humanoid),
 ]

@@ -84,6 +84,15 @@ class Report:
         cap = f"<figcaption class='note'>{html.escape(caption)}</figcaption>" if caption else ""
         self.blocks.append(f"<figure><video src='{href}' controls loop muted></video>{cap}</figure>")
 
+    def page(self, path: Path, caption: str = "", height: int = 600) -> None:
+        """Embed another HTML page (e.g. a VR-Thinker trace) in a frame, with a link to open it alone."""
+        href = self._asset(path)
+        cap = html.escape(caption)
+        self.blocks.append(
+            f"<figure><iframe src='{href}' style='width:100%;height:{height}px;border:1px solid #ddd'></iframe>"
+            f"<figcaption class='note'>{cap} (<a href='{href}'>open</a>)</figcaption></figure>"
+        )
+
     def write(self) -> Path:
         page = (
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"

@@ -15,3 +15,13 @@ def test_report_writes_tables_plots_and_copies_assets(tmp_path):
     assert "<td>0.7500</td>" in page and "yes&lt;token&gt;" in page
     assert "src='assets/loss.png'" in page
     assert (tmp_path / "report" / "assets" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_embeds_a_page_in_a_frame_with_a_link(tmp_path):
+    trace = tmp_path / "trace.html"
+    trace.write_text("<html><body>turn 1</body></html>")
+    report = Report("r", tmp_path / "report")
+    report.page(trace, caption="example trace")
+    page = report.write().read_text()
+    assert "<iframe src='assets/trace.html'" in page and "<a href='assets/trace.html'>open</a>" in page
+    assert (tmp_path / "report" / "assets" / "trace.html").read_text() == trace.read_text()

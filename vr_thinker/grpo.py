@@ -217,13 +217,19 @@ class PolicyRowCollator:
 
 
 def token_logprobs(
-    model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0, with_entropy: bool = False
+    model: Any,
+    batch: dict[str, torch.Tensor],
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [N] of the N loss tokens of a collated batch (row-major order) under ``model``, from logits
-    divided by the sampling temperature, and their entropies [N] if asked.
+    divided by the sampling temperature, and their entropies [N] if asked (without gradient unless
+    ``entropy_grad``: an entropy that is only logged keeps no softmax for the backward pass).
 
     Logits are computed only at the positions that predict a loss token (``logits_to_keep`` as a boolean mask), so
-    the [L, vocab] logits of long multimodal contexts are never built."""
+    the [L, vocab] logits of long multimodal contexts are never built; log-probs come from a gather minus the
+    log-partition, without a second [N, vocab] tensor."""
     loss_mask = batch["loss_mask"].bool()
     keep = torch.zeros_like(loss_mask)
     keep[:, :-1] = loss_mask[:, 1:]  # the logits at t predict the token at t + 1
@@ -234,9 +240,12 @@ def token_logprobs(
     targets = batch["input_ids"][loss_mask].to(device)
     if logits.shape[0] != targets.shape[0]:
         raise RuntimeError(f"the model returned {logits.shape[0]} logit rows for {targets.shape[0]} loss tokens")
-    logp_all = torch.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    log_partition = torch.logsumexp(logits, dim=-1)
+    logp = logits.gather(-1, targets[:, None]).squeeze(-1) - log_partition
+    entropy = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            entropy = log_partition - (torch.softmax(logits, dim=-1) * logits).sum(-1)
     return logp, entropy
 
 

@@ -363,9 +363,8 @@ class GRPOLoop:
             for index, (chunk, batch) in enumerate(zip(micro, batches)):
                 last = index == len(micro) - 1
                 with acc.no_sync(self.model) if not last else nullcontext():
-                    logp, entropy = token_logprobs(self.model, batch, cfg.temperature, with_entropy=True)
-                    if not entropy_mode:
-                        entropy = entropy.detach()
+                    logp, entropy = token_logprobs(self.model, batch, cfg.temperature, with_entropy=True,
+                                                   entropy_grad=entropy_mode)
                     token_rows = batch["token_rows"].to(device)
                     weights = row_weights[chunk].to(device)[token_rows]
                     old = old_logps[index].to(device) if old_logps[index] is not None else logp.detach()
