@@ -266,7 +266,6 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("tiny backbones", step_backbones),
     ("BaseReward training", step_basereward),
     ("RewardDance training", step_rewarddance),
-    ("VR-Thinker chain", step_vr_thinker),
     ("evaluation", step_evaluation),
     ("humanoid SAC with a CLIP reward", step_humanoid),
 ]
@@ -276,10 +275,16 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and models")
+    parser.add_argument("--vr-thinker", action="store_true",
+                        help="also run the VR-Thinker chain (SFT -> rejection sampling -> SFT -> GRPO) and "
+                             "evaluate the judge; about 25 more CPU minutes, so off by default")
     args = parser.parse_args(argv)
+    steps = list(STEPS)
+    if args.vr_thinker:  # before evaluation, which then also scores the judge
+        steps.insert([name for name, _ in steps].index("evaluation"), ("VR-Thinker chain", step_vr_thinker))
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=args.out, seed=args.seed, report=Report("mmreward demo", args.out))
-    with tqdm(STEPS, desc="demo", unit="step") as bar:
+    with tqdm(steps, desc="demo", unit="step") as bar:
         for name, step in bar:
             bar.set_postfix_str(name)
             start = time.perf_counter()
