@@ -13,6 +13,7 @@ per batch with a seed that depends only on the batch's pair ids. After each batc
 (kept traces and per-sample statistics) to ``shards/shard-<r>-of-<n>.jsonl`` and flushes it. A rerun of the same
 command skips every pair id found in any shard file (a line cut by a kill is dropped and redone), so a killed run
 resumes where it stopped and, with the same process count, ends with the same output as an uninterrupted one.
+``shards/settings.json`` records the model and sampling settings; a rerun with other ones stops instead of mixing.
 
 Output directory: ``traces.jsonl`` (kept traces in the trace format of :mod:`vr_thinker.cold_start`; pass the
 directory as ``--data`` to ``train/vrt_sft.py``), ``metrics.json`` (acceptance overall, per dimension and per varied
@@ -124,6 +125,28 @@ def done_ids(out: Path) -> set[str]:
     root = out / SHARD_DIR
     return {line["id"] for path in sorted(root.glob("shard-*.jsonl")) for line in read_shard(path)} if root.is_dir() \
         else set()
+
+
+def check_settings(out: Path, args: VRTRejectionArguments, model_manifest: dict[str, Any], write: bool) -> None:
+    """Shards may only be resumed by a run with the same model, data and sampling settings: the first run records
+    them in ``shards/settings.json`` (``write``: the main process); a later run with others stops instead of mixing
+    samples."""
+    settings = {
+        "model": str(Path(args.model_path).resolve()),
+        "model_checksums": model_manifest.get("checksums", {}),
+        **{k: getattr(args, k) for k in ("data", "split", "samples_per_pair", "keep_per_pair", "pairs_per_batch",
+                                         "temperature", "top_p", "top_k", "max_new_tokens", "seed")},
+    }
+    path = out / SHARD_DIR / "settings.json"
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
+        if changed:
+            raise SystemExit(f"{path}: the shards were sampled with other {changed}; use a new --output_dir or "
+                             f"delete {out / SHARD_DIR}")
+    elif write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2) + "\n")
 
 
 def my_batches(records: Sequence[PreferenceRecord], rank: int, world: int, size: int) -> list[list[PreferenceRecord]]:
@@ -274,6 +297,8 @@ def main(argv: list[str] | None = None) -> dict:
         if missing:
             raise SystemExit(f"{path}: record {record.id!r} has no label for {missing}")
 
+    check_settings(out, args, model_manifest, write=state.is_main_process)
+    state.wait_for_everyone()
     timing = sample_shard(args, records, env, dims, state, out)
     timings = gather_object([timing]) if state.num_processes > 1 else [timing]
     state.wait_for_everyone()

@@ -72,7 +72,7 @@ def test_kept_traces_are_right_and_feed_the_next_sft(straight, data):
 
 def test_statistics_add_up(straight):
     out, metrics = straight
-    lines = [line for p in sorted((out / "shards").iterdir()) for line in stage.read_shard(p)]
+    lines = [line for p in sorted((out / "shards").glob("shard-*.jsonl")) for line in stage.read_shard(p)]
     samples = [s for line in lines for s in line["samples"]]
     assert len(samples) == metrics["samples"]
     assert metrics["acceptance_rate"] == pytest.approx(sum(s["kept"] for s in samples) / 24)
@@ -89,7 +89,7 @@ def test_statistics_add_up(straight):
 def test_resume_skips_done_pairs_and_ends_with_the_same_output(straight, judge, data, tmp_path, monkeypatch):
     """A run killed after its first batch (a half-written line after it) redoes only what is missing."""
     out, _ = straight
-    shard = next((out / "shards").iterdir())
+    shard = next((out / "shards").glob("shard-*.jsonl"))
     complete = shard.read_text().splitlines(keepends=True)
     resumed = tmp_path / "resumed"
     (resumed / "shards").mkdir(parents=True)
@@ -107,6 +107,15 @@ def test_resume_skips_done_pairs_and_ends_with_the_same_output(straight, judge, 
     assert metrics["pairs_sampled_by_this_run"] == 2
     assert (resumed / stage.TRACES_NAME).read_text() == (out / stage.TRACES_NAME).read_text()
     assert stage.read_shard(resumed / "shards" / shard.name) == stage.read_shard(shard)
+
+
+def test_refuses_to_resume_shards_sampled_otherwise(straight, judge, data, tmp_path):
+    import shutil
+
+    out = tmp_path / "other"
+    shutil.copytree(straight[0] / "shards", out / "shards")
+    with pytest.raises(SystemExit, match="samples_per_pair"):
+        stage.main(_args(judge, data, out, "--samples_per_pair", "3"))
 
 
 def test_shards_split_pairs_and_seeds_follow_the_batch():
@@ -144,7 +153,7 @@ def test_two_processes_shard_the_pairs(judge, data, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     metrics = read_manifest(out, expect_stage="vrt_rejection")["metrics"]
     assert metrics["num_processes"] == 2 and metrics["pairs"] == 4 and metrics["samples"] == 24
-    shards = sorted((out / "shards").iterdir())
+    shards = sorted((out / "shards").glob("shard-*.jsonl"))
     assert [p.name for p in shards] == ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
     assert [[line["id"] for line in stage.read_shard(p)] for p in shards] == [
         ["vid-train-000000", "vid-train-000002"], ["vid-train-000001", "vid-train-000003"]]
