@@ -158,7 +158,9 @@ def _learning_run(judge, data, out, steps: int) -> list[dict]:
 
 def test_grpo_raises_the_reward_on_a_fixed_set(judge, data, tmp_path):
     """The tiny judge answers in format with random verdicts; rewarding 'Video 1' on every pair must move it there
-    within a few steps: the fixed set's reward (same sampling seed each time) and the smoothed training reward rise."""
+    within a few steps: the fixed set's reward (same sampling seed each time) and the smoothed training reward rise.
+    Measured: fixed-set reward 0.875 -> 1.31, mean training reward of the first / last 3 steps 0.93 -> 1.31 (10 steps,
+    about 10 s on 2 idle CPU cores)."""
     log = _learning_run(judge, data, tmp_path / "learn", 10)
     evals = [row["eval/reward"] for row in log if "eval/reward" in row]
     rewards = [row["reward/mean"] for row in log if "reward/mean" in row]
@@ -169,7 +171,8 @@ def test_grpo_raises_the_reward_on_a_fixed_set(judge, data, tmp_path):
 @pytest.mark.slow
 def test_grpo_learns_the_labels_of_each_pair(judge, data, tmp_path):
     """Stricter: real labels (they differ between pairs), so the policy has to tell the pairs apart. Measured: overall
-    accuracy on the fixed set 0.28 -> 0.47 and reward 0.78 -> 0.95 after 60 steps (about 7 CPU minutes)."""
+    accuracy on the fixed set 0.28 -> 0.44 -> 0.47 -> 0.50 and reward 0.78 -> 0.92 -> 0.97 -> 1.00 at steps 0, 20, 40,
+    60 (95 s on 2 idle CPU cores, about 7 minutes on busy ones)."""
     out = tmp_path / "labels"
     stage.main(_args(judge, data, out, "--max_steps", "60", "--pairs_per_step", "2", "--group_size", "8",
                      "--micro_batch_rows", "16", "--kl_coef", "0", "--temperature", "0.7", "--eval_records",
