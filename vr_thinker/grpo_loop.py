@@ -31,7 +31,6 @@ import copy
 import hashlib
 import json
 import math
-import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -47,6 +46,7 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import get_scheduler
 
+from mmreward.training.trainer import latest_checkpoint, save_checkpoint_atomically
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
 from vr_thinker.env import EnvConfig, VideoPairEnv
@@ -65,7 +65,6 @@ from vr_thinker.protocol import OVERALL, DimensionsLike, normalize_dimensions, v
 from vr_thinker.rewards import RewardConfig, group_rewards
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
 
-CHECKPOINT_DIR = "checkpoints"
 LOG_NAME = "train_log.jsonl"
 Video = str | Path | VideoClip
 
@@ -173,17 +172,6 @@ class LoopState:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
-
-
-def checkpoint_step(path: Path) -> int | None:
-    name = path.name
-    return int(name[5:]) if path.is_dir() and name.startswith("step_") and name[5:].isdigit() else None
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    root = Path(output_dir) / CHECKPOINT_DIR
-    found = [(s, p) for p in root.glob("step_*") if (s := checkpoint_step(p)) is not None] if root.is_dir() else []
-    return max(found)[1] if found else None
 
 
 def step_seed(seed: int, step: int, process: int) -> int:
@@ -466,24 +454,8 @@ class GRPOLoop:
             path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_N`` atomically (a temporary directory renamed once every process is done)."""
-        acc = self.accelerator
-        root = self.output_dir / CHECKPOINT_DIR
-        final, tmp = root / f"step_{self.state.step:08d}", root / f"tmp_step_{self.state.step:08d}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            finished = sorted(p for p in root.iterdir() if checkpoint_step(p) is not None)
-            for old in finished[: -self.cfg.save_total_limit]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+        """Write ``checkpoints/step_N`` atomically (``save_checkpoint_atomically``)."""
+        return save_checkpoint_atomically(self.accelerator, self.output_dir, self.state.step, self.cfg.save_total_limit)
 
     def maybe_resume(self) -> Path | None:
         path = latest_checkpoint(self.output_dir) if self.cfg.resume else None

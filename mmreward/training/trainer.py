@@ -64,6 +64,27 @@ def checkpoint_step(path: Path) -> int | None:
     return int(name[5:])
 
 
+def save_checkpoint_atomically(acc: Accelerator, output_dir: Path, step: int, save_total_limit: int) -> Path:
+    """`acc.save_state` into `output_dir/checkpoints/step_N` via a temporary dir renamed once every process
+    is done (a kill mid-save never leaves a half-written `step_N`); keeps the newest `save_total_limit`."""
+    root = Path(output_dir) / CHECKPOINT_DIR
+    final, tmp = root / f"step_{step:08d}", root / f"tmp_step_{step:08d}"
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        finished = sorted(p for p in root.iterdir() if checkpoint_step(p) is not None)
+        for old in finished[: -save_total_limit]:
+            shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest finished checkpoint under `output_dir/checkpoints` (temporary dirs are ignored)."""
     root = Path(output_dir) / CHECKPOINT_DIR
@@ -176,25 +197,8 @@ class RewardTrainer:
     # ------------------------------------------------------------------------------ checkpoints
 
     def save_checkpoint(self) -> Path:
-        """Write `checkpoints/step_N` atomically (a temporary dir renamed when every process is done)."""
-        acc = self.accelerator
-        root = self.output_dir / CHECKPOINT_DIR
-        final = root / f"step_{self.state.step:08d}"
-        tmp = root / f"tmp_step_{self.state.step:08d}"
-        if acc.is_main_process and tmp.exists():
-            shutil.rmtree(tmp)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            finished = sorted(p for p in root.iterdir() if checkpoint_step(p) is not None)
-            for old in finished[: -self.cfg.save_total_limit]:
-                shutil.rmtree(old)
-        acc.wait_for_everyone()
-        return final
+        """Write `checkpoints/step_N` atomically (see `save_checkpoint_atomically`)."""
+        return save_checkpoint_atomically(self.accelerator, self.output_dir, self.state.step, self.cfg.save_total_limit)
 
     def maybe_resume(self) -> Path | None:
         """Load the newest checkpoint in `output_dir` (if `cfg.resume` and one exists)."""
