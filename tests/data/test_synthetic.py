@@ -140,11 +140,11 @@ def test_written_labels_follow_meta_factors(small_set, modality, dims):
     assert all(kinds[(d,)] > 0 for d in dims) and kinds[()] > 0
 
 
-def test_planned_labels_follow_factors_and_attribute_weights():
+def test_planned_video_labels_follow_factors_and_attribute_weights():
     config = SyntheticConfig()
     prompts = split_prompts(config, seed=0)["train"]
     rng = np.random.default_rng(123)
-    attributes = Counter()
+    attributes, degradations = Counter(), Counter()
     for i in range(3000):
         kinds = [(), ("TA",), ("VQ",), ("MQ",), ("TA", "VQ"), ("MQ", "TA"), ("MQ", "VQ")]
         varies = kinds[i % len(kinds)]
@@ -159,10 +159,37 @@ def test_planned_labels_follow_factors_and_attribute_weights():
         _check_labels(plan.label, meta, VIDEO_DIMS)
         if plan.ta_attribute:
             attributes[plan.ta_attribute] += 1
+        degradations.update(side.degradation for side in (plan.a, plan.b) if side.degradation != "none")
     total = sum(attributes.values())
     assert abs(attributes["color"] / total - 0.6) < 0.05
     assert abs(attributes["count"] / total - 0.3) < 0.05
     assert abs(attributes["shape"] / total - 0.1) < 0.03
+    assert abs(degradations["blur"] / sum(degradations.values()) - 0.5) < 0.05
+
+
+def test_default_images_keep_to_colour_and_noise():
+    """The image set differs only in what a tiny model learns within minutes (issue 4's facts)."""
+    config = SyntheticConfig()
+    prompts = split_prompts(config, seed=0)["train"]
+    rng = np.random.default_rng(7)
+    attributes, degradations = Counter(), Counter()
+    for i in range(600):
+        plan = plan_pair(rng, False, [("TA",), ("VQ",), ("VQ", "TA")][i % 3], prompts, config)
+        attributes[plan.ta_attribute] += 1
+        degradations.update(side.degradation for side in (plan.a, plan.b))
+        assert plan.a.motion is None and plan.b.motion is None
+    assert attributes == {"color": 400, None: 200}
+    assert degradations == {"none": 800, "noise": 400}
+
+
+def test_degradations_setting_applies_to_both_modalities():
+    default = SyntheticConfig()
+    assert default.degradation_kinds(video=False) == ("noise",)
+    assert default.degradation_kinds(video=True) == ("noise", "blur")
+    both = SyntheticConfig(degradations=("blur",))
+    assert both.degradation_kinds(video=False) == both.degradation_kinds(video=True) == ("blur",)
+    assert SyntheticConfig(image_ta_attribute_weights={"shape": 1.0}).ta_attribute_weights(video=False) == {"shape": 1.0}
+    assert default.ta_attribute_weights(video=True) == {"color": 0.6, "count": 0.3, "shape": 0.1}
 
 
 def test_overall_label_priority():
@@ -230,6 +257,16 @@ def test_invalid_config_is_refused():
         SyntheticConfig(tie_share=0.8, mixed_share=0.3)
     with pytest.raises(ValueError, match="unknown shapes"):
         SyntheticConfig(shapes=("circle", "star"))
+    with pytest.raises(ValueError, match="image_ta_attribute_weights: keys among color/count/shape"):
+        SyntheticConfig(image_ta_attribute_weights={"size": 1.0})
+    with pytest.raises(ValueError, match="video_ta_attribute_weights: keys among"):
+        SyntheticConfig(video_ta_attribute_weights={"color": 0.0})
+    with pytest.raises(ValueError, match="image_degradations must be a non-empty subset"):
+        SyntheticConfig(image_degradations=())
+    with pytest.raises(ValueError, match="video_degradations must be a non-empty subset"):
+        SyntheticConfig(video_degradations=("smear",))
+    with pytest.raises(ValueError, match="degradations must be a non-empty subset of noise/blur, got \\('smear',\\)"):
+        SyntheticConfig(degradations=("smear",))
 
 
 # ------------------------------------------------------------------------------ pixels
@@ -279,7 +316,18 @@ def test_image_pixels_agree_with_factors(small_set):
             else:
                 assert _max_gradient(img_l) < 0.5 * _max_gradient(img_w), rec.id
             checked[kind] += 1
-    assert checked["color"] and checked["noise"] and checked["blur"]
+    assert checked["color"] and checked["noise"] and not checked["blur"]
+
+
+def test_blurred_images_when_configured(tmp_path):
+    config = SyntheticConfig(image_splits=SplitSizes(6, 0, 0), video_splits=SplitSizes(0, 0, 0), tie_share=0.0,
+                             mixed_share=0.0, dim_weights={"VQ": 1.0, "MQ": 0.0, "TA": 0.0}, image_degradations=("blur",))
+    records = read_records(generate_synthetic(tmp_path, seed=0, config=config)["images/train"])
+    assert len(records) == 6
+    for rec in records:
+        win, lose = (rec.a, rec.b) if rec.label["VQ"] == "a" else (rec.b, rec.a)
+        assert rec.meta["b" if rec.label["VQ"] == "a" else "a"]["degradation"] == "blur"
+        assert _max_gradient(np.asarray(load_image(lose.image))) < 0.5 * _max_gradient(np.asarray(load_image(win.image)))
 
 
 def test_videos_decode_and_motion_agrees_with_factors(small_set):

@@ -2,10 +2,6 @@
 
 import importlib.util
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +17,9 @@ from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthe
 from mmreward.heads import ScalarHead
 from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
 from mmreward.model import RewardModel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stage_helpers import assert_same_weights, kill_at_checkpoint, run_ddp, saved_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -63,13 +62,6 @@ def _args(tiny, data, out, *extra, modality="images", dims=IMAGE_DIMS):
         "--dimensions", *dims, "--batch_size", "4", "--eval_batch_size", "12", "--logging_steps", "2",
         "--torch_threads", "1", "--seed", "3", *extra,
     ]
-
-
-def _weights(out: Path) -> dict[str, torch.Tensor]:
-    weights = {f"head.{k}": v for k, v in load_file(out / "head.safetensors").items()}
-    if (out / "backbone" / "model.safetensors").exists():
-        weights.update(load_file(out / "backbone" / "model.safetensors"))
-    return weights
 
 
 def test_image_stage_outputs(tiny, data, tmp_path):
@@ -128,39 +120,18 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, data, tmp_path, mon
     assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
-
 def test_sigkill_then_resume_gives_identical_weights(tiny, data, tmp_path):
     common = ["--max_steps", "12", "--save_steps", "4", "--eval_steps", "0", "--max_val_records", "4"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "reward.py"), *_args(tiny, data, killed, *common)],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (killed / "checkpoints" / "step_00000004").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "no checkpoint within 240 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    assert (killed / INCOMPLETE_MARKER).exists() and not (killed / "head.safetensors").exists()
+    kill_at_checkpoint(_args(tiny, data, killed, *common), killed, step=4)
     resumed = stage.main(_args(tiny, data, killed, *common))
     assert resumed["resumed_from"] is not None and resumed["steps"] == 12
     AcceleratorState._reset_state(reset_partial_state=True)
     straight = tmp_path / "straight"
     assert stage.main(_args(tiny, data, straight, *common))["resumed_from"] is None
-    a, b = _weights(killed), _weights(straight)
-    assert a.keys() == b.keys() and len(a) > 10
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    a, b = saved_weights(killed), saved_weights(straight)
+    assert len(a) > 10
+    assert_same_weights(a, b)
     assert not all(torch.equal(a[n], v) for n, v in _weights_of_untrained(tiny).items() if n in a)
 
 
@@ -170,14 +141,7 @@ def _weights_of_untrained(tiny: Path) -> dict[str, torch.Tensor]:
 
 def test_ddp_two_cpu_processes_end_with_same_weights(tiny, data, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(_free_port()), str(ROOT / "train" / "reward.py"),
-        *_args(tiny, data, out, "--max_steps", "3", "--freeze_vision", "false"),
-    ]
-    result = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_ddp(_args(tiny, data, out, "--max_steps", "3", "--freeze_vision", "false"))
     metrics = read_manifest(out, expect_stage="reward")["metrics"]
     assert metrics["num_processes"] == 2
     digests = metrics["replica_weight_sha256"]
@@ -236,26 +200,29 @@ def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=range
     return totals
 
 
+CPU_BUDGET_S = 180  # the issue's bar: at most 3 CPU minutes of training
+
+
 @pytest.mark.slow
 def test_learning_check_image_all_dimensions(tiny, tmp_path):
-    """At most ~3 CPU minutes: every trained image dimension >= 0.75 on held-out pairs, untrained ~0.5.
-
-    The set is the synthetic image set with text-alignment mismatches in colour and quality losers
-    with noise: what a tiny random-init model learns in minutes (shape, count and blur mismatches
-    need far longer; see the issue's learning facts). The schedule is train/configs/reward_image.yaml:
-    a quality-only warm-up, then all pairs.
-    """
-    config = SyntheticConfig(image_splits=SplitSizes(1024, 128, 0), video_splits=SplitSizes(0, 0, 0),
-                             ta_attribute_weights={"color": 1.0}, degradations=("noise",))
-    data = generate_synthetic(tmp_path / "synthetic", seed=0, config=config)
+    """The default synthetic image set and the shipped train/configs/reward_image.yaml (a short
+    quality-only warm-up, then all pairs): within 3 CPU minutes every trained dimension reaches
+    >= 0.75 on held-out pairs (unseen prompts), where untrained models score ~0.5."""
+    data = generate_synthetic(tmp_path / "synthetic", seed=0, config=SyntheticConfig(video_splits=SplitSizes(0, 0, 0)))
     out = tmp_path / "image"
+    torch_threads = torch.get_num_threads()
+    started = time.process_time()
     stage.main(["--config", str(ROOT / "train" / "configs" / "reward_image.yaml"), "--backbone", str(tiny),
                 "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
-                "--output_dir", str(out), "--max_steps", "800", "--save_steps", "0"])
+                "--output_dir", str(out), "--save_steps", "0"])
+    cpu_seconds = time.process_time() - started  # one torch thread: CPU time ~ compute time
+    torch.set_num_threads(torch_threads)
     metrics = json.loads((out / "metrics.json").read_text())
     untrained = _untrained_accuracy(tiny, data["images/val"], IMAGE_DIMS)
     print({dim: (round(untrained[dim], 3), round(metrics[f"val/accuracy/{dim}"], 3)) for dim in IMAGE_DIMS},
-          f"{metrics['train_seconds']:.0f} s")
+          f"{metrics['steps']} steps, {cpu_seconds:.0f} CPU s, {metrics['train_seconds']:.0f} s")
+    assert metrics["steps"] == yaml.safe_load((ROOT / "train" / "configs" / "reward_image.yaml").read_text())["max_steps"]
+    assert cpu_seconds <= CPU_BUDGET_S
     for dim in IMAGE_DIMS:
         assert abs(untrained[dim] - 0.5) < 0.1, dim
         assert metrics[f"val/accuracy/{dim}"] >= 0.75, dim
