@@ -1,0 +1,85 @@
+"""Helpers shared by the reward-stage tests (scalar and yes_token heads): subprocess launches of
+train/reward.py (plain, 2-process CPU DDP, killed at a checkpoint) and the weights a run saved."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from mmreward.manifest import INCOMPLETE_MARKER
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGE_SCRIPT = ROOT / "train" / "reward.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def subprocess_env() -> dict[str, str]:
+    """The test's environment for a stage subprocess: the repository importable, one OpenMP thread."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def ddp_command(args: list[str], num_processes: int = 2) -> list[str]:
+    """`accelerate launch` of the stage on `num_processes` CPU processes (DDP over gloo)."""
+    return [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), str(STAGE_SCRIPT), *args,
+    ]
+
+
+def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(ddp_command(args, num_processes), env=subprocess_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def kill_at_checkpoint(args: list[str], out: Path, step: int, timeout: float = 240) -> None:
+    """Run the stage in a subprocess, SIGKILL it once `checkpoints/step_<step>` exists, and check that
+    the killed run left an incomplete directory without a final model."""
+    with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen([sys.executable, str(STAGE_SCRIPT), *args], env=subprocess_env(),
+                                stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + timeout
+        while not (out / "checkpoints" / f"step_{step:08d}").exists():
+            if proc.poll() is not None or time.time() > deadline:
+                proc.kill()
+                proc.wait()
+                stderr.seek(0)
+                raise AssertionError(f"no checkpoint step {step} within {timeout} s (exit {proc.returncode}):\n"
+                                     + stderr.read().decode(errors="replace")[-3000:])
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / INCOMPLETE_MARKER).exists() and not (out / "head.safetensors").exists()
+
+
+def saved_weights(out: Path) -> dict[str, torch.Tensor]:
+    """Every weight a finished run saved: head, full backbone and/or LoRA adapter (prefixed by file)."""
+    weights = {f"head.{k}": v for k, v in load_file(out / "head.safetensors").items()}
+    for prefix, path in (("", out / "backbone" / "model.safetensors"),
+                         ("adapter.", out / "adapter" / "adapter_model.safetensors")):
+        if path.exists():
+            weights.update({prefix + k: v for k, v in load_file(path).items()})
+    return weights
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
