@@ -12,9 +12,15 @@ streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Varia
 --repeats times (medians reported):
 
 * baseline: batch size 1, dataset order;
-* batched:  batch size --batch-size, dataset order (padding to the longest pair in each batch);
+* batched:  batch size --batch-size, dataset order (the scorer still runs each batch's sequences
+  in length groups);
 * bucketed: batch size --batch-size, pairs ordered by estimated length first (the default).
 
+All variants go through the same public `RewardModelScorer`, which for Qwen2.5-VL backbones
+scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE positions, one
+attention call per window length in the vision tower, each distinct image encoded once, length
+groups without attention masks, the last layer computed only at the read position) and encodes
+with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1 gets all of that too.
 The predictions of the variants must agree (max |delta difference| <= 1e-4, else it fails).
 The RESULT ratio is bucketed pairs/s over baseline pairs/s (wall time); pairs per CPU-second are
 printed alongside. torch runs one CPU thread by default: on a shared, oversubscribed machine

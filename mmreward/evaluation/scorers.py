@@ -197,14 +197,21 @@ class RewardModelScorer(BaseScorer):
         self.collate_cfg = collate or CollateConfig()
         if model.processor is None:
             raise ValueError("RewardModelScorer: the model has no processor to encode inputs")
-        # The head decides how pairs are encoded (yes_token asks its question about each side).
-        self.collator = model.head.pair_collator(model.processor, self.collate_cfg)
+        from mmreward.evaluation.tensor_processor import TensorProcessor
+
+        # The head decides how pairs are encoded (yes_token asks its question about each side); the
+        # wrapper gives the processor's own outputs with less per-sequence Python work.
+        self.collator = model.head.pair_collator(TensorProcessor(model.processor), self.collate_cfg)
         self.dimensions = list(model.dimensions)
         if "overall" not in self.dimensions and overall != "sum" and overall not in self.dimensions:
             raise ValueError(f"overall={overall!r}: expected 'sum' or one of the model's dimensions {self.dimensions}")
         self.overall = overall
         self.device = device if device is not None else next(model.parameters()).device
         self.source = source
+        from mmreward.batched_forward import supports_batched_rewards
+
+        # Same rewards as `model.score`, without its per-sequence and per-image loops (Qwen2.5-VL).
+        self._batched_forward = supports_batched_rewards(model)
         processor = model.processor
         image_processor = getattr(processor, "image_processor", None)
         # Visual tokens per pixel: one merged token covers (patch * merge)^2 pixels in Qwen-VL.
@@ -250,6 +257,7 @@ class RewardModelScorer(BaseScorer):
     def score(self, items: Sequence[Any]) -> list[PairScore]:
         import torch
 
+        from mmreward.batched_forward import batched_rewards
         from mmreward.collate import CollateError
         from mmreward.pair_forward import PackError
 
@@ -262,7 +270,12 @@ class RewardModelScorer(BaseScorer):
             k: (v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device))
             for k, v in batch["inputs"].items()
         }
-        rewards = self.model.score(inputs).float().cpu()
+        with torch.inference_mode():
+            if self._batched_forward and "segment_ids" not in inputs:
+                rewards = batched_rewards(self.model, inputs)
+            else:
+                rewards = self.model.score(inputs)
+        rewards = rewards.float().cpu()
         n = len(items)
         out = []
         for i in range(n):

@@ -1,0 +1,144 @@
+"""Qwen2.5-VL vision features for a whole batch with one attention call per window length.
+
+transformers' Qwen2.5-VL vision tower (sdpa / eager) attends within each window and each image
+by slicing the packed patch sequence at `cu_seqlens` and calling attention once per slice: a
+batch of 64 images with one window each costs 64 small calls per block, so on CPU the vision
+tower gains almost nothing from batching. `vision_features` computes the same function with
+the tower's own modules, but stacks the windows of equal length into one `[n, heads, len, dim]`
+attention call (windows of a grid are mostly equal; images of one size share all of them).
+The window layout of a grid (`t, h, w`) is computed once per distinct grid and reused.
+
+Only `Qwen2_5_VisionTransformerPretrainedModel` is handled (`supports_batched_vision`); other
+towers go through their own forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["supports_batched_vision", "segment_attention", "vision_features"]
+
+
+def supports_batched_vision(visual: nn.Module) -> bool:
+    """True for a Qwen2.5-VL vision tower (the layout this module reproduces)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+
+    return type(visual) is Qwen2_5_VisionTransformerPretrainedModel
+
+
+@dataclass(frozen=True)
+class _GridLayout:
+    """Window layout of one (t, h, w) patch grid (indices local to the grid)."""
+
+    rope_positions: torch.Tensor  # [t*h*w, 2] (row, column) of each patch, merge-block order
+    window_index: torch.Tensor  # [t*h*w / unit] merged-token order within windows
+    window_lengths: tuple[int, ...]  # patches per non-empty window, in window order
+    frame_lengths: tuple[int, ...]  # patches per frame (full-attention blocks attend within a frame)
+
+
+@lru_cache(maxsize=256)
+def _grid_layout(t: int, h: int, w: int, merge: int, window_size: int, patch_size: int) -> _GridLayout:
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    grid = torch.tensor([[t, h, w]])
+    positions = get_vision_position_ids(grid, merge)
+    window_index, cu_windows = get_vision_window_index(grid, merge, window_size, patch_size)
+    lengths = tuple(int(n) for n in (cu_windows[1:] - cu_windows[:-1]).tolist() if n > 0)
+    return _GridLayout(positions, window_index, lengths, (h * w,) * t)
+
+
+def _segments_by_length(lengths: list[int]) -> dict[int, torch.Tensor]:
+    """length -> start offsets of the segments of that length (segments laid end to end)."""
+    groups: dict[int, list[int]] = {}
+    start = 0
+    for n in lengths:
+        groups.setdefault(n, []).append(start)
+        start += n
+    return {n: torch.tensor(starts) for n, starts in groups.items()}
+
+
+def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      segments: dict[int, torch.Tensor], scale: float) -> torch.Tensor:
+    """Bidirectional attention within segments of packed `[S, heads, dim]` tensors.
+
+    segments: length -> start offsets (`_segments_by_length`), together covering `[0, S)`.
+    Segments of one length go through one batched `scaled_dot_product_attention` call.
+    """
+    total, heads, dim = query.shape
+    if len(segments) == 1:  # all equal: the packed sequence is a plain batch of windows
+        (n,) = segments
+        q, k, v = (x.view(total // n, n, heads, dim).transpose(1, 2) for x in (query, key, value))
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return out.transpose(1, 2).reshape(total, heads, dim)
+    out = torch.empty_like(query)
+    for n, starts in segments.items():
+        index = (starts.to(query.device)[:, None] + torch.arange(n, device=query.device)).reshape(-1)
+        q, k, v = (x[index].view(-1, n, heads, dim).transpose(1, 2) for x in (query, key, value))
+        attended = F.scaled_dot_product_attention(q, k, v, scale=scale)
+        out[index] = attended.transpose(1, 2).reshape(-1, heads, dim)
+    return out
+
+
+def _attention(attn: nn.Module, hidden: torch.Tensor, segments: dict[int, torch.Tensor],
+               cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """What `Qwen2_5_VLVisionAttention.forward` computes, with `segment_attention` for the slices."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    length = hidden.shape[0]
+    query, key, value = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+    out = segment_attention(query, key, value, segments, attn.scaling)
+    return attn.proj(out.reshape(length, -1))
+
+
+def _patch_embed(embed: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The patch embedding as one matrix product: its Conv3d's kernel equals its stride, so each
+    output is the dot product of one flattened patch with one flattened filter (CPU convolution
+    kernels are several times slower at this shape)."""
+    weight = embed.proj.weight
+    if embed.proj.bias is not None or tuple(embed.proj.stride) != tuple(weight.shape[2:]):
+        return embed(pixel_values)
+    return pixel_values.reshape(-1, weight[0].numel()).to(weight.dtype) @ weight.reshape(weight.shape[0], -1).t()
+
+
+def vision_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Merged vision tokens `[sum(t*h*w) / merge^2, out_hidden]` of every image / video, in input order.
+
+    The same values as `visual(pixel_values, grid_thw=grid_thw).pooler_output` (Qwen2.5-VL).
+    """
+    if not supports_batched_vision(visual):
+        raise TypeError(f"{type(visual).__name__}: batched vision features support Qwen2.5-VL towers only")
+    merge = visual.spatial_merge_size
+    unit = visual.spatial_merge_unit
+    layouts = [_grid_layout(int(t), int(h), int(w), merge, visual.window_size, visual.patch_size)
+               for t, h, w in grid_thw.tolist()]
+    # Concatenate the per-grid layouts; window indices count merged tokens, offset per grid.
+    window_parts, offset = [], 0
+    for layout in layouts:
+        window_parts.append(layout.window_index + offset)
+        offset += len(layout.window_index)
+    device = pixel_values.device
+    window_index = torch.cat(window_parts).to(device)
+    positions = torch.cat([layout.rope_positions for layout in layouts]).to(device)
+    windows = _segments_by_length([n for layout in layouts for n in layout.window_lengths])
+    frames = _segments_by_length([n for layout in layouts for n in layout.frame_lengths])
+
+    hidden = _patch_embed(visual.patch_embed, pixel_values.type(visual.dtype))
+    length = hidden.shape[0]
+
+    def window_order(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(length // unit, unit, -1)[window_index].reshape(length, -1)
+
+    hidden = window_order(hidden)
+    cos, sin = (window_order(x) for x in visual.rotary_pos_emb(hidden, positions))
+    for number, block in enumerate(visual.blocks):
+        segments = frames if number in visual.fullatt_block_indexes else windows
+        hidden = hidden + _attention(block.attn, block.norm1(hidden), segments, cos, sin)
+        hidden = hidden + block.mlp(block.norm2(hidden))
+    merged = visual.merger(hidden)
+    return merged[torch.argsort(window_index)]
