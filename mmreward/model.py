@@ -31,7 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm
+from mmreward.backbones.vlm import (
+    LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors,
+)
 from mmreward.collate import last_token_index
 from mmreward.heads import RewardHead, build_head, head_from_config
 from mmreward.pair_forward import block_attention_mask, packed_position_ids
@@ -301,6 +303,7 @@ class RewardModel(nn.Module):
         if tuning.mode == "lora":
             from peft import PeftModel
 
+            require_safetensors(ckpt / ADAPTER_DIR, what="LoRA adapter")  # peft would fall back to a .bin pickle
             backbone = PeftModel.from_pretrained(backbone, str(ckpt / ADAPTER_DIR), is_trainable=trainable)
         if (ckpt / "preprocessor_config.json").is_file() or (ckpt / "processor_config.json").is_file():
             from transformers import AutoProcessor

@@ -7,7 +7,8 @@
 
 The output directory gets: `tensorboard/` logs, `videos/eval_<steps>.mp4` (one evaluation episode each
 time), `reward_curve.png` + `eval_history.json` (CLIP return and pose success rate over training),
-`checkpoints/` (SB3 zips, optionally the replay buffer), the final `model.zip`, `config.yaml` and
+`checkpoints/` (SB3 zips, optionally the replay buffer as .npz; written atomically and loaded without
+unpickling, see `vlm_rm.sac_checkpoint`), the final `model.zip`, `config.yaml` and
 `manifest.json` (stage, inputs, metrics). `clip_model: tiny` builds a tiny CLIP with RANDOM weights
 into the output directory: it exercises the pipeline, its rewards mean nothing.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import yaml
 from stable_baselines3 import SAC
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecMonitor
 from trl import TrlParser
 
@@ -37,6 +37,9 @@ from mmreward.manifest import finalize_run_dir, start_run_dir
 from vlm_rm.envs import CameraConfig, HumanoidEnvConfig
 from vlm_rm.poses import check_pose, pose_for_prompt
 from vlm_rm.reward import CLIPReward
+from vlm_rm.sac_checkpoint import (
+    SACCheckpointCallback, latest_sac_checkpoint, load_sac_checkpoint, save_sac_checkpoint,
+)
 from vlm_rm.video import write_mp4
 from vlm_rm.wrappers import FRAME_KEY, RelabelRewardsCallback, make_rendering_env, make_reward_vec_env
 
@@ -217,24 +220,10 @@ class EvalCallback(BaseCallback):
         self.env.close()
 
 
-def latest_checkpoint(ckpt_dir: Path) -> tuple[Path, Path | None] | None:
-    """Newest `sac_<steps>_steps.zip` and its replay buffer (if saved)."""
-    found = []
-    for path in ckpt_dir.glob("sac_*_steps.zip"):
-        match = re.fullmatch(r"sac_(\d+)_steps\.zip", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    if not found:
-        return None
-    steps, path = max(found)
-    buffer = ckpt_dir / f"sac_replay_buffer_{steps}_steps.pkl"
-    return path, buffer if buffer.exists() else None
-
-
 def train(cfg: HumanoidSACConfig) -> dict:
     cfg.validate()
     out = Path(cfg.output_dir)
-    resume_from = latest_checkpoint(out / "checkpoints") if cfg.resume else None
+    resume_from = latest_sac_checkpoint(out / "checkpoints") if cfg.resume else None
     if cfg.resume and resume_from is None:
         raise FileNotFoundError(f"{out / 'checkpoints'}: --resume given but no sac_<steps>_steps.zip checkpoint found")
     start_run_dir(out)
@@ -252,27 +241,24 @@ def train(cfg: HumanoidSACConfig) -> dict:
     venv = VecMonitor(clip_venv)
 
     history: list[dict] = []
+    model = SAC(
+        "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
+        learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+        train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
+        policy_kwargs={"net_arch": list(cfg.net_arch)}, tensorboard_log=str(out / "tensorboard"),
+        seed=cfg.seed, device=device, verbose=0,
+    )
     if resume_from is not None:
-        model = SAC.load(resume_from[0], env=venv, device=device, tensorboard_log=str(out / "tensorboard"))
-        if resume_from[1] is not None:
-            model.load_replay_buffer(resume_from[1])
+        # The fresh model supplies what SB3 would otherwise unpickle from the zip (see vlm_rm.sac_checkpoint).
+        model = load_sac_checkpoint(resume_from[0], model, resume_from[1], tensorboard_log=str(out / "tensorboard"))
         old = out / "eval_history.json"
         if old.exists():
             history = [h for h in json.loads(old.read_text()) if h["step"] <= model.num_timesteps]
-    else:
-        model = SAC(
-            "MlpPolicy", venv, learning_rate=cfg.learning_rate, buffer_size=cfg.buffer_size,
-            learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
-            train_freq=cfg.train_freq, gradient_steps=cfg.gradient_steps, ent_coef=cfg.ent_coef,
-            policy_kwargs={"net_arch": list(cfg.net_arch)}, tensorboard_log=str(out / "tensorboard"),
-            seed=cfg.seed, device=device, verbose=0,
-        )
     tiny = cfg.clip_model == TINY
     title = f"{cfg.goal_prompts[0]!r} | CLIP {cfg.clip_model}{' (RANDOM weights)' if tiny else ''} | alpha {cfg.alpha}"
     evaluator = EvalCallback(cfg, out, reward, env_cfg, pose, history, title)
     callbacks = [
-        CheckpointCallback(save_freq=max(cfg.checkpoint_freq // cfg.n_envs, 1), save_path=str(out / "checkpoints"),
-                           name_prefix="sac", save_replay_buffer=cfg.save_replay_buffer),
+        SACCheckpointCallback(out / "checkpoints", every=cfg.checkpoint_freq, with_buffer=cfg.save_replay_buffer),
         evaluator,
     ]
     if cfg.reward_mode == "rollout":
@@ -285,15 +271,14 @@ def train(cfg: HumanoidSACConfig) -> dict:
     wall = time.perf_counter() - started
     model.save(out / "model.zip")
     # A final checkpoint so `--resume` continues from here even off the checkpoint schedule.
-    model.save(out / "checkpoints" / f"sac_{model.num_timesteps}_steps.zip")
-    if cfg.save_replay_buffer:
-        model.save_replay_buffer(out / "checkpoints" / f"sac_replay_buffer_{model.num_timesteps}_steps.pkl")
+    save_sac_checkpoint(model, out / "checkpoints", with_buffer=cfg.save_replay_buffer)
     venv.close()
 
     final = history[-1]
     metrics = {
         "env_steps": int(model.num_timesteps),
         "env_steps_this_run": int(model.num_timesteps - start_steps),
+        "replay_buffer_steps": int(model.replay_buffer.size()),  # vector steps stored (n_envs transitions each)
         "wall_s": round(wall, 2),
         "env_steps_per_s": round((model.num_timesteps - start_steps) / wall, 2) if wall > 0 else None,
         "eval_clip_return": final["clip_return_mean"],

@@ -15,6 +15,7 @@ mean and std), never hard-coded OpenAI constants.
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -100,19 +101,24 @@ def load_clip(
                 f"weights file, not from the pretrained tag {pretrained!r}"
             )
 
-    if local_dir is not None:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, device=device, load_weights=weights_file is None
-        )
-        if weights_file is not None:
-            open_clip.load_checkpoint(model, str(weights_file), strict=True)
-    else:
+    if local_dir is None:
         known = set(open_clip.list_models())
         if name.replace("/", "-") not in known and not name.startswith("hf-hub:"):
             raise CLIPLoadError(f"{model_name}: unknown open_clip model name (see open_clip.list_models())")
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=str(weights_file) if weights_file else pretrained, device=device
-        )
+    try:
+        if local_dir is not None:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, device=device, load_weights=weights_file is None
+            )
+            if weights_file is not None:
+                open_clip.load_checkpoint(model, str(weights_file), strict=True)
+        else:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=str(weights_file) if weights_file else pretrained, device=device
+            )
+    except pickle.UnpicklingError as err:  # open_clip reads .bin/.pt weights with torch.load(weights_only=True)
+        source = weights_file or local_dir or pretrained
+        raise CLIPLoadError(f"{source}: refused a weights pickle that holds more than tensors ({err})") from err
     tokenizer = open_clip.get_tokenizer(name)
     model.eval()
     return model, preprocess, tokenizer

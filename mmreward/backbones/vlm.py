@@ -108,6 +108,22 @@ def apply_lora(model: PreTrainedModel, lora: LoRASettings) -> PeftModel:
     return get_peft_model(model, config)
 
 
+PICKLE_SUFFIXES: tuple[str, ...] = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+
+
+def require_safetensors(directory: str | Path, what: str = "model") -> None:
+    """Refuse a local checkpoint directory whose weights exist only as pickles (unpickling can run code)."""
+    local = Path(directory).expanduser()
+    if not local.is_dir() or any(local.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in local.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(
+            f"{local}: {what} weights only as pickle files {pickles}; weights are loaded from safetensors only "
+            "(convert them, e.g. load once in a trusted session and `save_pretrained(..., safe_serialization=True)`)"
+        )
+
+
 def load_vlm(cfg_or_path: VLMLoadConfig | str | Path) -> tuple[torch.nn.Module, Any]:
     """Load (model, processor) from a directory or hub id; applies freezing, checkpointing and LoRA."""
     cfg = cfg_or_path if isinstance(cfg_or_path, VLMLoadConfig) else VLMLoadConfig(path=str(cfg_or_path))
@@ -116,9 +132,11 @@ def load_vlm(cfg_or_path: VLMLoadConfig | str | Path) -> tuple[torch.nn.Module, 
     if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ValueError(f"attn_implementation {cfg.attn_implementation!r} not in {ATTN_IMPLEMENTATIONS}")
     local_only = _resolve_local_files_only(cfg)
+    require_safetensors(cfg.path)
     common = dict(trust_remote_code=cfg.trust_remote_code, local_files_only=local_only)
     model = AutoModelForImageTextToText.from_pretrained(
         cfg.path,
+        use_safetensors=True,  # never unpickle weights (a hub repo with only .bin files fails here)
         dtype=DTYPES[cfg.dtype],
         attn_implementation=cfg.attn_implementation,
         device_map=cfg.device_map,

@@ -85,6 +85,30 @@ def save_checkpoint_atomically(acc: Accelerator, output_dir: Path, step: int, sa
     return final
 
 
+class CheckpointError(RuntimeError):
+    """A training checkpoint that cannot be loaded safely (the message names the file)."""
+
+
+def load_checkpoint(acc: Accelerator, path: Path) -> None:
+    """`acc.load_state(path)` after checking that its custom-object pickles hold plain data only.
+
+    accelerate loads the objects registered with `register_for_checkpointing` (scheduler, trainer
+    state) with `torch.load(weights_only=False)`, which runs whatever code a planted pickle names.
+    Each of those files is first read with `weights_only=True` (accelerate's safe loader): it refuses
+    any global outside tensors and plain containers, so a file that passes holds no code.
+    """
+    from accelerate.utils import load as weights_only_load
+
+    for file in sorted(Path(path).glob("custom_checkpoint_*.pkl")):
+        try:
+            weights_only_load(file, map_location="cpu")
+        except Exception as err:  # UnpicklingError for foreign globals, EOFError/RuntimeError for truncation
+            raise CheckpointError(
+                f"{file}: refused to load (not plain checkpoint data: {type(err).__name__}: {err})"
+            ) from err
+    acc.load_state(str(path))
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The newest finished checkpoint under `output_dir/checkpoints` (temporary dirs are ignored)."""
     root = Path(output_dir) / CHECKPOINT_DIR
@@ -204,7 +228,7 @@ class RewardTrainer:
         """Load the newest checkpoint in `output_dir` (if `cfg.resume` and one exists)."""
         path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
         if path is not None:
-            self.accelerator.load_state(str(path))
+            load_checkpoint(self.accelerator, path)
             self.accelerator.print(f"resumed from {path} at step {self.state.step}")
         return path
 

@@ -136,3 +136,77 @@ def test_sft_makes_the_tiny_judge_produce_valid_episodes(data, tmp_path):
     assert before["format_valid_rate"] == 0.0 and before["overall_accuracy"] == 0.0
     assert after["format_valid_rate"] >= 0.75
     assert after["overall_accuracy"] > before["overall_accuracy"]
+
+
+def test_an_unfinished_model_dir_is_refused(tmp_path):
+    """A killed stage leaves INCOMPLETE and no manifest; its directory is not taken as a model."""
+    from accelerate import PartialState
+
+    from mmreward.manifest import RunDirError
+
+    broken = tmp_path / "killed_sft"
+    broken.mkdir()
+    (broken / "INCOMPLETE").write_text("started\n")
+    with pytest.raises(RunDirError, match="did not finish"):
+        stage.resolve_model(str(broken), tmp_path / "out", PartialState(cpu=True))
+
+
+RESUME = ["--max_pairs", "4", "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2",
+          "--eval_pairs", "0", "--dataloader_num_workers", "0"]
+
+
+def _finished_checkpoint(directory: Path) -> bool:
+    """HF Trainer writes trainer_state.json after the weights, optimizer, scheduler and RNG state."""
+    state = directory / "trainer_state.json"
+    try:
+        return json.loads(state.read_text())["global_step"] > 0
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def _step_losses(out: Path) -> list[tuple[int, float]]:
+    history = json.loads((out / "checkpoints" / "checkpoint-6" / "trainer_state.json").read_text())["log_history"]
+    return [(row["step"], row["loss"]) for row in history if "loss" in row]
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single_torch_thread):
+    """SIGKILL right after a random periodic checkpoint, then --resume_from_checkpoint: training continues at
+    that step and ends with the weights and per-step losses of an uninterrupted run (CPU, deterministic)."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import time
+
+    straight = tmp_path / "straight"
+    run("--model_path", "tiny", "--data", str(data), "--output_dir", str(straight), *RESUME)
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+    killed = tmp_path / "killed"
+    kill_after = random.choice([2, 4])
+    cmd = [sys.executable, str(ROOT / "train" / "vrt_sft.py"), "--config", str(ROOT / "train/configs/vrt_sft.yaml"),
+           *FAST, "--model_path", "tiny", "--data", str(data), "--output_dir", str(killed), *RESUME]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    checkpoint = killed / "checkpoints" / f"checkpoint-{kill_after}"
+    deadline = time.time() + 300
+    while not _finished_checkpoint(checkpoint):
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, f"no {checkpoint.name} within 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (killed / "INCOMPLETE").exists() and not (killed / "manifest.json").exists()
+    assert not (killed / "checkpoints" / "checkpoint-6").exists()
+
+    metrics = run("--model_path", "tiny", "--data", str(data), "--output_dir", str(killed), *RESUME,
+                  "--resume_from_checkpoint", str(checkpoint))
+    assert metrics["train_steps"] == 6 and read_manifest(killed, expect_stage="vrt_sft")
+    a, b = weights(killed), weights(straight)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    losses = _step_losses(killed)
+    assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]  # each step logged once: none lost, none repeated
+    assert losses == _step_losses(straight)

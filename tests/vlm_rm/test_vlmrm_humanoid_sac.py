@@ -1,8 +1,13 @@
-"""Smoke run of train/humanoid_sac.py (tiny random CLIP): outputs, rollout relabelling, resume."""
+"""Smoke run of train/humanoid_sac.py (tiny random CLIP): outputs, rollout relabelling, resume, SIGKILL + resume."""
 
 import importlib.util
 import json
+import os
+import random
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
@@ -48,7 +53,8 @@ def test_short_run_writes_its_outputs_and_resumes(trainer, tmp_path):
     assert (out / "reward_curve.png").stat().st_size > 0 and (out / "model.zip").is_file()
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "sac_40_steps.zip").is_file()
-    assert (out / "checkpoints" / "sac_replay_buffer_40_steps.pkl").is_file()
+    assert (out / "checkpoints" / "sac_replay_buffer_40_steps.npz").is_file()
+    assert metrics["replay_buffer_steps"] == 20  # 40 env steps over 2 envs
 
     resumed = trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(out), *SMALL,
                             "--total_timesteps", "60", "--resume", "true"])
@@ -62,3 +68,37 @@ def test_bad_settings_are_refused(trainer, tmp_path):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "a"), "--reward_mode", "episode"])
     with pytest.raises(FileNotFoundError, match="no sac_<steps>_steps.zip checkpoint"):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "b"), "--resume", "true"])
+
+
+def test_sigkill_at_a_random_checkpoint_then_resume_loses_and_repeats_nothing(trainer, tmp_path):
+    """Killed (SIGKILL) right after a random one of its periodic checkpoints, a run resumed with --resume true
+    continues the step count from that checkpoint with its replay buffer, and ends with every env step stored
+    once and one evaluation per eval_freq."""
+    out = tmp_path / "killed"
+    args = ["--config", str(CPU_CONFIG), "--output_dir", str(out), "--reward_mode", "rollout", *SMALL,
+            "--total_timesteps", "80"]
+    kill_after = random.choice([20, 40, 60])  # checkpoints come at rollout starts: every 20 env steps here
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "humanoid_sac.py"), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not (out / "checkpoints" / f"sac_{kill_after}_steps.zip").exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, f"no checkpoint at {kill_after} steps within 240 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert (out / "INCOMPLETE").exists() and not (out / "manifest.json").exists()
+    saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("sac_*_steps.zip"))
+    last = saved[-1]
+    assert kill_after <= last < 80, saved
+    assert not list((out / "checkpoints").glob("tmp_*"))  # nothing half-written left behind under a final name
+
+    resumed = trainer.main([*args, "--resume", "true"])
+    metrics = resumed["metrics"]
+    assert resumed["inputs"]["resumed_from"].endswith(f"sac_{last}_steps.zip"), (kill_after, saved)
+    assert metrics["env_steps"] == 80 and metrics["env_steps_this_run"] == 80 - last
+    assert metrics["replay_buffer_steps"] == 40  # the checkpoint's transitions + the new ones: none lost
+    assert [h["step"] for h in json.loads((out / "eval_history.json").read_text())] == [20, 40, 60, 80]
+    assert read_manifest(out, expect_stage="humanoid_sac")["metrics"] == metrics
