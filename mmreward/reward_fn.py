@@ -51,7 +51,9 @@ def completion_text(completion: str | list[dict[str, Any]]) -> str:
     return "".join(_text_of(m["content"]) for m in completion if m.get("role") == "assistant")
 
 
-def _column(kwargs: dict[str, Any], names: Sequence[str], n: int) -> list[Any]:
+def column(kwargs: dict[str, Any], names: Sequence[str], n: int) -> list[Any]:
+    """The first of the dataset columns ``names`` that a reward-function call got (``kwargs``), checked to hold
+    ``n`` entries; ``[None] * n`` when none of them was given."""
     for name in names:
         if kwargs.get(name) is not None:
             values = list(kwargs[name])
@@ -59,6 +61,16 @@ def _column(kwargs: dict[str, Any], names: Sequence[str], n: int) -> list[Any]:
                 raise RewardFunctionError(f"column {name!r} has {len(values)} entries for {n} completions")
             return values
     return [None] * n
+
+
+def media_columns(prompts: Sequence[Any], completions: Sequence[Any],
+                  kwargs: dict[str, Any]) -> tuple[list[Any], list[Any]]:
+    """Per completion, its images (``images`` or ``image`` column) and video (``videos`` or ``video``), None where
+    absent; checks that prompts and completions pair up."""
+    n = len(prompts)
+    if len(completions) != n:
+        raise RewardFunctionError(f"{n} prompts for {len(completions)} completions")
+    return column(kwargs, ("images", "image"), n), column(kwargs, ("videos", "video"), n)
 
 
 class RewardFunction:
@@ -86,7 +98,8 @@ class RewardFunction:
         self.num_frames = num_frames
         self.__name__ = f"reward_model_{self.dimension}"  # TRL names reward columns after it
 
-    def _side(self, completion: Any, images: Any, video: Any) -> SideMedia:
+    def completion_side(self, completion: Any, images: Any, video: Any) -> SideMedia:
+        """A completion as the scored side: its text as the response, with the example's images / video."""
         if images is None:
             images = []
         elif isinstance(images, (Image.Image, str, Path)):
@@ -96,13 +109,10 @@ class RewardFunction:
         return SideMedia(images=loaded, video=clip, response=completion_text(completion))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        images, videos = media_columns(prompts, completions, kwargs)
         n = len(prompts)
-        if len(completions) != n:
-            raise RewardFunctionError(f"{n} prompts for {len(completions)} completions")
-        images = _column(kwargs, ("images", "image"), n)
-        videos = _column(kwargs, ("videos", "video"), n)
         texts = [prompt_text(p) for p in prompts]
-        sides = [self._side(c, images[i], videos[i]) for i, c in enumerate(completions)]
+        sides = [self.completion_side(c, images[i], videos[i]) for i, c in enumerate(completions)]
         device = next(self.model.parameters()).device
         rewards: list[float] = []
         for start in range(0, n, self.batch_size):

@@ -32,7 +32,7 @@ from mmreward.collate import CollateConfig
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip, load_image, read_video
 from mmreward.model import RewardModel
-from mmreward.reward_fn import RewardFunction, RewardFunctionError, _column, prompt_text
+from mmreward.reward_fn import RewardFunction, RewardFunctionError, column, media_columns, prompt_text
 from mmreward.yes_token import YesTokenHead
 from mmreward.yes_token_prompts import VerdictQuery, encode_queries, pair_queries
 
@@ -266,7 +266,7 @@ class YesTokenRewardFunction(RewardFunction):
     def _candidate(self, completion: Any, images: Any, video: Any) -> SideMedia:
         if isinstance(completion, (Image.Image, VideoClip, np.ndarray)):
             return media_side(completion, self.num_frames, self.video_fps)
-        return self._side(completion, images, video)  # a text response with the example's media
+        return self.completion_side(completion, images, video)  # a text response with the example's media
 
     def _reference(self, i: int, value: Any) -> SideMedia:
         if value is None:
@@ -277,17 +277,14 @@ class YesTokenRewardFunction(RewardFunction):
             raise RewardFunctionError(f"example {i}: bad reference ({err})") from err
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        images, videos = media_columns(prompts, completions, kwargs)
         n = len(prompts)
-        if len(completions) != n:
-            raise RewardFunctionError(f"{n} prompts for {len(completions)} completions")
-        images = _column(kwargs, ("images", "image"), n)
-        videos = _column(kwargs, ("videos", "video"), n)
         texts = [self.collate.prompt_template.format(prompt=prompt_text(p)) for p in prompts]
         sides = [self._candidate(c, images[i], videos[i]) for i, c in enumerate(completions)]
         if self.scorer.config.form == "pointwise":
             queries = [VerdictQuery(texts[i], sides[i], id=f"example {i}") for i in range(n)]
             return self.scorer.verdict_probs(queries).tolist()
-        refs = [self._reference(i, r) for i, r in enumerate(_column(kwargs, ("reference",), n))]
+        refs = [self._reference(i, r) for i, r in enumerate(column(kwargs, ("reference",), n))]
         queries = [VerdictQuery(texts[i], sides[i], reference=refs[i], id=f"example {i}") for i in range(n)]
         if not self.average_orders:
             return self.scorer.verdict_probs(queries).tolist()

@@ -9,9 +9,10 @@
 #
 # CPU-sized on purpose, with the recipe under which the SFT stage teaches a tiny random model the format (see
 # tests/train/test_vrt_sft.py): 48 px clips of 8 frames, a tiny VLM with eight attention heads, brief teacher traces
-# and the short episodes of train/configs/vrt_sft.yaml. Measured on 2 busy CPU cores: about 35 minutes, 25 of them
-# the 600 cold-start SFT steps; held-out format-valid rate 0 -> 0.875 after SFT, rejection sampling keeps ~3% of the
-# samples (the kept set is small, so the second SFT is short and gentle), GRPO reward 0.92 -> 1.08 in 20 steps.
+# and the short episodes of train/configs/vrt_sft.yaml. Measured on 2 heavily loaded CPU cores: about 35 minutes,
+# 25 of them the 600 cold-start SFT steps (about 0.2 CPU s per step, so roughly 10 minutes on quiet cores);
+# held-out format-valid rate 0 -> 0.875 after SFT, rejection sampling keeps ~3% of the samples (the kept set
+# is small, so the second SFT is short and gentle), GRPO reward 0.92 -> 1.08 in 20 steps.
 # Rerunning the script continues a killed rejection-sampling or GRPO stage (SFT restarts). A real run uses the stage
 # configs with --model_path pointing at a checkpoint (e.g. Qwen2.5-VL-7B-Instruct) and a real dataset's records.
 # Environment: PYTHON (default: .venv/bin/python if it exists, else python), VIDEO_SIZES (synthetic train,val,test

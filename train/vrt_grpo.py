@@ -26,17 +26,23 @@ import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from peft import PeftModel
 from trl import TrlParser
 
-from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
-from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
+from mmreward.manifest import finalize_run_dir, start_run_dir
 from vr_thinker.env import VideoPairEnv
 from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records
-from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config, save_judge_config
 from vr_thinker.rewards import RewardConfig
 from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
+from vr_thinker.stage_io import (
+    LoRAArguments,
+    eval_record_file,
+    read_judge_input,
+    record_file,
+    require_settings,
+    save_trained_judge,
+)
 from vr_thinker.trace_html import write_trace_html
 
 STAGE = "vrt_grpo"
@@ -44,8 +50,9 @@ INPUT_STAGES = ("vrt_sft", "vrt_grpo")
 
 
 @dataclass
-class VRTGRPOArguments:
-    """Stage settings besides the loop (``GRPOConfig``) and the reward weights (``RewardConfig``)."""
+class VRTGRPOArguments(LoRAArguments):
+    """Stage settings besides the loop (``GRPOConfig``) and the reward weights (``RewardConfig``). With ``use_lora``
+    the reference model is the policy with its adapters off; ``lora_dropout`` 0 keeps rollout and update equal."""
 
     model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
     data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
@@ -57,43 +64,14 @@ class VRTGRPOArguments:
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save); the reference "
-                                                            "model is then the policy with adapters off"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout (0 keeps rollout and update equal)"})
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[VRTGRPOArguments, RewardConfig, GRPOConfig]:
     parser = TrlParser((VRTGRPOArguments, RewardConfig, GRPOConfig))
     args, reward, loop = parser.parse_args_and_config(argv)
-    missing = [n for n, v in (("model_path", args.model_path), ("data", args.data), ("output_dir", loop.output_dir))
-               if not v]
-    if missing:
-        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=loop.output_dir)
     return args, reward, loop
-
-
-def record_file(data: str, split: str) -> Path:
-    """A record JSONL, or the split's video records of a synthetic data directory."""
-    path = Path(data)
-    if path.is_dir():
-        path = path / "videos" / f"{split}.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"--data {data}: no record file {path}")
-    return path
-
-
-def eval_file(args: VRTGRPOArguments) -> Path | None:
-    if args.eval_pairs <= 0:
-        return None
-    if args.eval_records is not None:
-        return Path(args.eval_records)
-    path = Path(args.data) / "videos" / f"{args.eval_split}.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
-    return path
 
 
 def write_example(model, processor, pair: JudgePair, loop: GRPOLoop, path: Path) -> None:
@@ -117,21 +95,16 @@ def main(argv: list[str] | None = None) -> dict:
         start_run_dir(out)
     accelerator.wait_for_everyone()
 
-    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
-    saved = load_judge_config(args.model_path)
-    if saved is None:
-        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
-    env_config, dimensions = saved
+    model_manifest, env_config, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
     train_path = record_file(args.data, args.train_split)
     pairs = pairs_from_records(list(read_records(train_path))[: args.max_pairs], dimensions)
-    eval_path = eval_file(args)
+    eval_path = eval_record_file(args.eval_pairs, args.eval_records, args.data, args.eval_split)
     eval_pairs = pairs_from_records(list(read_records(eval_path))[: args.eval_pairs], dimensions) if eval_path else []
 
     set_seed(cfg.seed)
-    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(
         path=args.model_path, dtype=args.dtype, attn_implementation=args.attn_implementation,
-        freeze_vision=args.freeze_vision, lora=lora, gradient_checkpointing=args.gradient_checkpointing,
+        freeze_vision=args.freeze_vision, lora=args.lora(), gradient_checkpointing=args.gradient_checkpointing,
         tool_chat_template=True,
     ))
     if accelerator.is_main_process:
@@ -143,12 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        trained = loop.unwrapped()
-        if isinstance(trained, PeftModel):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(out)
-        processor.save_pretrained(out)
-        save_judge_config(out, env_config, dimensions)
+        trained = save_trained_judge(loop.unwrapped(), processor, out, env_config, dimensions)
         write_example(trained, processor, (eval_pairs or pairs)[0], loop, out / "example_trace.html")
         metrics.update(train_pairs=len(pairs), eval_pairs=len(eval_pairs))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

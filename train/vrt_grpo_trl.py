@@ -22,15 +22,14 @@ from pathlib import Path
 
 import yaml
 from accelerate import PartialState
-from peft import PeftModel
 from transformers import set_seed
 from trl import GRPOConfig, GRPOTrainer, TrlParser
 
-from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
-from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
-from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config, save_judge_config
+from mmreward.manifest import finalize_run_dir, start_run_dir
 from vr_thinker.rewards import RewardConfig
+from vr_thinker.stage_io import LoRAArguments, read_judge_input, record_file, require_settings, save_trained_judge
 from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_env_config, judge_dataset, make_reward_function
 
 STAGE = "vrt_grpo_trl"
@@ -38,7 +37,7 @@ INPUT_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")
 
 
 @dataclass
-class TRLBaselineArguments:
+class TRLBaselineArguments(LoRAArguments):
     """Stage settings besides TRL's ``GRPOConfig`` and the reward weights (``RewardConfig``)."""
 
     model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
@@ -47,18 +46,12 @@ class TRLBaselineArguments:
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save)"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, RewardConfig, GRPOConfig]:
     parser = TrlParser((TRLBaselineArguments, RewardConfig, GRPOConfig))
     args, reward, training = parser.parse_args_and_config(argv)
-    missing = [n for n, v in (("model_path", args.model_path), ("data", args.data),
-                              ("output_dir", training.output_dir)) if not v]
-    if missing:
-        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=training.output_dir)
     return args, reward, training
 
 
@@ -69,19 +62,14 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         start_run_dir(out)
     state.wait_for_everyone()
-    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
-    saved = load_judge_config(args.model_path)
-    if saved is None:
-        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
-    env_config, dimensions = baseline_env_config(saved[0]), saved[1]
-    data = Path(args.data)
-    records_path = data / "videos" / f"{args.train_split}.jsonl" if data.is_dir() else data
+    model_manifest, saved_env, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
+    env_config = baseline_env_config(saved_env)
+    records_path = record_file(args.data, args.train_split)
     records = list(read_records(records_path))[: args.max_pairs]
 
     set_seed(training.seed)
-    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=0.0) if args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype, freeze_vision=args.freeze_vision,
-                                              lora=lora, tool_chat_template=True))
+                                              lora=args.lora(), tool_chat_template=True))
     processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
     # TRL checkpoints and logs go below the stage directory, outside the checksummed files. Set in place:
     # dataclasses.replace would rerun GRPOConfig's checks on fields it already derived.
@@ -100,12 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()
     metrics: dict = {}
     if state.is_main_process:
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        if isinstance(trained, PeftModel):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(out)
-        processor.save_pretrained(out)
-        save_judge_config(out, env_config, dimensions)
+        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env_config, dimensions)
         history = [row for row in trainer.state.log_history if "reward" in row]
         metrics = {
             "steps": result.global_step,

@@ -9,8 +9,10 @@ and the overall verdict match the label (:func:`vr_thinker.rewards.keep_for_reje
 traces of a pair are written (at most ``keep_per_pair`` of them, in sampling order; 0 = all).
 
 Sharding and resuming: process r of n takes pairs r, r + n, ... and generates ``pairs_per_batch`` pairs x K episodes
-per batch with a seed that depends only on the batch's pair ids. After each batch it appends one line per pair
-(kept traces and per-sample statistics) to ``shards/shard-<r>-of-<n>.jsonl`` and flushes it. A rerun of the same
+per batch; sample j of a pair is drawn with a seed of its own, a function of ``--seed``, the pair id and j only
+(:func:`pair_seeds`), so a pair's samples do not depend on its batch, the process count or a resume. After each
+batch it appends one line per pair (kept traces and per-sample statistics) to ``shards/shard-<r>-of-<n>.jsonl`` and
+flushes it. A rerun of the same
 command skips every pair id found in any shard file (a line cut by a kill is dropped and redone), so a killed run
 resumes where it stopped and, with the same process count, ends with the same output as an uninterrupted one.
 ``shards/settings.json`` records the model and sampling settings; a rerun with other ones stops instead of mixing.
@@ -23,12 +25,11 @@ dimension, format-valid rate, statuses, tool calls per trace for all samples and
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,13 @@ from trl import TrlParser
 
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import PreferenceRecord, read_records
-from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
+from mmreward.manifest import finalize_run_dir, start_run_dir
 from vr_thinker.cold_start import EpisodeTrace, trace_to_dict
 from vr_thinker.env import EnvConfig, EpisodeStatus, VideoPairEnv
-from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config
 from vr_thinker.protocol import OVERALL, verdicts_from_label
 from vr_thinker.rewards import format_reward, keep_for_rejection_sampling
-from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
+from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
+from vr_thinker.stage_io import read_judge_input, record_file, require_settings
 
 STAGE = "vrt_rejection"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo")
@@ -88,9 +89,7 @@ class VRTRejectionArguments:
 def parse_args(argv: list[str] | None = None) -> VRTRejectionArguments:
     parser = TrlParser((VRTRejectionArguments,))
     (args,) = parser.parse_args_and_config(argv)
-    missing = [n for n in ("model_path", "data", "output_dir") if not getattr(args, n)]
-    if missing:
-        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=args.output_dir)
     return args
 
 
@@ -155,9 +154,10 @@ def my_batches(records: Sequence[PreferenceRecord], rank: int, world: int, size:
     return [mine[i : i + size] for i in range(0, len(mine), size)]
 
 
-def batch_seed(seed: int, ids: Iterable[str]) -> int:
-    digest = hashlib.sha256(f"{seed}:{','.join(ids)}".encode()).digest()
-    return int.from_bytes(digest[:5], "little") * 4096  # episodes add their index
+def pair_seeds(seed: int, records: Sequence[PreferenceRecord], k: int) -> list[int]:
+    """Sampling seeds of ``k`` samples of each record, in record order: sample j of pair ``id`` always gets the same
+    seed, whatever batch, process or run samples it."""
+    return [episode_seed(seed, record.id, j) for record in records for j in range(k)]
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
@@ -232,15 +232,6 @@ def summarise(lines: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -
 # --------------------------------------------------------------------------------------------------------- main
 
 
-def record_file(data: str, split: str) -> Path:
-    path = Path(data)
-    if path.is_dir():
-        path = path / "videos" / f"{split}.jsonl"
-    if not path.is_file():
-        raise SystemExit(f"--data {data}: no record file {path}")
-    return path
-
-
 def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], env: EnvConfig, dims: dict[str, str],
                  state: PartialState, out: Path) -> dict[str, float]:
     """Sample this process's remaining pairs, streaming one line per pair into its shard file."""
@@ -260,10 +251,9 @@ def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], e
             continue
         k = args.samples_per_pair
         envs = [VideoPairEnv(r.prompt, r.a.video, r.b.video, dims, env) for r in todo for _ in range(k)]
-        # The seed depends on the whole batch (as planned), so a redone batch samples what it sampled before.
         sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                  top_p=args.top_p, top_k=args.top_k, seed=batch_seed(args.seed, [r.id for r in batch]))
-        traces = engine.rollout(envs, sampling)
+                                  top_p=args.top_p, top_k=args.top_k)
+        traces = engine.rollout(envs, sampling, seeds=pair_seeds(args.seed, todo, k))
         with path.open("a", encoding="utf-8") as handle:
             for j, record in enumerate(todo):
                 line = pair_line(record, traces[j * k : (j + 1) * k], dims, env, args.keep_per_pair, out, source)
@@ -283,11 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         start_run_dir(out)
     state.wait_for_everyone()
-    model_manifest = read_manifest(args.model_path, expect_stage=INPUT_STAGES)
-    saved = load_judge_config(args.model_path)
-    if saved is None:
-        raise SystemExit(f"--model_path {args.model_path}: no {JUDGE_CONFIG_NAME} (episode settings of the model)")
-    env, dims = saved
+    model_manifest, env, dims = read_judge_input(args.model_path, INPUT_STAGES)
     path = record_file(args.data, args.split)
     records = list(read_records(path))[: args.max_pairs]
     for record in records:

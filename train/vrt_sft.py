@@ -35,14 +35,15 @@ from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
 from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
-from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
+from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
-from mmreward.manifest import MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
 from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
 from vr_thinker.env import EnvConfig
-from vr_thinker.judge import VRThinkerJudge, save_judge_config, score_results
+from vr_thinker.judge import VRThinkerJudge, score_results
 from vr_thinker.rollout import SamplingConfig
 from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
+from vr_thinker.stage_io import LoRAArguments, eval_record_file, require_settings, save_trained_judge
 from vr_thinker.trace_html import write_trace_html
 
 STAGE = "vrt_sft"
@@ -51,7 +52,7 @@ TRACES_NAME = "traces.jsonl"
 
 
 @dataclass
-class VRTSFTArguments:
+class VRTSFTArguments(LoRAArguments):
     """Stage settings besides TRL's ``SFTConfig`` (learning rate, steps, batch size, output_dir, ...)."""
 
     model_path: str = field(default=TINY, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
@@ -73,9 +74,6 @@ class VRTSFTArguments:
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
-    use_lora: bool = field(default=False, metadata={"help": "train LoRA adapters (merged on save) instead of all"})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha"})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
     eval_records: str | None = field(default=None, metadata={"help": "record JSONL to evaluate on (default: the "
                                                                         "synthetic dir's eval split)"})
@@ -99,10 +97,7 @@ class VRTSFTArguments:
 def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfig]:
     parser = TrlParser((VRTSFTArguments, SFTConfig))
     args, training = parser.parse_args_and_config(argv)
-    if not args.data:
-        parser.error("missing required setting --data")
-    if not training.output_dir:
-        parser.error("missing required setting --output_dir")
+    require_settings(parser, data=args.data, output_dir=training.output_dir)
     return args, training
 
 
@@ -118,7 +113,8 @@ def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]
         state.wait_for_everyone()
         return str(target), {}
     path = Path(spec)
-    manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() else {}
+    # A stage dir (finished, or left incomplete by a failed run) must pass read_manifest; a plain model dir has neither.
+    manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() or (path / INCOMPLETE_MARKER).exists() else {}
     return spec, manifest
 
 
@@ -146,15 +142,8 @@ def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
 
 
 def eval_records(args: VRTSFTArguments) -> list:
-    if args.eval_pairs <= 0:
-        return []
-    if args.eval_records is not None:
-        path = Path(args.eval_records)
-    else:
-        path = Path(args.data) / "videos" / f"{args.eval_split}.jsonl"
-        if not path.is_file():
-            raise SystemExit(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
-    return list(read_records(path))[: args.eval_pairs]
+    path = eval_record_file(args.eval_pairs, args.eval_records, args.data, args.eval_split)
+    return list(read_records(path))[: args.eval_pairs] if path is not None else []
 
 
 def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: VRTSFTArguments,
@@ -201,10 +190,14 @@ def main(argv: list[str] | None = None) -> dict:
     held_out = eval_records(args)
     data_seconds = time.perf_counter() - started
 
-    lora = LoRASettings(r=args.lora_r, alpha=args.lora_alpha, dropout=args.lora_dropout) if args.use_lora else None
+    # HF Trainer's resume reads checkpoint weights by raw state-dict keys, which for Qwen-VL models saved by
+    # transformers 5 do not match the live model's (nothing loads, only a warning): full fine-tuning resumes
+    # from the checkpoint's weights through from_pretrained instead (optimizer, scheduler, RNG, step still
+    # come from the Trainer's resume).
+    resume_weights = training.resume_from_checkpoint if training.resume_from_checkpoint and not args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(
-        path=model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
-        freeze_vision=args.freeze_vision, lora=lora, tool_chat_template=True,
+        path=resume_weights or model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
+        freeze_vision=args.freeze_vision, lora=args.lora(), tool_chat_template=True,
     ))
     metrics: dict = {}
     if held_out and args.eval_before and state.is_main_process:
@@ -220,12 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     state.wait_for_everyone()
 
     if state.is_main_process:
-        trained = trainer.accelerator.unwrap_model(trainer.model)
-        if isinstance(trained, PeftModel):
-            trained = trained.merge_and_unload()
-        trained.save_pretrained(out)
-        processor.save_pretrained(out)
-        save_judge_config(out, env, dims)
+        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env, dims)
         write_traces(out / TRACES_NAME, traces)
         write_trace_html(out / "example_trace.html", replay(traces[0]), title=traces[0].id, label=traces[0].label)
         resolved = {**asdict(args), **training.to_dict(), "model_path": model_dir}

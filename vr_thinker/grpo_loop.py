@@ -3,8 +3,9 @@
 One step (per process):
 
 1. Take ``pairs_per_step`` judging pairs (a pure function of the step, so a resumed run sees the same data) and
-   roll out ``group_size`` episodes of each with :class:`~vr_thinker.rollout.HFRolloutEngine` (sampling; the seed is
-   a function of the step too).
+   roll out ``group_size`` episodes of each with :class:`~vr_thinker.rollout.HFRolloutEngine` (sampling; episode g
+   of the pair at data position n has the seed ``episode_seed(seed, "train", n, g)``, whatever process or rollout
+   batch it lands in).
 2. Score every group with :func:`vr_thinker.rewards.group_rewards` and turn the totals into group-normalised
    advantages, shared by all turns of a trace (:func:`vr_thinker.grpo.group_advantages`).
 3. Build one row per assistant turn with the exact windowed context it saw (:func:`vr_thinker.grpo.rollout_rows`),
@@ -17,7 +18,7 @@ One step (per process):
 Logged every ``logging_steps`` (TensorBoard under ``log_dir`` and ``train_log.jsonl``): reward and its components
 (accuracy, format, exploration), verdict accuracy per dimension, tool calls, response length, turns, episode
 statuses, KL, clip fractions, entropy, loss, gradient norm, learning rate, timings. With ``eval_pairs`` the policy is
-also run on a fixed set every ``eval_steps`` (greedy or with a fixed sampling seed) and its mean reward logged.
+also run on a fixed set every ``eval_steps`` (greedy or with fixed per-pair sampling seeds) and its mean reward logged.
 
 Checkpoints ``checkpoints/step_N`` (model, optimizer, scheduler, loop state, RNG of every process) are written
 atomically every ``save_steps``; a restarted loop resumes from the newest one, and log lines written after it by a
@@ -28,14 +29,13 @@ need the full weights gathered for generation, which the HF rollout engine does 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,7 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import get_scheduler
 
-from mmreward.training.trainer import latest_checkpoint, save_checkpoint_atomically
+from mmreward.training.trainer import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint_atomically
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
 from vr_thinker.env import EnvConfig, VideoPairEnv
@@ -63,7 +63,7 @@ from vr_thinker.grpo import (
 )
 from vr_thinker.protocol import OVERALL, DimensionsLike, normalize_dimensions, verdicts_from_label
 from vr_thinker.rewards import RewardConfig, group_rewards
-from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
+from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
 
 LOG_NAME = "train_log.jsonl"
 Video = str | Path | VideoClip
@@ -156,28 +156,10 @@ class GRPOConfig:
     def loss(self) -> GRPOLossConfig:
         return GRPOLossConfig(self.clip_low, self.clip_high, self.kl_coef, self.entropy_coef)
 
-    def sampling(self, seed: int) -> SamplingConfig:
-        return SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=True, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p, seed=seed)
-
-
-@dataclass
-class LoopState:
-    """What a checkpoint restores besides model/optimizer/scheduler/RNG: the step (= data position)."""
-
-    step: int = 0
-
-    def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.step = int(state["step"])
-
-
-def step_seed(seed: int, step: int, process: int) -> int:
-    """Sampling seed of one step on one process; episodes add their index, so seeds are spread far apart."""
-    digest = hashlib.sha256(f"{seed}:{step}:{process}".encode()).digest()
-    return int.from_bytes(digest[:5], "little") * 4096
+    def sampling(self, greedy: bool = False) -> SamplingConfig:
+        """How episodes are generated (seeds are given per episode)."""
+        return SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=not greedy, temperature=self.temperature,
+                              top_k=self.top_k, top_p=self.top_p)
 
 
 def trace_summary(traces: Sequence[RolloutTrace], pairs: Sequence[JudgePair], rewards: Sequence[Any],
@@ -236,7 +218,7 @@ class GRPOLoop:
         self.env_config, self.dimensions = env_config, normalize_dimensions(dimensions)
         self.processor = processor
         self.collator = PolicyRowCollator(processor)
-        self.state = LoopState()
+        self.state = TrainerState()  # the step, which is also the data position
         # The reference is the starting policy: copied before any checkpoint is loaded into the model.
         self.ref_model = None
         if config.kl_coef > 0 and not isinstance(model, PeftModel):
@@ -273,12 +255,17 @@ class GRPOLoop:
         with model.disable_adapter():
             yield model
 
+    def step_positions(self, step: int) -> range:
+        """Data positions of ``step`` on this process: each process takes its own consecutive ``pairs_per_step``."""
+        acc, k = self.accelerator, self.cfg.pairs_per_step
+        start = (step * acc.num_processes + acc.process_index) * k
+        return range(start, start + k)
+
     def step_pairs(self, step: int) -> list[JudgePair]:
         """The pairs of ``step`` on this process: consecutive slices of per-epoch permutations."""
-        acc, k, n = self.accelerator, self.cfg.pairs_per_step, len(self.pairs)
-        start = (step * acc.num_processes + acc.process_index) * k
+        n = len(self.pairs)
         picked = []
-        for position in range(start, start + k):
+        for position in self.step_positions(step):
             epoch, offset = divmod(position, n)
             order = np.random.default_rng([self.cfg.seed, epoch]).permutation(n)
             picked.append(self.pairs[int(order[offset])])
@@ -288,9 +275,9 @@ class GRPOLoop:
         return [VideoPairEnv(p.prompt, p.video_1, p.video_2, self.dimensions, self.env_config)
                 for p in pairs for _ in range(copies)]
 
-    def rollout(self, envs: list[VideoPairEnv], sampling: SamplingConfig) -> list[RolloutTrace]:
+    def rollout(self, envs: list[VideoPairEnv], sampling: SamplingConfig, seeds: Sequence[int]) -> list[RolloutTrace]:
         """Episodes generated by the current policy (eval mode, no gradients), in batches of
-        ``rollout_batch_size``; each batch's episodes get seeds offset by their position in ``envs``."""
+        ``rollout_batch_size``; episode i samples with ``seeds[i]``, so batching does not change it."""
         model = self._generator_model()
         was_training = model.training
         model.eval()
@@ -298,7 +285,7 @@ class GRPOLoop:
         size = self.cfg.rollout_batch_size or len(envs)
         traces: list[RolloutTrace] = []
         for start in range(0, len(envs), size):
-            traces += engine.rollout(envs[start : start + size], replace(sampling, seed=sampling.seed + start))
+            traces += engine.rollout(envs[start : start + size], sampling, seeds=seeds[start : start + size])
         model.train(was_training)
         return traces
 
@@ -316,7 +303,9 @@ class GRPOLoop:
         started = time.perf_counter()
         pairs = self.step_pairs(self.state.step)
         envs = self._envs(pairs, cfg.group_size)
-        traces = self.rollout(envs, cfg.sampling(step_seed(cfg.seed, self.state.step, acc.process_index)))
+        seeds = [episode_seed(cfg.seed, "train", position, g)
+                 for position in self.step_positions(self.state.step) for g in range(cfg.group_size)]
+        traces = self.rollout(envs, cfg.sampling(), seeds)
         rollout_s = time.perf_counter() - started
 
         rewards = []
@@ -408,10 +397,8 @@ class GRPOLoop:
         mine = self.eval_pairs[acc.process_index :: acc.num_processes]
         rows = []
         if mine:
-            sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, do_sample=not cfg.eval_greedy,
-                                      temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                                      seed=step_seed(cfg.seed, -1, acc.process_index))
-            traces = self.rollout(self._envs(mine, cfg.eval_samples), sampling)
+            seeds = [episode_seed(cfg.seed, "eval", pair.id, j) for pair in mine for j in range(cfg.eval_samples)]
+            traces = self.rollout(self._envs(mine, cfg.eval_samples), cfg.sampling(greedy=cfg.eval_greedy), seeds)
             for g, pair in enumerate(mine):
                 group = traces[g * cfg.eval_samples : (g + 1) * cfg.eval_samples]
                 for trace, reward in zip(group, group_rewards([t.outcome for t in group], pair.label, self.reward_cfg)):
@@ -460,7 +447,7 @@ class GRPOLoop:
     def maybe_resume(self) -> Path | None:
         path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
         if path is not None:
-            self.accelerator.load_state(str(path))
+            load_checkpoint(self.accelerator, path)
             self._drop_logs_after(self.state.step)
             self.accelerator.print(f"resumed from {path} at step {self.state.step}")
         return path

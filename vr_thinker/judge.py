@@ -161,12 +161,14 @@ class VRThinkerJudge:
         return self.compare_many([(prompt, video_a, video_b)])[0]
 
     def compare_many(self, items: Iterable[tuple[str, Video, Video]]) -> list[JudgeResult]:
-        """Judge many pairs, ``batch_size`` episodes at a time."""
+        """Judge many pairs, ``batch_size`` episodes at a time; pair i samples with seed ``sampling.seed + i``,
+        so sampled verdicts do not depend on ``batch_size``."""
         envs = [self._env(prompt, a, b) for prompt, a, b in items]
         results: list[JudgeResult] = []
         for start in range(0, len(envs), self.batch_size):
             batch = envs[start : start + self.batch_size]
-            for env, trace in zip(batch, self.engine.rollout(batch, self.sampling)):
+            seeds = range(self.sampling.seed + start, self.sampling.seed + start + len(batch))
+            for env, trace in zip(batch, self.engine.rollout(batch, self.sampling, seeds=seeds)):
                 results.append(JudgeResult(dict(env.verdicts), trace.status, trace, env))
         return results
 

@@ -67,6 +67,20 @@ class RolloutError(RuntimeError):
     """The conversation cannot be turned into token ids that extend the generated ones (template, images)."""
 
 
+def episode_seed(*keys: object) -> int:
+    """A sampling seed for one episode from what identifies it (e.g. base seed, pair id, sample index): the same
+    keys give the same seed in any process, batch or run; distinct keys give unrelated seeds. 63 bits, valid for
+    ``torch.Generator.manual_seed`` and vLLM."""
+    digest = hashlib.sha256(":".join(str(key) for key in keys).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def _suppressed_ids(tokenizer: Any) -> list[int]:
+    """Vision placeholders are never valid output: an emitted <|image_pad|> would break the next prefill."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in _VISION_TOKENS if t in vocab]
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How each assistant turn is generated.
@@ -75,8 +89,9 @@ class SamplingConfig:
     do_sample: sample (True) or greedy argmax (False).
     temperature, top_k, top_p: sampling filters (top_k=0 and top_p=1.0 disable them).
     stop_strings: the turn also ends once its text ends with one of these (a finished tool call).
-    seed: sampling seed; episode i samples from its own generator seeded with ``seed + i``, so its tokens do not
-        depend on which other episodes share the batch.
+    seed: sampling seed; unless ``rollout`` is given per-episode seeds, episode i samples from its own generator
+        seeded with ``seed + i``. Either way an episode's tokens do not depend on which other episodes share the
+        batch.
     """
 
     max_new_tokens: int = 512
@@ -306,6 +321,7 @@ class _Episode:
     index: int
     env: VideoPairEnv
     forced: Sequence[str | None]
+    seed: int
     generator: torch.Generator
     generated: list[list[int]] = field(default_factory=list)  # per assistant turn, as it appears in later contexts
     turns: list[TurnTrace] = field(default_factory=list)
@@ -329,27 +345,44 @@ class RolloutEngine(ABC):
     """Runs episodes to the end, all running episodes advancing one assistant turn per step.
 
     ``forced[i][t]``, when given and not None, is teacher-forced as turn t of episode i instead of generating;
-    its context is still prefilled and timed (scripted episodes, replaying traces). Backends implement
-    :meth:`_turn`; episode i samples with seed ``sampling.seed + i``. ``rollout`` resets the envs itself.
+    its context is still prefilled and timed (scripted episodes, replaying traces). ``seeds[i]``, when given, is
+    episode i's sampling seed (else ``sampling.seed + i``); an episode samples from its own generator, so with the
+    same seed it gives the same tokens alone or in any batch (:func:`episode_seed` derives seeds from pair ids and
+    sample indices). Backends implement :meth:`_turn` and may hook :meth:`_begin` / :meth:`_end`. ``rollout``
+    resets the envs itself.
     """
 
     _builder: _ConversationBuilder  # set by each backend
     stop_ids: set[int]  # token ids that end a turn
 
+    @torch.inference_mode()
     def rollout(
         self,
         envs: Sequence[VideoPairEnv],
         sampling: SamplingConfig = SamplingConfig(),
         forced: Sequence[Sequence[str | None]] | None = None,
+        seeds: Sequence[int] | None = None,
     ) -> list[RolloutTrace]:
         if forced is not None and len(forced) != len(envs):
             raise ValueError(f"forced has {len(forced)} entries for {len(envs)} envs")
+        if seeds is not None and len(seeds) != len(envs):
+            raise ValueError(f"seeds has {len(seeds)} entries for {len(envs)} envs")
         episodes = []
         for i, env in enumerate(envs):
             env.reset()
-            generator = torch.Generator(device="cpu").manual_seed(sampling.seed + i)
-            episodes.append(_Episode(i, env, forced[i] if forced is not None else (), generator))
-        traces: list[RolloutTrace | None] = [None] * len(envs)
+            seed = int(seeds[i]) if seeds is not None else sampling.seed + i
+            generator = torch.Generator(device="cpu").manual_seed(seed)
+            episodes.append(_Episode(i, env, forced[i] if forced is not None else (), seed, generator))
+        self._builder.images.clear()
+        self._begin(len(envs))
+        try:
+            return self._run(episodes, sampling)
+        finally:
+            self._end()
+            self._builder.images.clear()  # pixels and vision features of this rollout's images
+
+    def _run(self, episodes: list[_Episode], sampling: SamplingConfig) -> list[RolloutTrace]:
+        traces: list[RolloutTrace | None] = [None] * len(episodes)
         running = episodes
         while running:
             self._turn(running, sampling)
@@ -372,6 +405,16 @@ class RolloutEngine(ABC):
     @abstractmethod
     def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
         """Generate the next assistant turn of every episode and :meth:`_record` it."""
+
+    def _begin(self, rows: int) -> None:
+        """A rollout of ``rows`` episodes starts."""
+
+    def _end(self) -> None:
+        """The rollout ended (also after an error)."""
+
+    def _contexts(self, episodes: list[_Episode]) -> list[_Context]:
+        """Every episode's current context as token ids that extend its generated turns."""
+        return [self._builder.build(ep.env.messages(), ep.env.tools, ep.generated) for ep in episodes]
 
     def _keep_rows(self, rows: list[int]) -> None:
         """Episodes at these positions of the running list go on; the others just finished."""
@@ -475,29 +518,16 @@ class HFRolloutEngine(RolloutEngine):
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.stop_ids = set(eos) | {self.tokenizer.eos_token_id}
-        vocab = self.tokenizer.get_vocab()
-        # Vision placeholders are never valid output: an emitted <|image_pad|> would break the next prefill.
-        self.suppress_ids = [vocab[t] for t in _VISION_TOKENS if t in vocab]
+        self.suppress_ids = _suppressed_ids(self.tokenizer)
         self._builder = _ConversationBuilder(processor)
         self._cache: DynamicCache | None = None
         self._mask = torch.zeros(0, 0, dtype=torch.long)  # [rows, cache length]: 1 = real token, 0 = pad slot
 
-    # -------------------------------------------------------------------------------------------- public API
+    def _begin(self, rows: int) -> None:
+        self._cache, self._mask = None, torch.zeros(rows, 0, dtype=torch.long)
 
-    @torch.inference_mode()
-    def rollout(
-        self,
-        envs: Sequence[VideoPairEnv],
-        sampling: SamplingConfig = SamplingConfig(),
-        forced: Sequence[Sequence[str | None]] | None = None,
-    ) -> list[RolloutTrace]:
-        self._builder.images.clear()
-        self._cache, self._mask = None, torch.zeros(len(envs), 0, dtype=torch.long)
-        try:
-            return super().rollout(envs, sampling, forced)
-        finally:
-            self._cache = None
-            self._builder.images.clear()  # pixels and vision features of this rollout's images
+    def _end(self) -> None:
+        self._cache = None
 
     def _keep_rows(self, rows: list[int]) -> None:
         if self._cache is not None:
@@ -514,7 +544,7 @@ class HFRolloutEngine(RolloutEngine):
             self._cache, self._mask = None, torch.zeros(len(episodes), 0, dtype=torch.long)
             for ep in episodes:
                 ep.cached_keys = np.zeros(0, dtype=np.int64)
-        built = [self._builder.build(ep.env.messages(), ep.env.tools, ep.generated) for ep in episodes]
+        built = self._contexts(episodes)
         kept, next_pos, logits = self._prefill(episodes, built)
         outputs, first_token_at = self._decode(episodes, logits, next_pos, sampling)
         ttft, decode_s = first_token_at - start, time.perf_counter() - first_token_at
@@ -741,8 +771,9 @@ class VLLMRolloutEngine(RolloutEngine):
 
     Trace fields: ``reused_tokens`` is vLLM's count of prefix-cache hits where reported (else 0); ``ttft_s`` is
     the request's first-token latency where vLLM reports it, else the time until the turn's batch returned;
-    logprobs come from vLLM (none for forced turns); logits are not recorded. A teacher-forced turn sends its context with ``max_tokens=1`` so the prefill
-    still happens (and lands in the prefix cache) and is timed.
+    logprobs come from vLLM (none for forced turns); logits are not recorded. A teacher-forced turn sends its
+    context with ``max_tokens=1`` so the prefill still happens (and lands in the prefix cache) and is timed. Each
+    turn samples with a seed derived from its episode's seed and the turn index.
     """
 
     def __init__(self, llm: Any, processor: Any, **llm_kwargs: Any):
@@ -755,20 +786,7 @@ class VLLMRolloutEngine(RolloutEngine):
         self._builder = _ConversationBuilder(processor)
         eos = self.llm.get_tokenizer().eos_token_id
         self.stop_ids = {eos} if eos is not None else set()
-        vocab = processor.tokenizer.get_vocab()
-        self.suppress_ids = [vocab[t] for t in _VISION_TOKENS if t in vocab]
-
-    def rollout(
-        self,
-        envs: Sequence[VideoPairEnv],
-        sampling: SamplingConfig = SamplingConfig(),
-        forced: Sequence[Sequence[str | None]] | None = None,
-    ) -> list[RolloutTrace]:
-        self._builder.images.clear()
-        try:
-            return super().rollout(envs, sampling, forced)
-        finally:
-            self._builder.images.clear()
+        self.suppress_ids = _suppressed_ids(processor.tokenizer)
 
     def _params(self, sampling: SamplingConfig, seed: int, forced: bool) -> Any:
         return self._vllm.SamplingParams(
@@ -787,7 +805,7 @@ class VLLMRolloutEngine(RolloutEngine):
 
     def _turn(self, episodes: list[_Episode], sampling: SamplingConfig) -> None:
         start = time.perf_counter()
-        built = [self._builder.build(ep.env.messages(), ep.env.tools, ep.generated) for ep in episodes]
+        built = self._contexts(episodes)
         forced = [self._forced_text(ep) for ep in episodes]
         prompts, params = [], []
         for ep, ctx, text in zip(episodes, built, forced):
@@ -796,7 +814,7 @@ class VLLMRolloutEngine(RolloutEngine):
                 prompt["multi_modal_data"] = {"image": [image.image for image in ctx.images]}
             prompts.append(prompt)
             # One seed per episode and turn: reproducible, independent of the batch.
-            params.append(self._params(sampling, sampling.seed + ep.index + 100_003 * len(ep.turns), text is not None))
+            params.append(self._params(sampling, episode_seed(ep.seed, len(ep.turns)), text is not None))
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         returned = time.perf_counter()
         for ep, ctx, text, out in zip(episodes, built, forced, outputs):

@@ -165,28 +165,22 @@ def _config(
             patch_size=14,
         )
         return Qwen2VLConfig(text_config=text, vision_config=vision, **tokens)
+    # Qwen2.5-VL and Qwen3-VL share the vision fields below; each adds its own patch size and extras.
+    vision = dict(
+        depth=vision_depth,
+        hidden_size=vision_hidden_size,
+        intermediate_size=2 * vision_hidden_size,
+        num_heads=vision_heads,
+        out_hidden_size=hidden_size,
+    )
     if family == "qwen2_5_vl":
-        vision = dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden_size,
-            intermediate_size=2 * vision_hidden_size,
-            num_heads=vision_heads,
-            out_hidden_size=hidden_size,
-            patch_size=14,
-            window_size=112,
-            fullatt_block_indexes=[vision_depth - 1],
-        )
+        vision.update(patch_size=14, window_size=112, fullatt_block_indexes=[vision_depth - 1])
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
     if family == "qwen3_vl":
         text["head_dim"] = head_dim
         text["rope_parameters"]["mrope_interleaved"] = True
         text["rope_parameters"]["rope_theta"] = 5_000_000.0
-        vision = dict(
-            depth=vision_depth,
-            hidden_size=vision_hidden_size,
-            intermediate_size=2 * vision_hidden_size,
-            num_heads=vision_heads,
-            out_hidden_size=hidden_size,
+        vision.update(
             patch_size=16,
             num_position_embeddings=64,  # an 8x8 learned grid, interpolated to the image size
             deepstack_visual_indexes=[0],

@@ -20,12 +20,7 @@ import vrt_sft  # noqa: E402  (the next stage reads the output)
 from vrt_tiny_judge import synthetic_videos, tiny_judge  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +113,15 @@ def test_refuses_to_resume_shards_sampled_otherwise(straight, judge, data, tmp_p
         stage.main(_args(judge, data, out, "--samples_per_pair", "3"))
 
 
-def test_shards_split_pairs_and_seeds_follow_the_batch():
+def test_shards_split_pairs_and_seeds_follow_the_pair():
     records = [type("R", (), {"id": f"p{i}"})() for i in range(7)]
     shards = [stage.my_batches(records, rank, 3, 2) for rank in range(3)]
     assert [[[r.id for r in b] for b in s] for s in shards] == [
         [["p0", "p3"], ["p6"]], [["p1", "p4"]], [["p2", "p5"]]]
-    assert stage.batch_seed(0, ["p0", "p3"]) == stage.batch_seed(0, ["p0", "p3"]) != stage.batch_seed(0, ["p1"])
+    # Sample j of a pair has the same seed in any batch; other pairs, samples and base seeds get other seeds.
+    together = stage.pair_seeds(0, [records[0], records[3]], 2)
+    assert together == stage.pair_seeds(0, [records[0]], 2) + stage.pair_seeds(0, [records[3]], 2)
+    assert len(set(together)) == 4 and stage.pair_seeds(1, [records[0]], 2) != together[:2]
 
 
 def test_read_shard_drops_a_cut_last_line(tmp_path):
@@ -157,3 +155,57 @@ def test_two_processes_shard_the_pairs(judge, data, tmp_path):
     assert [p.name for p in shards] == ["shard-00000-of-00002.jsonl", "shard-00001-of-00002.jsonl"]
     assert [[line["id"] for line in stage.read_shard(p)] for p in shards] == [
         ["vid-train-000000", "vid-train-000002"], ["vid-train-000001", "vid-train-000003"]]
+
+
+def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_output(straight, judge, data, tmp_path):
+    """A real SIGKILL at a random moment after the first pair's lines are flushed: the rerun samples only the
+    missing pairs, every pair id ends up in the shards exactly once, and the kept traces equal an uninterrupted
+    run's. One pair per batch here (two in the uninterrupted run): seeds follow the pair, not its batch, and
+    three batches still to go leave the kill a wide window even when a loaded machine is slow to poll."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import time
+
+    killed = tmp_path / "killed"
+    args = _args(judge, data, killed, "--pairs_per_batch", "1")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "vrt_rejection.py"), *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    while len(stage.done_ids(killed)) < 1:
+        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no finished batch within 300 s"
+        time.sleep(0.05)
+    time.sleep(random.uniform(0.0, 0.5))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before the kill"
+    assert (killed / "INCOMPLETE").exists() and not (killed / "manifest.json").exists()
+    done = stage.done_ids(killed)
+    assert 1 <= len(done) < 4, done
+
+    metrics = stage.main(args)
+    assert metrics["pairs_sampled_by_this_run"] == 4 - len(done) and metrics["pairs"] == 4
+    ids = [line["id"] for p in sorted((killed / "shards").glob("shard-*.jsonl")) for line in stage.read_shard(p)]
+    assert sorted(ids) == sorted(set(ids)) and len(ids) == 4  # nothing lost, nothing duplicated
+    assert (killed / stage.TRACES_NAME).read_text() == (straight[0] / stage.TRACES_NAME).read_text()
+    assert read_manifest(killed, expect_stage="vrt_rejection")["metrics"]["samples"] == 24
+
+
+def test_refuses_an_unfinished_or_edited_model_dir(judge, data, tmp_path):
+    """The input judge must be a finished stage directory whose files match its manifest checksums."""
+    import shutil
+
+    from mmreward.manifest import RunDirError
+
+    unfinished = shutil.copytree(judge, tmp_path / "unfinished")
+    (unfinished / "INCOMPLETE").write_text("started\n")
+    with pytest.raises(RunDirError, match="did not finish"):
+        stage.main(_args(unfinished, data, tmp_path / "out1"))
+    edited = shutil.copytree(judge, tmp_path / "edited")
+    with (edited / "model.safetensors").open("r+b") as handle:
+        handle.truncate((edited / "model.safetensors").stat().st_size - 8)
+    with pytest.raises(RunDirError, match="model.safetensors: checksum differs"):
+        stage.main(_args(edited, data, tmp_path / "out2"))

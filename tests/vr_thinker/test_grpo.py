@@ -27,19 +27,14 @@ from vr_thinker.grpo import (
     token_logprobs,
     token_weights,
 )
-from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, step_seed
+from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair
 from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
 
 DIMS = {"VQ": ""}
 ANSWER = "<think>Decide.</think>\nVQ: \\boxed{1}\nOverall: \\boxed{2}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 # ------------------------------------------------------------------------------------------------ exact values
@@ -308,14 +303,32 @@ def test_one_step_changes_trainable_parameters_only(tiny, tmp_path, mode):
         assert math.isfinite(metrics[key]), key
 
 
-def test_step_data_and_seeds_are_a_function_of_the_step(tiny, tmp_path):
+def test_step_data_is_a_function_of_the_step(tiny, tmp_path):
     path, model, processor = tiny
     try:
         loop = _loop(model, processor, tmp_path, max_steps=1, entropy_coef=0.0, kl_coef=0.0)
         pairs = [JudgePair(f"p{i}", "x", None, None, {"overall": 1}) for i in range(5)]  # type: ignore[arg-type]
         loop.pairs, loop.cfg.pairs_per_step = pairs, 2
         seen = [p.id for step in range(5) for p in loop.step_pairs(step)]
+        positions = [list(loop.step_positions(step)) for step in range(3)]
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert sorted(seen[:5]) == sorted(seen[5:]) == [f"p{i}" for i in range(5)]  # every pair once per epoch
-    assert step_seed(0, 1, 0) == step_seed(0, 1, 0) != step_seed(0, 2, 0) != step_seed(1, 1, 0)
+    assert positions == [[0, 1], [2, 3], [4, 5]]  # the keys of the episodes' sampling seeds
+
+
+def test_loop_rollouts_do_not_depend_on_the_rollout_batch(tiny, tmp_path):
+    """Episode i samples with seeds[i]: one batch of four or four batches of one give the same tokens."""
+    path, model, processor = tiny
+    try:
+        loop = _loop(model, processor, tmp_path, max_new_tokens=6)
+        envs = lambda: loop._envs(loop.pairs, 4)  # noqa: E731
+        seeds = [11, 12, 13, 11]
+        together = loop.rollout(envs(), loop.cfg.sampling(), seeds)
+        loop.cfg.rollout_batch_size = 1
+        one_by_one = loop.rollout(envs(), loop.cfg.sampling(), seeds)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+    tokens = [[t.generated_ids for t in trace.turns] for trace in together]
+    assert tokens == [[t.generated_ids for t in trace.turns] for trace in one_by_one]
+    assert tokens[0] == tokens[3] and len({str(t) for t in tokens[:3]}) == 3

@@ -1,4 +1,4 @@
-"""Judge results and their scores against labels (exact values; no model needed)."""
+"""Judge results and their scores against labels (exact values), and sampled judging independent of the batch size."""
 
 import pytest
 
@@ -62,3 +62,36 @@ def test_judge_config_round_trip(tmp_path):
     (tmp_path / "vr_thinker.json").write_text('{"env": {"frames": 3}, "dimensions": []}')
     with pytest.raises(ValueError, match="not a valid judge config"):
         load_judge_config(tmp_path)
+
+
+def test_sampled_verdicts_do_not_depend_on_the_batch_size(tmp_path):
+    """Pair i samples with seed sampling.seed + i, whether judged alone, in a batch of two or of three."""
+    import numpy as np
+    import torch
+
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from vr_thinker.env import frame_pool_from_arrays
+    from vr_thinker.judge import VRThinkerJudge
+    from vr_thinker.rollout import SamplingConfig
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, processor = load_vlm(VLMLoadConfig(path=str(build_tiny_vlm(tmp_path / "m")), dtype="float32",
+                                                  tool_chat_template=True))
+        rng = np.random.default_rng(0)
+        items = [(f"pair {i}", *(frame_pool_from_arrays(rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8))
+                                 for _ in "ab")) for i in range(3)]
+        env = EnvConfig(pool_frames=8, initial_frames=1, max_turns=2)
+        sampling = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=1.5, seed=3)
+
+        def tokens(batch_size: int) -> list:
+            judge = VRThinkerJudge(model, processor, env, ["VQ"], sampling, batch_size=batch_size)
+            return [[t.generated_ids for t in r.trace.turns] for r in judge.compare_many(items)]
+
+        one = tokens(1)
+        assert one == tokens(2) == tokens(3)
+        assert len({str(t) for t in one}) == 3
+    finally:
+        torch.set_num_threads(threads)

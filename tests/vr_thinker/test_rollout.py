@@ -21,19 +21,13 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE
 from mmreward.backbones.tiny import build_tiny_vlm
 from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
-from vr_thinker.rollout import HFRolloutEngine, RolloutError, RolloutTrace, SamplingConfig
+from vr_thinker.rollout import HFRolloutEngine, RolloutError, RolloutTrace, SamplingConfig, episode_seed
 
 ATOL = 1e-5
 GREEDY = SamplingConfig(max_new_tokens=12, do_sample=False)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Tiny models run fastest on one thread, and the CPUs are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 
 class TinyModels:
@@ -301,3 +295,31 @@ def test_cached_turns_match_full_prefill_on_gpu(tiny):
             assert torch.isfinite(turn.logits).all()
             _, ref = reference_logits(gpu_model, processor, env, t, turn.generated_ids)
             torch.testing.assert_close(turn.logits, ref, atol=1e-4, rtol=0)
+
+
+def test_episode_seed_is_a_hash_of_its_keys():
+    assert episode_seed(0, "p0", 1) == 7128917825690281717  # sha256("0:p0:1"), first 8 bytes little-endian, >> 1
+    assert episode_seed(0, "p0", 2) == 4190317396093986562
+    assert episode_seed(1, "p0", 1) == 8577957688225636906
+    assert torch.Generator().manual_seed(episode_seed("a", 2**70)).initial_seed() == episode_seed("a", 2**70)
+
+
+def test_per_episode_seeds_make_samples_independent_of_batch_mates(tiny):
+    """Sampled (nothing forced): an episode with seed s gives the same tokens alone, first or last in a batch, next
+    to any other episodes; the default seeds (sampling.seed + i) follow the position instead."""
+    model, processor = tiny()
+    engine = HFRolloutEngine(model, processor)
+    sampling = SamplingConfig(max_new_tokens=8, do_sample=True, temperature=1.5, seed=5)
+
+    def tokens(envs: list[int], seeds: list[int] | None) -> list[list[list[int]]]:
+        traces = engine.rollout([make_env(e, max_turns=2) for e in envs], sampling, seeds=seeds)
+        return [[t.generated_ids for t in trace.turns] for trace in traces]
+
+    alone = tokens([0], [101])[0]
+    assert tokens([0, 1, 2], [101, 7, 8])[0] == alone
+    assert tokens([2, 1, 0], [8, 9, 101])[2] == alone
+    assert tokens([0], [102])[0] != alone
+    by_position = tokens([1, 0], None)[1]  # episode 0 in second place samples with seed 5 + 1
+    assert by_position == tokens([0], [6])[0]
+    with pytest.raises(ValueError, match="seeds has 1 entries for 2 envs"):
+        engine.rollout([make_env(0), make_env(1)], sampling, seeds=[1])

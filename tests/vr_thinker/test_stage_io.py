@@ -1,0 +1,65 @@
+"""What the VR-Thinker stage scripts share: required settings, record files, the input judge, LoRA fields."""
+
+import argparse
+
+import pytest
+
+from mmreward.backbones.vlm import LoRASettings
+from mmreward.manifest import RunDirError, finalize_run_dir, start_run_dir
+from vr_thinker.env import EnvConfig
+from vr_thinker.judge import save_judge_config
+from vr_thinker.stage_io import (
+    LoRAArguments,
+    eval_record_file,
+    read_judge_input,
+    record_file,
+    require_settings,
+)
+
+
+def test_require_settings_names_every_missing_one(capsys):
+    parser = argparse.ArgumentParser(prog="stage")
+    require_settings(parser, model_path="m", data="d")
+    with pytest.raises(SystemExit):
+        require_settings(parser, model_path="", data="d", output_dir=None)
+    assert "missing required setting(s): --model_path, --output_dir" in capsys.readouterr().err
+
+
+def test_record_file_and_eval_record_file(tmp_path):
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "train.jsonl").write_text("")
+    (tmp_path / "videos" / "val.jsonl").write_text("")
+    assert record_file(str(tmp_path), "train") == tmp_path / "videos" / "train.jsonl"
+    assert record_file(str(tmp_path / "videos" / "val.jsonl"), "ignored") == tmp_path / "videos" / "val.jsonl"
+    with pytest.raises(SystemExit, match="no record file .*test.jsonl"):
+        record_file(str(tmp_path), "test")
+    assert eval_record_file(0, None, str(tmp_path), "val") is None
+    assert eval_record_file(2, None, str(tmp_path), "val") == tmp_path / "videos" / "val.jsonl"
+    assert eval_record_file(2, "other.jsonl", str(tmp_path), "val").name == "other.jsonl"
+    with pytest.raises(SystemExit, match="--eval_pairs needs --eval_records"):
+        eval_record_file(2, None, str(tmp_path), "test")
+
+
+def test_read_judge_input_checks_the_stage_and_the_judge_config(tmp_path):
+    run = tmp_path / "sft"
+    start_run_dir(run)
+    (run / "weights.bin").write_bytes(b"w")
+    finalize_run_dir(run, "vrt_sft", inputs={}, metrics={})
+    with pytest.raises(SystemExit, match="no vr_thinker.json"):
+        read_judge_input(str(run), ("vrt_sft",))
+    with pytest.raises(RunDirError):
+        read_judge_input(str(run), ("vrt_grpo",))
+
+    judged = tmp_path / "judged"
+    start_run_dir(judged)
+    env = EnvConfig(pool_frames=8, initial_frames=2)
+    save_judge_config(judged, env, ["VQ"])
+    finalize_run_dir(judged, "vrt_grpo", inputs={}, metrics={})
+    manifest, loaded_env, dims = read_judge_input(str(judged), ("vrt_sft", "vrt_grpo"))
+    assert manifest["stage"] == "vrt_grpo" and loaded_env == env and list(dims) == ["VQ"]
+
+
+def test_lora_arguments():
+    assert LoRAArguments().lora() is None
+    assert LoRAArguments(use_lora=True, lora_r=4, lora_alpha=8, lora_dropout=0.1).lora() == LoRASettings(
+        r=4, alpha=8, dropout=0.1)
