@@ -2,7 +2,10 @@
 
 `python -m mmreward.demo --out runs/demo` (what `make demo` runs) generates the synthetic preference
 set, builds tiny random backbones, runs each training / evaluation stage as the user would (the
-stage scripts under train/ and eval/, as subprocesses, chained by their output directories), and
+stage scripts under train/ and eval/, as subprocesses, chained by their output directories):
+BaseReward, RewardDance, a demo-sized VR-Thinker chain (train/configs/vrt_*_demo.yaml; `--vr-thinker
+full` runs train/vr_thinker.sh instead, `off` skips it), the evaluation of every model on the held-out
+video pairs and a humanoid SAC run with a CLIP reward. It prints the wall and CPU time of each step and
 writes `report.html` with tables and plots computed in this run.
 
 The library never imports the stage scripts (DESIGN.md); the demo runs them from the checkout.
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import resource
 import subprocess
 import sys
 import time
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import yaml
 from tqdm.auto import tqdm
 
 from mmreward.backbones.clip import build_tiny_clip
@@ -38,23 +44,73 @@ class DemoContext:
     seed: int
     report: Report
     paths: dict[str, Path] = field(default_factory=dict)
-    timings: dict[str, float] = field(default_factory=dict)
 
 
-def run_script(script: str, args: list[str], log_path: Path) -> None:
-    """Run a stage script from the checkout (Python with this interpreter, shell scripts with bash);
-    its output goes to `log_path`."""
+# (done, total) of a running stage, or None while it has not reported any progress yet.
+Progress = Callable[[], tuple[int, int | None] | None]
+POLL_SECONDS = 1.0
+_TQDM_COUNT = re.compile(rb"(\d+)/(\d+) \[")
+
+
+def log_progress(log_path: Path) -> Progress:
+    """The last `n/total [` count a tqdm bar wrote into a stage's log (Hugging Face trainers, the evaluation)."""
+    def read() -> tuple[int, int | None] | None:
+        try:
+            with open(log_path, "rb") as log:
+                log.seek(max(log.seek(0, os.SEEK_END) - 4096, 0))
+                counts = _TQDM_COUNT.findall(log.read())
+        except OSError:
+            return None
+        return (int(counts[-1][0]), int(counts[-1][1])) if counts else None
+    return read
+
+
+def train_log_progress(path: Path, total: int) -> Progress:
+    """The last logged `step` of a `train_log.jsonl` (the reward trainer, the GRPO loop) out of `total` steps."""
+    def read() -> tuple[int, int | None] | None:
+        try:
+            lines = path.read_text().split("\n")[:-1]  # after the last newline: a line still being written
+        except OSError:
+            return None
+        steps = [json.loads(line).get("step", 0) for line in lines[-5:] if line.strip()]
+        return (max(steps), total) if steps else None
+    return read
+
+
+def line_count_progress(folder: Path, pattern: str, total: int) -> Progress:
+    """Complete lines in the files `folder/pattern` out of `total` (rejection sampling: one line per pair)."""
+    def read() -> tuple[int, int | None]:
+        return sum(p.read_bytes().count(b"\n") for p in folder.glob(pattern)), total
+    return read
+
+
+def run_script(script: str, args: list[str], log_path: Path, progress: Progress | None = None,
+               extra_env: dict[str, str] | None = None) -> None:
+    """Run a stage script from the checkout (Python with this interpreter, shell scripts with bash); its output
+    goes to `log_path`. A second bar follows the stage through `progress` (elapsed time only without one)."""
     path = REPO_ROOT / script
     if not path.exists():
         raise FileNotFoundError(f"{path}: stage script missing; the demo must run from a source checkout")
     launcher = ["bash"] if path.suffix == ".sh" else [sys.executable]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHON": sys.executable, **(extra_env or {})}
     env.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
     env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.run([*launcher, str(path), *args], stdout=log, stderr=subprocess.STDOUT,
-                              cwd=REPO_ROOT, env=env)
+    with open(log_path, "w") as log, tqdm(desc=f"  {log_path.stem}", leave=False, dynamic_ncols=True) as bar:
+        proc = subprocess.Popen([*launcher, str(path), *args], stdout=log, stderr=subprocess.STDOUT,
+                                cwd=REPO_ROOT, env=env)
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL_SECONDS)
+                state = progress() if progress is not None else None
+                if state is not None:
+                    bar.total, bar.n = state[1], state[0]
+                bar.refresh()
+        finally:  # the demo stopping (an error, Ctrl-C) stops the stage too
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if proc.returncode != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(f"{script} failed (exit {proc.returncode}); log {log_path}:\n{tail}")
@@ -132,6 +188,7 @@ def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str)
          "--train_file", str(data / "train.jsonl"), "--val_file", str(data / "val.jsonl"),
          "--output_dir", str(run), "--max_steps", str(DEMO_REWARD_STEPS[name])],
         ctx.out / "logs" / f"{name}.log",
+        progress=train_log_progress(run / "logs" / "train_log.jsonl", DEMO_REWARD_STEPS[name]),
     )
     ctx.paths[name] = run
     return run
@@ -177,43 +234,159 @@ def _stage_metrics(run: Path) -> dict:
     return json.loads((run / "manifest.json").read_text())["metrics"]
 
 
+# The VR-Thinker recipe of train/vr_thinker.sh (48 px clips of 8 frames, a tiny VLM with eight attention heads) at
+# demo size: 24 training pairs and the train/configs/vrt_*_demo.yaml stage settings. Its test split holds the main
+# set's 64 held-out video pairs (same seed) rendered in that format, which the tiny judge was trained on.
+VRT_DATA = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(24, 8, 64), num_frames=8,
+                           video_size=48)
+
+
+def check_same_pairs(reference: Path, other: Path) -> None:
+    """Refuse to compare models on different pairs: `other` must hold the ids, prompts and labels of `reference`."""
+    def keys(path: Path) -> list[tuple]:
+        return [(r["id"], r["prompt"], json.dumps(r["label"], sort_keys=True)) for r in _read_jsonl(path)]
+    if keys(reference) != keys(other):
+        raise RuntimeError(f"{other}: not the pairs of {reference} (ids, prompts or labels differ); the VR-Thinker "
+                           "judge would be evaluated on other pairs than the reward models")
+VRT_CONFIGS = {"sft": "train/configs/vrt_sft_demo.yaml", "rejection": "train/configs/vrt_rejection_demo.yaml",
+               "sft2": "train/configs/vrt_sft2_demo.yaml", "grpo": "train/configs/vrt_grpo_demo.yaml"}
+
+
+def _config_value(config: str, key: str) -> int:
+    """One top-level setting of a stage config (progress bars and the report need the step counts)."""
+    return int(yaml.safe_load((REPO_ROOT / config).read_text())[key])
+
+
 def step_vr_thinker(ctx: DemoContext) -> None:
-    """Cold-start SFT -> rejection sampling -> SFT -> GRPO (train/vr_thinker.sh), chained by manifests."""
+    """Cold-start SFT -> rejection sampling -> SFT on the kept traces -> GRPO, demo-sized, chained by manifests."""
     runs = ctx.out / "vr_thinker"
-    run_script("train/vr_thinker.sh", [str(runs)], ctx.out / "logs" / "vr_thinker.log")
-    ctx.paths["vrt_final"] = runs / "grpo"
+    data = runs / "synthetic"
+    generate_synthetic(data, seed=ctx.seed, config=VRT_DATA)
+    check_same_pairs(ctx.out / "data" / "videos" / "test.jsonl", data / "videos" / "test.jsonl")
+    base = build_tiny_vlm(runs / "base", seed=ctx.seed, num_heads=8, num_kv_heads=4)
+    val = data / "videos" / "val.jsonl"
+
+    def stage(name: str, script: str, model: Path, stage_data: Path, extra: list[str], progress: Progress) -> Path:
+        out = runs / name
+        run_script(script, ["--config", VRT_CONFIGS[name], "--model_path", str(model), "--data", str(stage_data),
+                            "--output_dir", str(out), *extra], ctx.out / "logs" / f"vrt_{name}.log", progress)
+        return out
+
+    sft = stage("sft", "train/vrt_sft.py", base, data, [], log_progress(ctx.out / "logs" / "vrt_sft.log"))
+    rejection = stage("rejection", "train/vrt_rejection.py", sft, data, [],
+                      line_count_progress(runs / "rejection" / "shards", "shard-*.jsonl",
+                                          _config_value(VRT_CONFIGS["rejection"], "max_pairs")))
+    policy = sft
+    if _stage_metrics(rejection)["kept_traces"]:
+        policy = stage("sft2", "train/vrt_sft.py", sft, rejection, ["--eval_records", str(val)],
+                       log_progress(ctx.out / "logs" / "vrt_sft2.log"))
+    else:  # an empty kept set cannot be trained on: GRPO starts from the cold-start model (the report says so)
+        tqdm.write("VR-Thinker: rejection sampling kept no traces; GRPO starts from the cold-start SFT model")
+    grpo = stage("grpo", "train/vrt_grpo.py", policy, data, [],
+                 train_log_progress(runs / "grpo" / "logs" / "train_log.jsonl",
+                                    _config_value(VRT_CONFIGS["grpo"], "max_steps")))
+    ctx.paths["vrt_final"], ctx.paths["vrt_test"] = grpo, data / "videos" / "test.jsonl"
+    ctx.report.heading("VR-Thinker: SFT -> rejection sampling -> SFT -> GRPO")
+    ctx.report.text(
+        "A SHORT demo-sized chain: a tiny random VLM (two layers, width 64), 24 synthetic training pairs of 48 px "
+        f"clips, {_config_value(VRT_CONFIGS['sft'], 'max_steps')} cold-start SFT steps, rejection sampling on "
+        f"{_config_value(VRT_CONFIGS['rejection'], 'max_pairs')} pairs x "
+        f"{_config_value(VRT_CONFIGS['rejection'], 'samples_per_pair')} samples, "
+        f"{_config_value(VRT_CONFIGS['sft2'], 'max_steps')} SFT steps on the kept traces and "
+        f"{_config_value(VRT_CONFIGS['grpo'], 'max_steps')} GRPO steps (settings: train/configs/vrt_*_demo.yaml), "
+        "each judged greedily on a few held-out pairs. Every figure below was measured in this run, on so few "
+        "pairs that one pair moves a rate by 0.125 or more. The full CPU chain (more rejection samples, longer "
+        "GRPO, 8 eval pairs per stage) is `bash train/vr_thinker.sh` or `python -m mmreward.demo --vr-thinker "
+        "full`; its measured figures are in that script's header.",
+        note=True,
+    )
+    if policy == sft:
+        ctx.report.text("Rejection sampling kept no traces in this run, so the second SFT was skipped and GRPO "
+                        "started from the cold-start SFT model.", note=True)
+    _report_vr_thinker(ctx, runs)
+
+
+def step_vr_thinker_full(ctx: DemoContext) -> None:
+    """The full CPU chain of train/vr_thinker.sh (several times longer than the demo-sized one)."""
+    runs = ctx.out / "vr_thinker"
+    test_pairs = VRT_DATA.video_splits.test  # the main test pairs in the chain's clip format, for the evaluation
+    run_script("train/vr_thinker.sh", [str(runs)], ctx.out / "logs" / "vr_thinker.log",
+               log_progress(ctx.out / "logs" / "vr_thinker.log"), extra_env={"VIDEO_SIZES": f"32,8,{test_pairs}"})
+    check_same_pairs(ctx.out / "data" / "videos" / "test.jsonl", runs / "synthetic" / "videos" / "test.jsonl")
+    ctx.paths["vrt_final"], ctx.paths["vrt_test"] = runs / "grpo", runs / "synthetic" / "videos" / "test.jsonl"
+    ctx.report.heading("VR-Thinker: SFT -> rejection sampling -> SFT -> GRPO (full CPU chain)")
+    ctx.report.text("train/vr_thinker.sh on its own synthetic set: tiny random model, 48 px clips of 8 frames; "
+                    "every figure below was measured in this run.", note=True)
+    _report_vr_thinker(ctx, runs)
+
+
+def _sft_loss(run: Path) -> tuple[list[int], list[float]]:
+    """The SFT loss curve from the trainer state of the stage's last checkpoint (empty without one)."""
+    states = sorted((run / "checkpoints").glob("checkpoint-*/trainer_state.json"),
+                    key=lambda p: int(p.parent.name.rpartition("-")[2]))
+    if not states:
+        return [], []
+    log = [entry for entry in json.loads(states[-1].read_text())["log_history"] if "loss" in entry]
+    return [entry["step"] for entry in log], [float(entry["loss"]) for entry in log]
+
+
+def _report_vr_thinker(ctx: DemoContext, runs: Path) -> None:
+    """Stage-by-stage table, SFT loss and GRPO reward curves, example traces with their frames."""
     rows = []
     for stage in ("sft", "sft2"):
+        if not (runs / stage / "manifest.json").exists():
+            continue
         metrics = _stage_metrics(runs / stage)
         for when in ("eval_before", "eval_after"):
             if when in metrics:
-                rows.append({"stage": f"{stage} ({when.removeprefix('eval_')})",
+                rows.append({"stage": f"{stage} ({when.removeprefix('eval_')})", "eval pairs": metrics[when]["pairs"],
                              "format-valid rate": metrics[when]["format_valid_rate"],
-                             "overall accuracy": metrics[when]["overall_accuracy"]})
-    rejection = _stage_metrics(runs / "rejection")
-    rows.append({"stage": "rejection sampling", "acceptance rate": rejection["acceptance_rate"],
-                 "kept traces": rejection["kept_traces"]})
+                             "overall accuracy": metrics[when]["overall_accuracy"],
+                             "mean accuracy reward": metrics[when]["mean_accuracy_reward"]})
+        if stage == "sft":
+            rejection = _stage_metrics(runs / "rejection")
+            rows.append({"stage": "rejection sampling", "samples": rejection["samples"],
+                         "format-valid rate": rejection["format_valid_rate"],
+                         "acceptance rate": rejection["acceptance_rate"], "kept traces": rejection["kept_traces"]})
     grpo = _stage_metrics(runs / "grpo")
     for when in ("eval_start", "eval_end"):
         if grpo.get(when):
-            rows.append({"stage": f"grpo ({when.removeprefix('eval_')})", "mean reward": grpo[when]["eval/reward"],
-                         "overall accuracy": grpo[when]["eval/accuracy/overall"]})
-    ctx.report.heading("VR-Thinker: SFT -> rejection sampling -> SFT -> GRPO")
-    ctx.report.text("Tiny random one-layer model on small synthetic video pairs, so accuracies are those of a "
-                    "model that learns the answer format and a little of the task in CPU minutes.", note=True)
-    ctx.report.table(rows, ["stage", "format-valid rate", "overall accuracy", "acceptance rate", "kept traces",
-                            "mean reward"])
-    traces = sorted((runs / "grpo").rglob("*.html")) or sorted((runs / "sft2").rglob("*.html"))
-    if traces:
-        ctx.report.page(traces[-1], caption="an example trace: reasoning per turn and the frames the model selected")
+            rows.append({"stage": f"grpo ({when.removeprefix('eval_')})",
+                         "eval pairs": int(grpo[when]["eval/episodes"]),
+                         "format-valid rate": grpo[when]["eval/format_valid"],
+                         "overall accuracy": grpo[when]["eval/accuracy/overall"],
+                         "mean reward": grpo[when]["eval/reward"]})
+    ctx.report.text("Stage by stage on held-out pairs (greedy). SFT rows: the judge before and after the stage, "
+                    "accuracy reward; rejection sampling: sampled traces; GRPO rows: the policy at the first and "
+                    "the last step, total rule reward (accuracy + format + exploration).")
+    ctx.report.table(rows, ["stage", "eval pairs", "samples", "format-valid rate", "overall accuracy",
+                            "mean accuracy reward", "mean reward", "acceptance rate", "kept traces"])
+    losses = {stage: _sft_loss(runs / stage) for stage in ("sft", "sft2") if (runs / stage).exists()}
+    losses = {stage: curve for stage, curve in losses.items() if curve[0]}
+    if losses:
+        ctx.report.image(plot_lines(losses, ctx.out / "assets" / "vr_thinker_sft_loss.png",
+                                    "VR-Thinker SFT loss", ylabel="loss (assistant tokens)"),
+                         caption="SFT training loss (logged every few steps)")
+    log = _read_jsonl(runs / "grpo" / "logs" / "train_log.jsonl")
+    train = [entry for entry in log if "reward/mean" in entry]
+    held_out = [entry for entry in log if "eval/reward" in entry]
+    curves = {"training episodes (sampled)": ([e["step"] for e in train], [e["reward/mean"] for e in train]),
+              "held-out pairs (greedy)": ([e["step"] for e in held_out], [e["eval/reward"] for e in held_out])}
+    ctx.report.image(plot_lines(curves, ctx.out / "assets" / "vr_thinker_grpo_reward.png", "VR-Thinker GRPO reward",
+                                ylabel="mean reward"), caption="GRPO: mean rule reward per step")
+    ctx.report.page(runs / "grpo" / "example_trace.html",
+                    caption="the final GRPO policy judging a held-out pair: its reasoning per turn, the frames it "
+                            "selected and its verdicts against the label")
+    ctx.report.page(runs / "sft" / "example_trace.html",
+                    caption="a cold-start teacher trace the SFT stage trained on (frames selected by the teacher)")
 
 
 def _evaluate(ctx: DemoContext, name: str, model: Path, data: Path, extra: list[str] | None = None) -> Path:
     out = ctx.out / "eval" / name
+    log = ctx.out / "logs" / f"eval_{name}.log"
     run_script("eval/preference.py",
-               ["--model", str(model), "--data", str(data), "--out", str(out), "--progress", "false",
-                *(extra or [])],
-               ctx.out / "logs" / f"eval_{name}.log")
+               ["--model", str(model), "--data", str(data), "--out", str(out), "--progress", "true", *(extra or [])],
+               log, log_progress(log))
     return out
 
 
@@ -241,14 +414,19 @@ def step_evaluation(ctx: DemoContext) -> None:
         if name in ctx.paths:
             evaluated[name] = _evaluate(ctx, name, ctx.paths[name], test_videos)
     if "vrt_final" in ctx.paths:
-        evaluated["vr_thinker"] = _evaluate(ctx, "vr_thinker", ctx.paths["vrt_final"], test_videos,
-                                            ["--judge", "vr_thinker", "--limit", "16"])
+        evaluated["vr_thinker"] = _evaluate(ctx, "vr_thinker", ctx.paths["vrt_final"], ctx.paths["vrt_test"],
+                                            ["--judge", "vr_thinker"])
     evaluated["clip_baseline"] = _evaluate(ctx, "clip_baseline", ctx.paths["clip"], test_videos,
                                            ["--scorer", "clip"])
     ctx.report.heading("Evaluation on the held-out synthetic video pairs")
     ctx.report.text("Accuracy without ties drops tie-labelled pairs and counts a zero score difference as "
                     "wrong; accuracy with ties uses tie calibration over |score difference| (VideoAlign's "
                     "protocol). Brackets: bootstrap 95% intervals.")
+    if "vr_thinker" in evaluated:
+        ctx.report.text("vr_thinker: the final GRPO judge on the same held-out pairs (ids, prompts and labels "
+                        "checked identical), rendered as 48 px clips of 8 frames, the format the tiny judge was "
+                        "trained on (the others see 84 px clips of 16 frames); a verdict it did not give counts as "
+                        "a zero score difference.", note=True)
     rows = []
     for name, out in evaluated.items():
         metrics = json.loads((out / "metrics.json").read_text())
@@ -266,32 +444,51 @@ STEPS: list[tuple[str, Callable[[DemoContext], None]]] = [
     ("tiny backbones", step_backbones),
     ("BaseReward training", step_basereward),
     ("RewardDance training", step_rewarddance),
+    ("VR-Thinker chain", step_vr_thinker),
     ("evaluation", step_evaluation),
     ("humanoid SAC with a CLIP reward", step_humanoid),
 ]
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished children (the stage subprocesses)."""
+    return sum(usage.ru_utime + usage.ru_stime
+               for usage in (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)))
 
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and models")
-    parser.add_argument("--vr-thinker", action="store_true",
-                        help="also run the VR-Thinker chain (SFT -> rejection sampling -> SFT -> GRPO) and "
-                             "evaluate the judge; about 25 more CPU minutes, so off by default")
+    parser.add_argument("--vr-thinker", choices=("demo", "full", "off"), default="demo",
+                        help="VR-Thinker chain: demo-sized (train/configs/vrt_*_demo.yaml, about 5 CPU minutes), "
+                             "full (train/vr_thinker.sh, several times longer) or off")
     args = parser.parse_args(argv)
     steps = list(STEPS)
-    if args.vr_thinker:  # before evaluation, which then also scores the judge
-        steps.insert([name for name, _ in steps].index("evaluation"), ("VR-Thinker chain", step_vr_thinker))
+    if args.vr_thinker == "off":
+        steps = [(name, step) for name, step in steps if step is not step_vr_thinker]
+    elif args.vr_thinker == "full":
+        steps = [(name, step_vr_thinker_full if step is step_vr_thinker else step) for name, step in steps]
     args.out.mkdir(parents=True, exist_ok=True)
     ctx = DemoContext(out=args.out, seed=args.seed, report=Report("mmreward demo", args.out))
-    with tqdm(steps, desc="demo", unit="step") as bar:
+    ctx.report.text("A short end-to-end run on CPU: tiny random models and small synthetic data, trained for "
+                    "minutes, so the figures show the pipeline working, not what the methods reach at scale. "
+                    "Every figure was computed in this run.", note=True)
+    timings: list[tuple[str, float, float]] = []  # step, wall seconds, CPU seconds
+    with tqdm(steps, desc="demo", unit="step", dynamic_ncols=True) as bar:
         for name, step in bar:
             bar.set_postfix_str(name)
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), _cpu_seconds()
             step(ctx)
-            ctx.timings[name] = time.perf_counter() - start
+            timings.append((name, time.perf_counter() - wall, _cpu_seconds() - cpu))
+            tqdm.write(f"{name}: {timings[-1][1]:.0f} s wall, {timings[-1][2]:.0f} s CPU")
+    timings.append(("total", sum(t[1] for t in timings), sum(t[2] for t in timings)))
+    tqdm.write(f"total: {timings[-1][1]:.0f} s wall, {timings[-1][2]:.0f} s CPU")
     ctx.report.heading("Timings")
-    ctx.report.table([{"step": name, "seconds": secs} for name, secs in ctx.timings.items()])
+    ctx.report.text(f"On {os.cpu_count()} CPU cores. CPU seconds add up the demo and its stage subprocesses; "
+                    "on a shared machine wall time exceeds them.", note=True)
+    ctx.report.table([{"step": name, "wall s": f"{wall:.0f}", "CPU s (all processes)": f"{cpu:.0f}"}
+                      for name, wall, cpu in timings])
     path = ctx.report.write()
     print(f"report: {path}")
     return path

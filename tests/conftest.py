@@ -2,9 +2,22 @@
 
 import os
 
+import pytest
+import torch
+
 # Set before any test module imports transformers / qwen_vl_utils / mujoco.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("FORCE_QWENVL_VIDEO_READER", "decord")
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def single_torch_thread():
+    """One intra-op thread for a module's tests: tiny models run fastest so, CI's CPUs are shared, and a
+    test comparing in-process results with a one-thread subprocess needs the same float summation order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
