@@ -29,7 +29,6 @@ need the full weights gathered for generation, which the HF rollout engine does 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections import Counter
@@ -46,7 +45,12 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import get_scheduler
 
-from mmreward.training.trainer import TrainerState, latest_checkpoint, load_checkpoint, save_checkpoint_atomically
+from mmreward.training.trainer import (
+    TrainerState,
+    append_log,
+    resume_from_latest,
+    save_checkpoint_atomically,
+)
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
 from vr_thinker.env import EnvConfig, VideoPairEnv
@@ -65,7 +69,6 @@ from vr_thinker.protocol import OVERALL, DimensionsLike, normalize_dimensions, v
 from vr_thinker.rewards import RewardConfig, group_rewards
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
 
-LOG_NAME = "train_log.jsonl"
 Video = str | Path | VideoClip
 
 
@@ -419,38 +422,14 @@ class GRPOLoop:
     # ------------------------------------------------------------------------------------- logs, checkpoints
 
     def _log(self, values: dict[str, float]) -> None:
-        acc = self.accelerator
-        acc.log(values, step=self.state.step)
-        if acc.is_main_process:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_dir / LOG_NAME, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.state.step, **values}) + "\n")
-
-    def _drop_logs_after(self, step: int) -> None:
-        """A killed run may have logged steps after its last checkpoint; the resumed run logs them again."""
-        path = self.log_dir / LOG_NAME
-        if self.accelerator.is_main_process and path.exists():
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            kept = []
-            for line in lines:
-                try:
-                    if json.loads(line)["step"] <= step:
-                        kept.append(line)
-                except (json.JSONDecodeError, KeyError):
-                    continue  # a line cut by the kill
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        append_log(self.accelerator, self.log_dir, self.state.step, values)
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/step_N`` atomically (``save_checkpoint_atomically``)."""
         return save_checkpoint_atomically(self.accelerator, self.output_dir, self.state.step, self.cfg.save_total_limit)
 
     def maybe_resume(self) -> Path | None:
-        path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
-        if path is not None:
-            load_checkpoint(self.accelerator, path)
-            self._drop_logs_after(self.state.step)
-            self.accelerator.print(f"resumed from {path} at step {self.state.step}")
-        return path
+        return resume_from_latest(self.accelerator, self.output_dir, self.log_dir, self.state) if self.cfg.resume else None
 
     # ---------------------------------------------------------------------------------------------------- loop
 

@@ -116,6 +116,43 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def append_log(acc: Accelerator, log_dir: Path, step: int, values: dict[str, float]) -> None:
+    """Send `values` to the trackers (TensorBoard) and, on the main process, append them as one line of
+    `log_dir/train_log.jsonl`."""
+    acc.log(values, step=step)
+    if acc.is_main_process:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / LOG_NAME, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+
+
+def drop_logs_after(acc: Accelerator, log_dir: Path, step: int) -> None:
+    """Remove JSONL log lines of steps after `step`: a killed run may have logged steps after its last
+    checkpoint, and the resumed run logs them again (a line cut by the kill goes too)."""
+    path = log_dir / LOG_NAME
+    if not (acc.is_main_process and path.exists()):
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def resume_from_latest(acc: Accelerator, output_dir: Path, log_dir: Path, state: TrainerState) -> Path | None:
+    """Load the newest finished checkpoint under `output_dir` (None when there is none), restoring the
+    registered `state`, and drop the log lines the killed run wrote after it."""
+    path = latest_checkpoint(output_dir)
+    if path is not None:
+        load_checkpoint(acc, path)
+        drop_logs_after(acc, log_dir, state.step)
+        acc.print(f"resumed from {path} at step {state.step}")
+    return path
+
+
 def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]:
     """Indices of records whose `meta["varies"]` is non-empty and within `dims`."""
     allowed, picked = set(dims), []
@@ -226,11 +263,7 @@ class RewardTrainer:
 
     def maybe_resume(self) -> Path | None:
         """Load the newest checkpoint in `output_dir` (if `cfg.resume` and one exists)."""
-        path = latest_checkpoint(self.output_dir) if self.cfg.resume else None
-        if path is not None:
-            load_checkpoint(self.accelerator, path)
-            self.accelerator.print(f"resumed from {path} at step {self.state.step}")
-        return path
+        return resume_from_latest(self.accelerator, self.output_dir, self.log_dir, self.state) if self.cfg.resume else None
 
     # ------------------------------------------------------------------------------ steps
 
@@ -331,12 +364,7 @@ class RewardTrainer:
     # ------------------------------------------------------------------------------ loop
 
     def _log(self, values: dict[str, float]) -> None:
-        acc = self.accelerator
-        acc.log(values, step=self.state.step)
-        if acc.is_main_process:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.log_dir / LOG_NAME, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"step": self.state.step, **values}) + "\n")
+        append_log(self.accelerator, self.log_dir, self.state.step, values)
 
     def _replica_digests(self) -> list[str] | None:
         """sha256 of every process's parameters (DDP only; sharded engines hold different shards)."""

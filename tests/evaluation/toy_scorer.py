@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -77,7 +78,7 @@ def expected_delta(record: PreferenceRecord) -> float:
     return value(record.a) - value(record.b)
 
 
-def write_toy_records(folder, n: int, corrupt: Sequence[int] = (), reject: Sequence[int] = ()) -> "Path":
+def write_toy_records(folder, n: int, corrupt: Sequence[int] = (), reject: Sequence[int] = ()) -> Path:
     """`folder/records.jsonl` with n pairs of solid-colour PNGs + responses of varying length.
 
     Pair i: a's grey level (37 * i) % 256, b's (91 * i + 50) % 256; every 4th pair (i % 4 == 3) is

@@ -133,6 +133,13 @@ def test_sigkill_then_resume_gives_identical_weights(tiny, data, tmp_path):
     assert len(a) > 10
     assert_same_weights(a, b)
     assert not all(torch.equal(a[n], v) for n, v in _weights_of_untrained(tiny).items() if n in a)
+    # The killed run may have logged steps after its checkpoint: the resumed run drops and relogs them.
+    assert _train_losses(killed) == _train_losses(straight) and len(_train_losses(straight)) == 6
+
+
+def _train_losses(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
+    return [(row["step"], row["train/loss"]) for row in rows if "train/loss" in row]
 
 
 def _weights_of_untrained(tiny: Path) -> dict[str, torch.Tensor]:

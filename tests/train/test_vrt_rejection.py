@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from mmreward.manifest import read_manifest
 from vr_thinker.cold_start import read_traces
