@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from mmreward.backbones.vlm import unwrap_peft
 from mmreward.batched_vision import supports_batched_vision, vision_features
 
 __all__ = ["supports_batched_rewards", "rope_positions", "right_align", "length_groups", "CALL_COST_TOKENS",
@@ -40,9 +41,7 @@ __all__ = ["supports_batched_rewards", "rope_positions", "right_align", "length_
 
 
 def _inner(model: Any) -> torch.nn.Module:
-    from mmreward.model import _base_model
-
-    return _base_model(model.backbone).model
+    return unwrap_peft(model.backbone).model
 
 
 def supports_batched_rewards(model: Any) -> bool:
@@ -276,7 +275,5 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
         read[index] = _read_hidden(inner.language_model, embeds[index, :width], positions[:, index, :width],
                                    lengths[index] - 1)
     head = model.head
-    from mmreward.model import _base_model
-
-    lm_head = _base_model(model.backbone).get_output_embeddings() if head.uses_lm_head else None
+    lm_head = unwrap_peft(model.backbone).get_output_embeddings() if head.uses_lm_head else None
     return head.to_reward(head(read, lm_head))

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmreward.backbones.vlm import (
-    LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors,
+    LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors, unwrap_peft,
 )
 from mmreward.collate import last_token_index
 from mmreward.heads import RewardHead, build_head, head_from_config
@@ -83,11 +83,6 @@ class TuningConfig:
             raise ValueError(f"TuningConfig.lora_r must be positive, got {self.lora_r}")
 
 
-def _base_model(backbone: nn.Module) -> nn.Module:
-    """The transformers model under an optional PEFT wrapper (LoRA layers are injected in place)."""
-    return backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
-
-
 def _load_backbone(path: str | Path, dtype: str, attn_implementation: str) -> tuple[nn.Module, Any]:
     return load_vlm(VLMLoadConfig(path=str(path), dtype=dtype, attn_implementation=attn_implementation))
 
@@ -112,7 +107,7 @@ class RewardModel(nn.Module):
         self.processor = processor
         if processor is not None:
             head.bind_processor(processor)  # e.g. the yes_token head looks up its verdict token ids
-        hidden = _base_model(backbone).config.get_text_config().hidden_size
+        hidden = unwrap_peft(backbone).config.get_text_config().hidden_size
         if head.hidden_size != hidden:
             raise RewardModelError(f"head expects hidden size {head.hidden_size}, backbone has {hidden}")
         self._apply_tuning()
@@ -145,7 +140,7 @@ class RewardModel(nn.Module):
             lora = LoRASettings(r=tuning.lora_r, alpha=tuning.lora_alpha, dropout=tuning.lora_dropout,
                                 target_modules=tuple(tuning.lora_target_modules))
             self.backbone = apply_lora(self.backbone, lora)
-        base = _base_model(self.backbone)
+        base = unwrap_peft(self.backbone)
         if tuning.mode == "full":
             base.requires_grad_(True)
             if tuning.freeze_vision:
@@ -168,7 +163,7 @@ class RewardModel(nn.Module):
         return list(self.head.dimensions)
 
     def _inner(self) -> nn.Module:
-        return _base_model(self.backbone).model
+        return unwrap_peft(self.backbone).model
 
     def _position_ids(self, inputs: Mapping[str, torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
         inner = self._inner()
@@ -214,12 +209,12 @@ class RewardModel(nn.Module):
         return torch.cat([hidden[rows, read[:, 0]], hidden[rows, read[:, 1]]], dim=0)
 
     def _dtype(self) -> torch.dtype:
-        return _base_model(self.backbone).get_input_embeddings().weight.dtype
+        return unwrap_peft(self.backbone).get_input_embeddings().weight.dtype
 
     def forward(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Differentiable rewards `[N, k]` for a processor batch or a packed pair batch."""
         hidden = self.hidden_states(inputs)
-        lm_head = _base_model(self.backbone).get_output_embeddings() if self.head.uses_lm_head else None
+        lm_head = unwrap_peft(self.backbone).get_output_embeddings() if self.head.uses_lm_head else None
         return self.head(hidden, lm_head)
 
     @torch.no_grad()
@@ -238,7 +233,7 @@ class RewardModel(nn.Module):
     # ------------------------------------------------------------------------------ checkpoints
 
     def config_dict(self) -> dict[str, Any]:
-        base = _base_model(self.backbone)
+        base = unwrap_peft(self.backbone)
         return {
             "format": FORMAT,
             "version": 1,
@@ -266,7 +261,7 @@ class RewardModel(nn.Module):
         save_file(head_state, out / HEAD_WEIGHTS, metadata={"format": "pt"})
         if self.tuning.mode == "full":
             # A complete VLM directory (weights + processor), loadable on its own.
-            _base_model(self.backbone).save_pretrained(out / BACKBONE_DIR, state_dict=backbone_state)
+            unwrap_peft(self.backbone).save_pretrained(out / BACKBONE_DIR, state_dict=backbone_state)
             if self.processor is not None:
                 self.processor.save_pretrained(out / BACKBONE_DIR)
         elif self.tuning.mode == "lora":

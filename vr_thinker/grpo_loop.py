@@ -45,14 +45,10 @@ from accelerate.utils import gather_object
 from peft import PeftModel
 from transformers import get_scheduler
 
-from mmreward.training.trainer import (
-    TrainerState,
-    append_log,
-    resume_from_latest,
-    save_checkpoint_atomically,
-)
+from mmreward.backbones.vlm import unwrap_peft
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
+from mmreward.training.trainer import TrainerState, append_log, resume_from_latest, save_checkpoint_atomically
 from vr_thinker.env import EnvConfig, VideoPairEnv
 from vr_thinker.grpo import (
     ADVANTAGE_SCALES,
@@ -245,8 +241,7 @@ class GRPOLoop:
 
     def _generator_model(self) -> Any:
         """The model the rollout engine drives: the HF model itself (for LoRA: with the adapters active)."""
-        model = self.unwrapped()
-        return model.get_base_model() if isinstance(model, PeftModel) else model
+        return unwrap_peft(self.unwrapped())
 
     @contextmanager
     def _reference(self):

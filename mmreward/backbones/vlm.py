@@ -63,13 +63,14 @@ def _resolve_local_files_only(cfg: VLMLoadConfig) -> bool:
     return False if cfg.local_files_only is None else cfg.local_files_only
 
 
-def _unwrap(model: torch.nn.Module) -> PreTrainedModel:
+def unwrap_peft(model: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model under an optional PEFT wrapper (LoRA layers are injected in place)."""
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
     """The vision encoder (`model.model.visual` for Qwen2-VL / Qwen2.5-VL / Qwen3-VL), peft-unwrapped."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     tower = base.get_encoder(modality="image")
     if tower is base or tower is getattr(base, "base_model", None):
         raise ValueError(f"{type(base).__name__} has no recognisable vision tower")
@@ -78,7 +79,7 @@ def vision_tower(model: torch.nn.Module) -> torch.nn.Module:
 
 def language_model(model: torch.nn.Module) -> torch.nn.Module:
     """The text decoder stack (`model.model.language_model`: embeddings, layers, final norm; no lm_head)."""
-    base = _unwrap(model)
+    base = unwrap_peft(model)
     decoder = base.get_decoder()
     if decoder is base or decoder is getattr(base, "base_model", None):
         raise ValueError(f"{type(base).__name__} has no recognisable language model")
