@@ -1,5 +1,5 @@
-"""Helpers shared by the reward-stage tests (scalar and yes_token heads): subprocess launches of
-train/reward.py (plain, 2-process CPU DDP, killed at a checkpoint) and the weights a run saved."""
+"""Helpers shared by the stage tests: subprocess launches of a stage script (2-process CPU DDP for any stage;
+train/reward.py killed at a checkpoint) and the weights a reward run saved."""
 
 from __future__ import annotations
 
@@ -32,18 +32,19 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def ddp_command(args: list[str], num_processes: int = 2) -> list[str]:
-    """`accelerate launch` of the stage on `num_processes` CPU processes (DDP over gloo)."""
+def ddp_command(args: list[str], num_processes: int = 2, script: Path = STAGE_SCRIPT) -> list[str]:
+    """`accelerate launch` of `script` (default: the reward stage) on `num_processes` CPU processes (DDP over gloo)."""
     return [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), str(STAGE_SCRIPT), *args,
+        "--main_process_port", str(free_port()), str(script), *args,
     ]
 
 
-def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(ddp_command(args, num_processes), env=subprocess_env(), capture_output=True, text=True,
-                            timeout=timeout)
+def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600,
+            script: Path = STAGE_SCRIPT) -> subprocess.CompletedProcess:
+    result = subprocess.run(ddp_command(args, num_processes, script), env=subprocess_env(), capture_output=True,
+                            text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result
 

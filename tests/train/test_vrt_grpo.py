@@ -1,7 +1,6 @@
 """The VR-Thinker GRPO stage end to end: outputs and logs, SIGKILL + resume, and the reward rising while it trains."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vrt_grpo as stage  # noqa: E402  (train/vrt_grpo.py, the script under test)
+from stage_helpers import run_ddp, subprocess_env  # noqa: E402
 from vrt_tiny_judge import relabelled, synthetic_videos, tiny_judge  # noqa: E402
 
 
@@ -104,10 +104,9 @@ def test_refuses_an_unfinished_model_dir(tmp_path, judge, data):
 
 def test_sigkill_then_resume_gives_identical_weights(straight, judge, data, tmp_path):
     killed = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "vrt_grpo.py"), *_args(judge, data, killed, *SMOKE,
                                                                                           "--eval_pairs", "2")],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not (killed / "checkpoints" / "step_00000002").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
@@ -181,18 +180,8 @@ def test_grpo_learns_the_labels_of_each_pair(judge, data, tmp_path):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(judge, data, tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), str(ROOT / "train" / "vrt_grpo.py"), *_args(judge, data, out, *SMOKE, "--eval_pairs", "3")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_ddp(_args(judge, data, out, *SMOKE, "--eval_pairs", "3"), script=ROOT / "train" / "vrt_grpo.py")
     metrics = read_manifest(out, expect_stage="vrt_grpo")["metrics"]
     assert metrics["num_processes"] == 2 and metrics["steps"] == 3
     assert metrics["eval_end"]["eval/episodes"] == 3  # the eval pairs are split over the processes and gathered

@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vrt_rejection as stage  # noqa: E402  (train/vrt_rejection.py, the script under test)
 import vrt_sft  # noqa: E402  (the next stage reads the output)
+from stage_helpers import run_ddp, subprocess_env  # noqa: E402
 from vrt_tiny_judge import synthetic_videos, tiny_judge  # noqa: E402
 
 
@@ -134,20 +135,8 @@ def test_read_shard_drops_a_cut_last_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_processes_shard_the_pairs(judge, data, tmp_path):
-    import os
-    import socket
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-           str(port), str(ROOT / "train" / "vrt_rejection.py"), *_args(judge, data, out)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
+    run_ddp(_args(judge, data, out), script=ROOT / "train" / "vrt_rejection.py")
     metrics = read_manifest(out, expect_stage="vrt_rejection")["metrics"]
     assert metrics["num_processes"] == 2 and metrics["pairs"] == 4 and metrics["samples"] == 24
     shards = sorted((out / "shards").glob("shard-*.jsonl"))
@@ -161,7 +150,6 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_output(straight,
     missing pairs, every pair id ends up in the shards exactly once, and the kept traces equal an uninterrupted
     run's. One pair per batch here (two in the uninterrupted run): seeds follow the pair, not its batch, and
     three batches still to go leave the kill a wide window even when a loaded machine is slow to poll."""
-    import os
     import random
     import signal
     import subprocess
@@ -169,9 +157,8 @@ def test_sigkill_mid_run_then_rerun_ends_with_the_uninterrupted_output(straight,
 
     killed = tmp_path / "killed"
     args = _args(judge, data, killed, "--pairs_per_batch", "1")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "vrt_rejection.py"), *args],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while len(stage.done_ids(killed)) < 1:
         assert proc.poll() is None, proc.stderr.read().decode()[-3000:]

@@ -20,7 +20,9 @@ from vr_thinker.rollout import SamplingConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vrt_sft as stage  # noqa: E402  (train/vrt_sft.py, the script under test)
+from stage_helpers import subprocess_env  # noqa: E402
 
 # Short contexts keep the CPU steps cheap: 2 initial frames of 48 px, a one-line system prompt.
 FAST = [
@@ -172,7 +174,6 @@ def _step_losses(out: Path) -> list[tuple[int, float]]:
 def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single_torch_thread):
     """SIGKILL right after a random periodic checkpoint, then --resume_from_checkpoint: training continues at
     that step and ends with the weights and per-step losses of an uninterrupted run (CPU, deterministic)."""
-    import os
     import random
     import signal
     import subprocess
@@ -186,8 +187,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
     kill_after = random.choice([2, 4])
     cmd = [sys.executable, str(ROOT / "train" / "vrt_sft.py"), "--config", str(ROOT / "train/configs/vrt_sft.yaml"),
            *FAST, "--model_path", "tiny", "--data", str(data), "--output_dir", str(killed), *RESUME]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = killed / "checkpoints" / f"checkpoint-{kill_after}"
     deadline = time.time() + 300
     while not _finished_checkpoint(checkpoint):
