@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--modality", choices=["images", "videos"], default="images")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="DataLoader workers that decode and collate ahead of the model (all variants)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: timings stay stable on a shared machine)")
     args = parser.parse_args()
@@ -97,9 +99,11 @@ def main() -> None:
         RewardModel.from_backbone(build_tiny_vlm(root / "vlm"), dimensions=["VQ", "TA"]).save_pretrained(root / "rm")
         scorer = RewardModelScorer.from_pretrained(root / "rm", device=args.device)
         variants = {
-            "baseline (batch 1)": RunnerConfig(batch_size=1, bucket_by_length=False),
-            f"batched (batch {args.batch_size}, dataset order)": RunnerConfig(batch_size=args.batch_size, bucket_by_length=False),
-            f"bucketed (batch {args.batch_size}, by length)": RunnerConfig(batch_size=args.batch_size),
+            "baseline (batch 1)": RunnerConfig(batch_size=1, bucket_by_length=False, num_workers=args.num_workers),
+            f"batched (batch {args.batch_size}, dataset order)": RunnerConfig(
+                batch_size=args.batch_size, bucket_by_length=False, num_workers=args.num_workers),
+            f"bucketed (batch {args.batch_size}, by length)": RunnerConfig(
+                batch_size=args.batch_size, num_workers=args.num_workers),
         }
         run_predictions(records[: args.batch_size], scorer, root / "warmup", variants[list(variants)[-1]], state=state)
 

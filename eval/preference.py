@@ -62,7 +62,7 @@ class EvalArguments:
     batch_size: int = field(default=8, metadata={"help": "pairs per batch"})
     max_batch_cost: float | None = field(default=None, metadata={"help": "per-batch budget in estimated tokens x pairs"})
     bucket_by_length: bool = field(default=True, metadata={"help": "order pairs by estimated length before batching"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding media ahead of the model"})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding media and collating batches ahead of the model"})
     both_orders: bool = field(default=False, metadata={"help": "also score every pair with its sides swapped"})
     retry_errors: bool = field(default=False, metadata={"help": "rescore pairs whose earlier attempt failed"})
     overwrite: bool = field(default=False, metadata={"help": "discard predictions of a different earlier run in --out"})

@@ -81,7 +81,8 @@ class RunnerConfig:
         before `pairs * max cost in batch` would exceed it, so long pairs go in smaller batches.
     bucket_by_length: order pairs by the scorer's cost estimate before batching (less padding);
         off keeps dataset order.
-    num_workers: DataLoader worker processes that decode media ahead of the model (0: inline).
+    num_workers: DataLoader worker processes that decode media and collate batches (the scorer's
+        `prepare` and `collate`) ahead of the model (0: inline).
     both_orders: also score each pair with the sides swapped (position bias of judges).
     retry_errors: score again the ids whose earlier attempt recorded an error.
     progress: show a progress bar on the main process.
@@ -294,28 +295,58 @@ def _views(record: PreferenceRecord, both_orders: bool) -> list[PreferenceRecord
     return [record, swap_record(record)] if both_orders else [record]
 
 
-def _prepare_batch(records: Sequence[PreferenceRecord], scorer: Scorer, both_orders: bool) -> list[tuple]:
-    """Per record: ("ok", record, [prepared views]) or ("error", record, error info)."""
-    out = []
+@dataclass
+class _PreparedBatch:
+    """One batch as a DataLoader worker hands it over.
+
+    entries: per record, ("ok", record, [prepared views] or None) or ("error", record, error info).
+        Once the batch is collated the prepared views are dropped (None): decoded media would
+        otherwise cross the process boundary twice. The rare batch whose scoring fails prepares
+        them again in the main process.
+    collated: `scorer.collate` of every ok view, or None when that raised a recoverable error
+        (the main process then narrows the failure down pair by pair).
+    """
+
+    entries: list[tuple]
+    collated: Any
+
+
+def _prepare_batch(records: Sequence[PreferenceRecord], scorer: Scorer, both_orders: bool) -> _PreparedBatch:
+    """Media decoding and collation of one batch (both may run in a DataLoader worker)."""
+    entries = []
     for record in records:
         try:
-            out.append(("ok", record, [scorer.prepare(view) for view in _views(record, both_orders)]))
+            entries.append(("ok", record, [scorer.prepare(view) for view in _views(record, both_orders)]))
         except RECOVERABLE_ERRORS as err:
-            out.append(("error", record, _error_info(err)))
-    return out
+            entries.append(("error", record, _error_info(err)))
+    views = [view for status, _, prepared in entries if status == "ok" for view in prepared]
+    collated = None
+    if views:
+        try:
+            collated = scorer.collate(views)
+        except RECOVERABLE_ERRORS:
+            pass  # _score_prepared collates pair by pair and records the pairs at fault
+        else:
+            entries = [(status, record, None if status == "ok" else info) for status, record, info in entries]
+    return _PreparedBatch(entries, collated)
 
 
-def _score_prepared(prepared: list[tuple], scorer: Scorer, both_orders: bool) -> list[dict[str, Any]]:
+def _score_prepared(prepared: _PreparedBatch, scorer: Scorer, both_orders: bool) -> list[dict[str, Any]]:
     """Rows for one prepared batch; a recoverable failure of the whole batch is narrowed down by
     scoring its pairs one at a time, so only the pairs at fault get error rows."""
-    ok = [(record, views) for status, record, views in prepared if status == "ok"]
+    ok = [(record, views) for status, record, views in prepared.entries if status == "ok"]
     rows: dict[str, dict[str, Any]] = {
-        record.id: _error_row(record, err) for status, record, err in prepared if status == "error"
+        record.id: _error_row(record, err) for status, record, err in prepared.entries if status == "error"
     }
     width = 2 if both_orders else 1
 
-    def rows_for(group: list[tuple]) -> list[dict[str, Any]]:
-        results = scorer.score([view for _, views in group for view in views])
+    def rows_for(group: list[tuple], collated: Any = None) -> list[dict[str, Any]]:
+        if collated is None:
+            collated = scorer.collate([
+                view for record, views in group
+                for view in (views if views is not None else [scorer.prepare(v) for v in _views(record, both_orders)])
+            ])
+        results = scorer.score(collated)
         if len(results) != width * len(group):
             raise RuntimeError(f"scorer {scorer.name!r} returned {len(results)} scores for {width * len(group)} inputs")
         return [
@@ -323,21 +354,27 @@ def _score_prepared(prepared: list[tuple], scorer: Scorer, both_orders: bool) ->
             for i, (record, _) in enumerate(group)
         ]
 
-    if ok:
+    batch_rows = None
+    if ok and prepared.collated is not None:
         try:
-            for row in rows_for(ok):
-                rows[row["id"]] = row
+            batch_rows = rows_for(ok, prepared.collated)
         except RECOVERABLE_ERRORS:
-            for item in ok:
-                try:
-                    rows[item[0].id] = rows_for([item])[0]
-                except RECOVERABLE_ERRORS as err:
-                    rows[item[0].id] = _error_row(item[0], _error_info(err))
-    return [rows[record.id] for _, record, _ in prepared]
+            pass
+    if batch_rows is None:  # the batch failed (or could not be collated): pair by pair
+        batch_rows = []
+        for record, views in ok:
+            try:
+                batch_rows += rows_for([(record, views)])
+            except RECOVERABLE_ERRORS as err:
+                batch_rows.append(_error_row(record, _error_info(err)))
+    for row in batch_rows:
+        rows[row["id"]] = row
+    return [rows[record.id] for _, record, _ in prepared.entries]
 
 
 class _BatchDataset:
-    """Map-style dataset over batches of records: item i is batch i, prepared (for DataLoader workers)."""
+    """Map-style dataset over batches of records: item i is batch i, prepared and collated (for
+    DataLoader workers)."""
 
     def __init__(self, batches: list[list[PreferenceRecord]], scorer: Scorer, both_orders: bool):
         self.batches, self.scorer, self.both_orders = batches, scorer, both_orders
@@ -345,7 +382,7 @@ class _BatchDataset:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __getitem__(self, i: int) -> list[tuple]:
+    def __getitem__(self, i: int) -> _PreparedBatch:
         return _prepare_batch(self.batches[i], self.scorer, self.both_orders)
 
 
@@ -353,7 +390,7 @@ def _unbatched(batch: Any) -> Any:
     return batch
 
 
-def _prepared_batches(batches: list[list[PreferenceRecord]], scorer: Scorer, cfg: RunnerConfig) -> Iterator[list[tuple]]:
+def _prepared_batches(batches: list[list[PreferenceRecord]], scorer: Scorer, cfg: RunnerConfig) -> Iterator[_PreparedBatch]:
     if cfg.num_workers == 0:
         for batch in batches:
             yield _prepare_batch(batch, scorer, cfg.both_orders)
@@ -402,7 +439,7 @@ def run_predictions(
 
     done = {row["id"] for row in read_rows(out / PREDICTIONS_NAME)}
     todo = [r for r in records if r.id not in done]
-    costs = [scorer.cost(r) for r in todo] if cfg.bucket_by_length else [0.0] * len(todo)
+    costs = scorer.costs(todo) if cfg.bucket_by_length else [0.0] * len(todo)
     batches = make_batches(costs, cfg.batch_size, cfg.max_batch_cost, cfg.bucket_by_length)
     mine = [[todo[i] for i in batch] for batch in batches[state.process_index::state.num_processes]]
 

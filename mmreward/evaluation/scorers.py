@@ -9,11 +9,13 @@ A scorer turns a batch of pairs into one `delta` per dimension, `delta = score_a
 - `ClipScorer`: the zero-shot baseline; each side's score is the cosine similarity between the
   prompt's CLIP text embedding and its images / sampled video frames (mean over frames).
 
-The runner drives a scorer in three steps so it can order, prefetch and isolate failures:
-`cost(record)` (a sort key for length bucketing), `prepare(record)` (per pair, may run in a
-DataLoader worker; decodes media), `score(prepared)` (one batch). A problem that belongs to one
-pair (unreadable media, a sequence over the length limit, a side the scorer cannot read) raises
-one of `RECOVERABLE_ERRORS`; the runner records it for that pair and carries on.
+The runner drives a scorer in four steps so it can order, prefetch and isolate failures:
+`costs(records)` (sort keys for length bucketing; `cost` for one record), `prepare(record)` (per pair; decodes media),
+`collate(prepared items)` (per batch; e.g. the processor's tensors) and `score(collated)` (one
+batch through the model). `prepare` and `collate` may run in DataLoader workers, so on a GPU the
+CPU work of the next batches overlaps the model's. A problem that belongs to one pair (unreadable
+media, a sequence over the length limit, a side the scorer cannot read) raises one of
+`RECOVERABLE_ERRORS`; the runner records it for that pair and carries on.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from mmreward.data.media import MediaError
-from mmreward.data.records import PreferenceRecord, RecordError, RecordSet
+from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side
 
 __all__ = [
     "SampleError",
@@ -78,13 +80,18 @@ class Scorer(Protocol):
 
     def cost(self, record: PreferenceRecord) -> float: ...
 
+    def costs(self, records: Sequence[PreferenceRecord]) -> list[float]: ...
+
     def prepare(self, record: PreferenceRecord) -> Any: ...
 
-    def score(self, items: Sequence[Any]) -> list[PairScore]: ...
+    def collate(self, items: Sequence[Any]) -> Any: ...
+
+    def score(self, batch: Any) -> list[PairScore]: ...
 
 
 class BaseScorer:
-    """Defaults: no cost estimate (dataset order is kept) and the record itself as prepared item."""
+    """Defaults: no cost estimate (dataset order is kept), the record itself as prepared item and
+    the list of prepared items as the batch `score` takes."""
 
     name = "scorer"
 
@@ -94,10 +101,17 @@ class BaseScorer:
     def cost(self, record: PreferenceRecord) -> float:
         return 0.0
 
+    def costs(self, records: Sequence[PreferenceRecord]) -> list[float]:
+        """`cost` of each record (scorers override this where a batch is cheaper)."""
+        return [self.cost(record) for record in records]
+
     def prepare(self, record: PreferenceRecord) -> Any:
         return record
 
-    def score(self, items: Sequence[Any]) -> list[PairScore]:
+    def collate(self, items: Sequence[Any]) -> Any:
+        return list(items)
+
+    def score(self, batch: Any) -> list[PairScore]:
         raise NotImplementedError
 
 
@@ -236,35 +250,56 @@ class RewardModelScorer(BaseScorer):
 
     def cost(self, record: PreferenceRecord) -> float:
         """Estimated tokens of the longer side: text tokens plus visual tokens from media headers."""
-        tokenizer = self.model.processor.tokenizer
-        text = self.collate_cfg.prompt_template.format(prompt=record.prompt)
-        longest = 0.0
-        for side in (record.a, record.b):
-            tokens = float(len(tokenizer.encode(text + (side.response or ""))))
-            for path in ([side.image] if side.image is not None else []) + side.images:
-                w, h = _image_size(path)
-                pixels = w * h if self.media.max_pixels is None else min(w * h, self.media.max_pixels)
-                tokens += pixels / self._pixels_per_token
-            if side.video is not None:
-                frames, w, h = _video_shape(side.video, self.media)
-                tokens += frames * w * h / self._pixels_per_token / 2  # two frames per temporal patch
-            longest = max(longest, tokens)
-        return longest
+        return self.costs([record])[0]
+
+    def costs(self, records: Sequence[PreferenceRecord]) -> list[float]:
+        """`cost` of every record, the texts tokenized in one batch call (a fifth of the time)."""
+        sides = [side for record in records for side in (record.a, record.b)]
+        texts = [self.collate_cfg.prompt_template.format(prompt=record.prompt) + (side.response or "")
+                 for record in records for side in (record.a, record.b)]
+        if not texts:
+            return []
+        token_counts = [len(ids) for ids in self.model.processor.tokenizer(texts)["input_ids"]]
+        tokens = [float(n) + self._visual_tokens(side) for n, side in zip(token_counts, sides)]
+        return [max(tokens[2 * i], tokens[2 * i + 1]) for i in range(len(records))]
+
+    def _visual_tokens(self, side: Side) -> float:
+        tokens = 0.0
+        for path in ([side.image] if side.image is not None else []) + side.images:
+            w, h = _image_size(path)
+            pixels = w * h if self.media.max_pixels is None else min(w * h, self.media.max_pixels)
+            tokens += pixels / self._pixels_per_token
+        if side.video is not None:
+            frames, w, h = _video_shape(side.video, self.media)
+            tokens += frames * w * h / self._pixels_per_token / 2  # two frames per temporal patch
+        return tokens
 
     def prepare(self, record: PreferenceRecord) -> Any:
-        return load_pair_media(record, self.media)
-
-    def score(self, items: Sequence[Any]) -> list[PairScore]:
+        import numpy as np
         import torch
 
-        from mmreward.batched_forward import batched_rewards
+        example = load_pair_media(record, self.media)
+        for side in (example.a, example.b):
+            # uint8 [3, H, W] tensors: the image processor gives the same pixels and grids as for
+            # the PIL images (tested) and skips its own per-image PIL conversion.
+            side.images = [torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in side.images]
+        return example
+
+    def collate(self, items: Sequence[Any]) -> dict[str, Any]:
+        """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""
         from mmreward.collate import CollateError
         from mmreward.pair_forward import PackError
 
         try:
-            batch = self.collator(list(items))
+            return self.collator(list(items))
         except (CollateError, PackError) as err:
             raise SampleError(str(err)) from err
+
+    def score(self, batch: dict[str, Any]) -> list[PairScore]:
+        import torch
+
+        from mmreward.batched_forward import batched_rewards
+
         dtype = next(self.model.parameters()).dtype
         inputs = {
             k: (v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device))
@@ -276,7 +311,7 @@ class RewardModelScorer(BaseScorer):
             else:
                 rewards = self.model.score(inputs)
         rewards = rewards.float().cpu()
-        n = len(items)
+        n = len(batch["labels"])
         out = []
         for i in range(n):
             a = dict(zip(self.dimensions, rewards[i].tolist()))

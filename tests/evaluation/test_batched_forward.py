@@ -197,7 +197,7 @@ def test_scorer_uses_the_batched_forward_for_qwen2_5_vl_only(tmp_path, vlm_dir, 
     assert not RewardModelScorer(other)._batched_forward
     # The batch of two pairs scores each pair as the model does alone.
     examples = _examples(synthetic, "images")[:2]
-    scores = scorer.score(examples)
+    scores = scorer.score(scorer.collate(examples))
     for ex, score in zip(examples, scores):
         rewards = model.score(scorer.collator([ex])["inputs"])
         assert score.score_a["VQ"] == pytest.approx(float(rewards[0, 0]), abs=1e-5)

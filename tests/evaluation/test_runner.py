@@ -2,11 +2,13 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 from accelerate import PartialState
+from PIL import Image
 
 from mmreward.data.records import PreferenceRecord, Side, read_records
 from mmreward.evaluation.runner import (
@@ -207,9 +209,28 @@ def test_both_orders_scores_the_swapped_pair(tmp_path, data, state):
 
 
 def test_dataloader_workers_give_the_same_rows(tmp_path, data, state):
-    run_predictions(data, toy.ToyScorer(), tmp_path / "inline", RunnerConfig(batch_size=5), state=state)
-    run_predictions(data, toy.ToyScorer(), tmp_path / "workers", RunnerConfig(batch_size=5, num_workers=2), state=state)
+    inline, workers = toy.ToyScorer(), toy.ToyScorer()
+    run_predictions(data, inline, tmp_path / "inline", RunnerConfig(batch_size=5), state=state)
+    run_predictions(data, workers, tmp_path / "workers", RunnerConfig(batch_size=5, num_workers=2), state=state)
     assert load_predictions(tmp_path / "workers") == load_predictions(tmp_path / "inline")
+    # Batches are collated in the worker processes, not in the process that runs the model.
+    assert set(inline.collate_pids) == {os.getpid()}
+    assert len(workers.collate_pids) == len(inline.collate_pids) and os.getpid() not in workers.collate_pids
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batch_that_cannot_be_collated_is_narrowed_to_the_pair_at_fault(tmp_path, state, num_workers):
+    data = list(read_records(toy.write_toy_records(tmp_path / "d", 6, uncollatable=[4])))
+    scorer = toy.ToyScorer()
+    cfg = RunnerConfig(batch_size=3, bucket_by_length=False, num_workers=num_workers)
+    run_predictions(data, scorer, tmp_path / "out", cfg, state=state)
+    rows = {r["id"]: r for r in load_predictions(tmp_path / "out")}
+    assert rows["p004"]["error"] == {"type": "SampleError",
+                                     "message": "toy scorer cannot collate prompts containing UNCOLLATABLE"}
+    assert all("delta" in rows[i] for i in rows if i != "p004") and len(rows) == 6
+    # The first batch went through whole; the second was collated pair by pair in the main process.
+    assert scorer.batches == [["p000", "p001", "p002"], ["p003"], ["p005"]]
+    assert scorer.collate_pids[1:] == [os.getpid(), os.getpid()]
 
 
 # ------------------------------------------------------------------------------------ scorers
@@ -329,9 +350,25 @@ def test_reward_model_scorer_deltas_and_batch_invariance(tmp_path, reward_model_
     # The cost estimate grows with the response length (what length bucketing sorts on).
     costs = [scorer.cost(r) for r in recs]
     assert costs[1] > costs[3] > costs[0] > costs[2]
+    # Exactly: the longer side's text tokens plus its image's pixels over (patch * merge)^2.
+    image_processor, tokenizer = scorer.model.processor.image_processor, scorer.model.processor.tokenizer
+    recs[2].b.response = "a longer b side"
+
+    def side_cost(rec, side):
+        with Image.open(side.image) as img:
+            width, height = img.size
+        pixels_per_token = (image_processor.patch_size * image_processor.merge_size) ** 2
+        return len(tokenizer.encode(rec.prompt + side.response)) + width * height / pixels_per_token
+
+    assert scorer.costs(recs) == pytest.approx([max(side_cost(r, r.a), side_cost(r, r.b)) for r in recs])
+    assert scorer.costs(recs)[2] == pytest.approx(side_cost(recs[2], recs[2].b))
     # Scores equal the model's own on a hand-built batch.
     batch = scorer.collator([scorer.prepare(recs[1])])
     rewards = scorer.model.score(batch["inputs"])
+    # prepare hands the processor uint8 tensors: the same inputs as from the decoded PIL images.
+    from_pil = scorer.collator([load_pair_media(recs[1], scorer.media)])["inputs"]
+    assert set(from_pil) == set(batch["inputs"])
+    assert all(np.array_equal(from_pil[key].numpy(), batch["inputs"][key].numpy()) for key in from_pil)
     assert batched[1]["score_a"]["VQ"] == pytest.approx(float(rewards[0, 0]), abs=1e-5)
     assert batched[1]["score_b"]["TA"] == pytest.approx(float(rewards[1, 1]), abs=1e-5)
 
@@ -343,7 +380,8 @@ def test_reward_model_scorer_overall_choice(reward_model_dir):
     with pytest.raises(ValueError, match="overall='MQ'"):
         RewardModelScorer(model, overall="MQ")
     rec = PreferenceRecord("r", "p", Side(response="one"), Side(response="two!"), {"overall": "a"})
-    (score,) = RewardModelScorer(model, overall="TA").score([load_pair_media(rec, MediaConfig())])
+    scorer = RewardModelScorer(model, overall="TA")
+    (score,) = scorer.score(scorer.collate([load_pair_media(rec, MediaConfig())]))
     assert score.delta["overall"] == score.delta["TA"]
     assert np.isfinite(score.delta["VQ"])
 

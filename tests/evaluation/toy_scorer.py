@@ -2,7 +2,9 @@
 
 Side score: mean of the first image / video frame (0..1) + len(response) / 10, reported under
 "overall" and "TA". cost = length of the longer response. A prompt containing "REJECT" makes
-`score` raise SampleError for the whole batch (the runner must narrow it down to that pair).
+`score` raise SampleError for the whole batch (the runner must narrow it down to that pair); one
+containing "UNCOLLATABLE" makes `collate` raise it. `collate` notes the process it ran in
+(the batch's "pid"); `score` keeps those in `collate_pids`.
 `TOY_SLEEP` (seconds, env) slows each batch down, for kill-and-resume tests; with `TOY_LOG_DIR`
 set, each process appends the ids it scores to `TOY_LOG_DIR/<pid>.txt`. Also usable as a
 `--scorer tests/evaluation/toy_scorer.py:build` factory of eval/preference.py.
@@ -36,6 +38,7 @@ class ToyScorer(BaseScorer):
 
     def __init__(self) -> None:
         self.batches: list[list[str]] = []  # ids of every scored batch, in order
+        self.collate_pids: list[int] = []  # the collating process of every scored batch
         self.sleep = float(os.environ.get("TOY_SLEEP", "0"))
 
     def cost(self, record: PreferenceRecord) -> float:
@@ -44,7 +47,15 @@ class ToyScorer(BaseScorer):
     def prepare(self, record: PreferenceRecord):
         return load_pair_media(record, MediaConfig(num_frames=2))
 
-    def score(self, items: Sequence) -> list[PairScore]:
+    def collate(self, items: Sequence) -> dict:
+        if any("UNCOLLATABLE" in ex.record.prompt for ex in items):
+            raise SampleError("toy scorer cannot collate prompts containing UNCOLLATABLE")
+        # A plain dict: it crosses from DataLoader workers, and this module is loaded from a path.
+        return {"items": list(items), "pid": os.getpid()}
+
+    def score(self, batch: dict) -> list[PairScore]:
+        items = batch["items"]
+        self.collate_pids.append(batch["pid"])
         if self.sleep:
             time.sleep(self.sleep)
         if any("REJECT" in ex.record.prompt for ex in items):
@@ -78,13 +89,14 @@ def expected_delta(record: PreferenceRecord) -> float:
     return value(record.a) - value(record.b)
 
 
-def write_toy_records(folder, n: int, corrupt: Sequence[int] = (), reject: Sequence[int] = ()) -> Path:
+def write_toy_records(folder, n: int, corrupt: Sequence[int] = (), reject: Sequence[int] = (),
+                      uncollatable: Sequence[int] = ()) -> Path:
     """`folder/records.jsonl` with n pairs of solid-colour PNGs + responses of varying length.
 
     Pair i: a's grey level (37 * i) % 256, b's (91 * i + 50) % 256; every 4th pair (i % 4 == 3) is
     labelled tie, the others follow the toy score (so the toy scorer is right on all of them,
     except pairs whose delta is 0). `corrupt` pairs get a truncated PNG on side a, `reject`
-    pairs a prompt the toy scorer rejects. meta: item_id = i // 2, category = "c{i % 2}".
+    pairs a prompt the toy scorer rejects, `uncollatable` pairs one it cannot collate. meta: item_id = i // 2, category = "c{i % 2}".
     """
     from pathlib import Path
 
@@ -104,7 +116,8 @@ def write_toy_records(folder, n: int, corrupt: Sequence[int] = (), reject: Seque
         if i in corrupt:
             paths["a"].write_bytes(paths["a"].read_bytes()[:30])
         record = PreferenceRecord(
-            id=f"p{i:03d}", prompt=("REJECT " if i in reject else "") + f"prompt {i}",
+            id=f"p{i:03d}",
+            prompt=("REJECT " if i in reject else "") + ("UNCOLLATABLE " if i in uncollatable else "") + f"prompt {i}",
             a=Side(image=paths["a"], response="x" * (i % 5)), b=Side(image=paths["b"], response="y" * (3 * i % 4)),
             label={"overall": "tie"}, meta={"item_id": str(i // 2), "category": f"c{i % 2}"},
         )
