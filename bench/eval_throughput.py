@@ -25,12 +25,17 @@ The predictions of the variants must agree (max |delta difference| <= 1e-4, else
 The RESULT ratio is bucketed pairs/s over baseline pairs/s (wall time); pairs per CPU-second are
 printed alongside. torch runs one CPU thread by default: on a shared, oversubscribed machine
 multi-threaded kernels spin for cores and slow small batches down far more than large ones,
-which would inflate the ratio. What batching cannot amortise on CPU (media decoding, the
-processor's per-image work, attention over long sequences) bounds the ratio; on a GPU the model
-part shrinks and batching matters more.
+which would inflate the ratio. What batching cannot amortise on CPU bounds the ratio: media
+decoding, the processor's per-image and per-sequence work, and the model's own arithmetic. With
+200-character responses the batched model part alone costs about 1.7 ms of the batch-1 run's
+~8 ms per pair, and decoding + processing another ~1.3 ms; prompt-only videos spend most of
+either run decoding. On a GPU the model part shrinks and batching matters more.
+
+--num-workers N gives every variant N DataLoader workers that decode and collate ahead of the
+model (the runner's `num_workers`); on a 2-core machine they compete with the model for cores.
 
     python bench/eval_throughput.py [--pairs 96] [--batch-size 32] [--repeats 3] [--max-chars 200]
-        [--modality images|videos] [--threads 1] [--device cpu|cuda]
+        [--modality images|videos] [--threads 1] [--num-workers 0] [--device cpu|cuda]
 """
 
 from __future__ import annotations

@@ -48,7 +48,13 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import unwrap_peft
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
-from mmreward.training.trainer import TrainerState, append_log, resume_from_latest, save_checkpoint_atomically
+from mmreward.training.trainer import (
+    TrainerState,
+    append_log,
+    resume_from_latest,
+    save_checkpoint_atomically,
+    use_fused_adamw,
+)
 from vr_thinker.env import EnvConfig, VideoPairEnv
 from vr_thinker.grpo import (
     ADVANTAGE_SCALES,
@@ -225,7 +231,8 @@ class GRPOLoop:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the model has no trainable parameters")
-        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           fused=use_fused_adamw(self.accelerator))
         self.scheduler = get_scheduler(config.lr_scheduler, self.optimizer, num_warmup_steps=config.warmup_steps,
                                        num_training_steps=config.max_steps * config.updates_per_rollout)
         self.model, self.optimizer = self.accelerator.prepare(model, self.optimizer)

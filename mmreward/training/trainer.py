@@ -169,6 +169,17 @@ def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]
     return tuple(picked)
 
 
+def use_fused_adamw(acc: Accelerator) -> bool:
+    """Whether AdamW should run as one fused kernel per step: on CUDA, unless FSDP / DeepSpeed shard it.
+
+    The default (foreach) AdamW makes several passes over every parameter-sized tensor per step;
+    the fused kernel reads parameters, gradients and both moments once. With full fine-tuning of
+    a model of billions of parameters at a few pairs per step, those passes are a large share of
+    the step. Sharded setups keep the default (their parameter types are not all fused-capable).
+    """
+    return acc.device.type == "cuda" and acc.distributed_type in (DistributedType.NO, DistributedType.MULTI_GPU)
+
+
 def make_accelerator(cfg: RewardTrainingConfig, log_dir: str | Path) -> Accelerator:
     """The Accelerator a run needs: CPU when asked or without a GPU, TensorBoard logs, accumulation."""
     return Accelerator(
@@ -239,7 +250,8 @@ class RewardTrainer:
             )
             if params
         ]
-        return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                 fused=use_fused_adamw(self.accelerator))
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg

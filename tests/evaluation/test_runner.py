@@ -340,7 +340,9 @@ def test_reward_model_scorer_deltas_and_batch_invariance(tmp_path, reward_model_
         rec.a.response, rec.b.response = resp, resp[::-1]
     run_predictions(recs, scorer, tmp_path / "b4", RunnerConfig(batch_size=4), state=state)
     run_predictions(recs, scorer, tmp_path / "b1", RunnerConfig(batch_size=1), state=state)
+    run_predictions(recs, scorer, tmp_path / "workers", RunnerConfig(batch_size=4, num_workers=1), state=state)
     batched, single = load_predictions(tmp_path / "b4"), load_predictions(tmp_path / "b1")
+    assert load_predictions(tmp_path / "workers") == batched  # processor tensors built in a worker
     for rb, rs in zip(batched, single):
         assert set(rb["delta"]) == {"VQ", "TA", "overall"}
         assert rb["score_a"]["overall"] == pytest.approx(rb["score_a"]["VQ"] + rb["score_a"]["TA"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from PIL import Image
 
 from mmreward.backbones.tiny import build_tiny_vlm
@@ -21,6 +22,7 @@ from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.records import PreferenceRecord, Side
 from mmreward.losses import PreferenceLossConfig
 from mmreward.model import RewardModel, TuningConfig
+from mmreward.training.trainer import use_fused_adamw
 from mmreward.yes_token_scoring import YesTokenScorer
 
 pytestmark = [
@@ -100,7 +102,7 @@ def test_packed_equals_naive_fp32_on_cuda(backbone):
 
 
 def test_bf16_training_on_cuda_learns_a_fixed_batch(backbone):
-    """bf16 weights and SDPA: both forms agree to bf16 precision, and AdamW fits a fixed batch."""
+    """bf16 weights and SDPA: both forms agree to bf16 precision, and fused AdamW fits a fixed batch."""
     torch.manual_seed(0)
     model = RewardModel.from_backbone(backbone, dtype="bfloat16",
                                       tuning=TuningConfig(mode="full", freeze_vision=True)).to(DEVICE)
@@ -111,7 +113,10 @@ def test_bf16_training_on_cuda_learns_a_fixed_batch(backbone):
         packed = model(batches["shared_prefix"]["inputs"]).float()
     assert torch.isfinite(naive).all()
     torch.testing.assert_close(packed, naive, atol=0.05 * naive.abs().max().item() + 1e-2, rtol=0)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # The optimizer the stage trainers build on one GPU: fused AdamW, here on bf16 weights.
+    fused = use_fused_adamw(Accelerator())
+    assert fused
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=fused)
     batch = batches["shared_prefix"]
     losses = []
     for _ in range(15):
