@@ -6,14 +6,16 @@ to check that it is not empty. Both scale with the number of tokens (together ab
 the processor's time on a batch of 64 short image sequences). `TensorProcessor` asks the
 processor for plain lists, converts them with one `torch.tensor` call each and derives the token
 types from the ids on the whole tensor: the same keys, values and dtypes as the wrapped processor
-returns (tested). Everything else (chat templates, the tokenizer, image and video processors) is
-the wrapped processor's.
+returns (tested). Integer lists go through NumPy, about six times faster than `torch.tensor` on
+nested Python lists. Everything else (chat templates, the tokenizer, image and video processors)
+is the wrapped processor's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
 __all__ = ["TensorProcessor"]
@@ -43,7 +45,7 @@ class TensorProcessor:
         from transformers import BatchFeature
 
         out = self.processor(*args, return_tensors=None, return_mm_token_type_ids=False, **kwargs)
-        data = {key: value if isinstance(value, torch.Tensor) else torch.tensor(value) for key, value in out.items()}
+        data = {key: _as_tensor(value) for key, value in out.items()}
         if self._returns_types:
             ids = data["input_ids"]
             types = torch.zeros_like(ids)
@@ -52,3 +54,15 @@ class TensorProcessor:
                     types[torch.isin(ids, torch.tensor(token_ids, dtype=ids.dtype))] = value
             data["mm_token_type_ids"] = types
         return BatchFeature(data)
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    """`torch.tensor(value)`'s result; integer and boolean lists are converted through NumPy."""
+    if isinstance(value, torch.Tensor):
+        return value
+    array = np.asarray(value)
+    if array.dtype.kind in "iu":
+        return torch.from_numpy(array.astype(np.int64, copy=False))
+    if array.dtype.kind == "b":
+        return torch.from_numpy(array)
+    return torch.tensor(value)  # floats and anything else: torch's own dtype rules
