@@ -15,10 +15,13 @@ packs each pair into one sequence (see `mmreward.pair_forward`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip
@@ -87,9 +90,39 @@ def build_messages(prompt: str, side: SideMedia, cfg: CollateConfig) -> list[dic
     return messages
 
 
-def _video_metadata(clip: VideoClip) -> dict[str, Any]:
-    # The processor derives the temporal spacing of M-RoPE (second_per_grid_ts) from these.
-    return {"fps": clip.fps, "total_num_frames": clip.num_frames_total, "frames_indices": clip.indices.tolist()}
+def processor_media(images: Sequence[Any], clips: Sequence[VideoClip]) -> dict[str, Any]:
+    """The processor's media arguments for these images and (pre-sampled) video clips.
+
+    RGB PIL images go as uint8 `[3, H, W]` tensors and clip frames as uint8 `[T, 3, H, W]` views:
+    the Qwen-VL image and video processors give the same pixels and grids as for the PIL images /
+    `[T, H, W, 3]` arrays (tested) and skip their own per-image conversion. Each clip's timing
+    goes along, from which the processor derives the temporal spacing of M-RoPE.
+    """
+    kwargs: dict[str, Any] = {}
+    if images:
+        kwargs["images"] = [_image_tensor(img) for img in images]
+    if clips:
+        kwargs.update(
+            videos=[_frames_tensor(clip.frames) for clip in clips],
+            video_metadata=[{"fps": clip.fps, "total_num_frames": clip.num_frames_total,
+                             "frames_indices": clip.indices.tolist()} for clip in clips],
+            do_sample_frames=False,  # already sampled (mmreward.data.media); no resampling
+        )
+    return kwargs
+
+
+def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # Frame-pool clips are read-only arrays shared between callers; the processor only reads
+        # this view, so torch's warning about non-writable arrays does not apply.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def _image_tensor(image: Any) -> Any:
+    if isinstance(image, Image.Image) and image.mode == "RGB":
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1)
+    return image  # other modes / array inputs: the processor converts them itself
 
 
 def encode_sides(
@@ -102,7 +135,9 @@ def encode_sides(
     """Processor inputs for `len(sides)` sequences (one per prompt/side), padded per `cfg`."""
     if len(prompts) != len(sides):
         raise ValueError(f"{len(prompts)} prompts for {len(sides)} sides")
-    texts, images, videos, metadata = [], [], [], []
+    texts: list[str] = []
+    images: list[Any] = []
+    clips: list[VideoClip] = []
     for prompt, side in zip(prompts, sides):
         add_generation_prompt = side.response is None
         texts.append(
@@ -112,15 +147,9 @@ def encode_sides(
         )
         images.extend(side.images)
         if side.video is not None:
-            videos.append(side.video.frames)
-            metadata.append(_video_metadata(side.video))
-    kwargs: dict[str, Any] = {}
-    if images:
-        kwargs["images"] = images
-    if videos:
-        # Frames are already sampled (mmreward.data.media); the processor must not resample them.
-        kwargs.update(videos=videos, video_metadata=metadata, do_sample_frames=False)
-    batch = processor(text=texts, padding=True, padding_side=cfg.padding_side, return_tensors="pt", **kwargs)
+            clips.append(side.video)
+    batch = processor(text=texts, padding=True, padding_side=cfg.padding_side, return_tensors="pt",
+                      **processor_media(images, clips))
     batch = dict(batch)
     if cfg.max_length is not None and batch["input_ids"].shape[1] > cfg.max_length:
         lengths = batch["attention_mask"].sum(dim=1).tolist()

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import torch
 
-from mmreward.collate import CollateConfig, CollateError, pair_labels, shares_prefix
+from mmreward.collate import CollateConfig, CollateError, pair_labels, processor_media, shares_prefix
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip
 from mmreward.yes_token import YesTokenConfig
@@ -126,7 +126,9 @@ def encode_queries(
     """
     if not queries:
         raise CollateError("no queries to encode")
-    texts, images, videos, metadata = [], [], [], []
+    texts: list[str] = []
+    images: list[Any] = []
+    clips: list[VideoClip] = []
     rendered: dict[str, str] = {}  # candidates for one prompt share their chat text: render it once
     for query in queries:
         messages = build_verdict_messages(query, cfg, collate)
@@ -137,17 +139,9 @@ def encode_queries(
         texts.append(chat if for_generation else chat + verdict_prefix_text(cfg, query.rationale))
         query_images, query_videos = query_media(query)
         images.extend(query_images)
-        for clip in query_videos:
-            videos.append(clip.frames)
-            # The processor derives M-RoPE's temporal spacing from the source timing.
-            metadata.append({"fps": clip.fps, "total_num_frames": clip.num_frames_total,
-                             "frames_indices": clip.indices.tolist()})
-    kwargs: dict[str, Any] = {}
-    if images:
-        kwargs["images"] = images
-    if videos:
-        kwargs.update(videos=videos, video_metadata=metadata, do_sample_frames=False)  # frames are pre-sampled
-    batch = dict(processor(text=texts, padding=True, padding_side=collate.padding_side, return_tensors="pt", **kwargs))
+        clips.extend(query_videos)
+    batch = dict(processor(text=texts, padding=True, padding_side=collate.padding_side, return_tensors="pt",
+                           **processor_media(images, clips)))
     if collate.max_length is not None and batch["input_ids"].shape[1] > collate.max_length:
         lengths = batch["attention_mask"].sum(dim=1).tolist()
         too_long = [(queries[i].id or i, n) for i, n in enumerate(lengths) if n > collate.max_length]

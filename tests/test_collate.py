@@ -17,6 +17,7 @@ from mmreward.collate import (
     encode_sides,
     last_token_index,
     pair_labels,
+    processor_media,
     shares_prefix,
 )
 from mmreward.data.dataset import PreferenceExample, SideMedia
@@ -108,6 +109,25 @@ def test_video_metadata_sets_temporal_spacing(processor):
     assert batch["video_grid_thw"][0, 0].item() == 4  # 8 frames / temporal patch 2
 
 
+def test_processor_media_gives_the_processors_own_pixels(processor):
+    """uint8 tensors in, the same pixels and grids out as for PIL images and [T, H, W, 3] arrays."""
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in
+              [(84, 84), (100, 57), (300, 200), (33, 61)]]  # the last two are resized by the processor
+    images.append(Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)))  # grey: passed as is
+    clips = [VideoClip(rng.integers(0, 255, (n, 56, 84, 3), dtype=np.uint8), np.arange(n) / 4.0,
+                       np.arange(n), 4.0, n) for n in (4, 8)]
+    media = processor_media(images, clips)
+    assert [type(img).__name__ for img in media["images"]] == ["Tensor"] * 4 + ["Image"]
+    texts = ["<|vision_start|><|image_pad|><|vision_end|>" * len(images) + "<|vision_start|><|video_pad|><|vision_end|>" * 2]
+    got = processor(text=texts, return_tensors="pt", **media)
+    want = processor(text=texts, images=images, videos=[clip.frames for clip in clips], return_tensors="pt",
+                     video_metadata=media["video_metadata"], do_sample_frames=False)
+    assert sorted(got) == sorted(want)
+    for key in want:
+        assert torch.equal(got[key], want[key]), key
+
+
 def test_pair_labels_exact():
     records = [
         PreferenceRecord("x", "p", Side(response="1"), Side(response="2"), {"overall": "a", "TA": "tie"}),
@@ -159,3 +179,12 @@ def test_max_length_names_records(processor):
         PairCollator(processor, ["overall"], CollateConfig(max_length=40))(examples)
     with pytest.raises(CollateError, match="empty batch"):
         PairCollator(processor, ["overall"])([])
+
+
+def test_read_only_frames_go_to_the_processor_without_a_warning(processor, recwarn):
+    frames = np.random.default_rng(0).integers(0, 255, (4, 56, 84, 3), dtype=np.uint8)
+    frames.flags.writeable = False  # as the frame pool hands them out
+    clip = VideoClip(frames, np.arange(4) / 4.0, np.arange(4), 4.0, 4)
+    batch = encode_sides(processor, ["moving"], [SideMedia(video=clip)], CollateConfig())
+    assert batch["video_grid_thw"].tolist() == [[2, 4, 6]]
+    assert not [w for w in recwarn if "not writable" in str(w.message)]

@@ -275,15 +275,7 @@ class RewardModelScorer(BaseScorer):
         return tokens
 
     def prepare(self, record: PreferenceRecord) -> Any:
-        import numpy as np
-        import torch
-
-        example = load_pair_media(record, self.media)
-        for side in (example.a, example.b):
-            # uint8 [3, H, W] tensors: the image processor gives the same pixels and grids as for
-            # the PIL images (tested) and skips its own per-image PIL conversion.
-            side.images = [torch.from_numpy(np.array(img)).permute(2, 0, 1) for img in side.images]
-        return example
+        return load_pair_media(record, self.media)
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""

@@ -367,10 +367,6 @@ def test_reward_model_scorer_deltas_and_batch_invariance(tmp_path, reward_model_
     # Scores equal the model's own on a hand-built batch.
     batch = scorer.collator([scorer.prepare(recs[1])])
     rewards = scorer.model.score(batch["inputs"])
-    # prepare hands the processor uint8 tensors: the same inputs as from the decoded PIL images.
-    from_pil = scorer.collator([load_pair_media(recs[1], scorer.media)])["inputs"]
-    assert set(from_pil) == set(batch["inputs"])
-    assert all(np.array_equal(from_pil[key].numpy(), batch["inputs"][key].numpy()) for key in from_pil)
     assert batched[1]["score_a"]["VQ"] == pytest.approx(float(rewards[0, 0]), abs=1e-5)
     assert batched[1]["score_b"]["TA"] == pytest.approx(float(rewards[1, 1]), abs=1e-5)
 
