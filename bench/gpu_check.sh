@@ -50,7 +50,8 @@ step reward_stage_bf16 $PY -m accelerate.commands.launch --num_processes 1 --num
 step reward_stage_fsdp $PY -m accelerate.commands.launch --config_file train/accelerate/fsdp.yaml --num_processes 1 \
     train/reward.py "${stage_args[@]}" --dtype float32 --output_dir "$OUT/reward_fsdp"
 step yes_token_scoring $PY bench/yes_token_scoring.py --device cuda --threads 0
-step eval_throughput $PY bench/eval_throughput.py --device cuda --threads 8
+step eval_throughput $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384
+step eval_throughput_workers $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384 --num-workers 4
 
 for run in reward_bf16 reward_fsdp; do
     [ -f "$OUT/$run/manifest.json" ] && $PY -c "import json,sys; m=json.load(open(sys.argv[1])); \
