@@ -21,3 +21,12 @@ def single_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def sb3_logs_in_a_temporary_dir(tmp_path_factory):
+    """SB3's default logger makes a folder under the system temp dir on every `learn()` without a
+    tensorboard_log; the suite's go to its own temporary directory instead."""
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
+    yield
+    os.environ.pop("SB3_LOGDIR", None)

@@ -233,12 +233,10 @@ def test_accelerate_alone_would_run_the_planted_pickle(accelerator, tmp_path):
 
 
 @pytest.fixture
-def sac(tmp_path, monkeypatch):
+def sac():
     """A SAC on Pendulum after 20 steps, and a factory for fresh ones of the same config."""
     import gymnasium as gym
     from stable_baselines3 import SAC
-
-    monkeypatch.setenv("SB3_LOGDIR", str(tmp_path / "sb3_logs"))  # SB3's logger otherwise makes a dir in /tmp
 
     def build():
         return SAC("MlpPolicy", gym.make("Pendulum-v1"), buffer_size=100, learning_starts=5, batch_size=8,

@@ -4,7 +4,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ def _load(name, path):
 
 preference = _load("preference_cli", SCRIPT)
 toy = _load("toy_scorer", TOY)
+stage_helpers = _load("stage_helpers", REPO / "tests" / "train" / "stage_helpers.py")  # the DDP launch command
 
 
 @pytest.fixture(scope="module")
@@ -149,22 +149,15 @@ def test_sigkill_then_rerun_gives_every_id_once(tmp_path, state):
     assert json.loads((out / "metrics.json").read_text())["info"]["pairs scored in this run"] == 24 - streamed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_give_the_same_predictions_as_one(tmp_path, state):
     data = toy.write_toy_records(tmp_path / "data", 20, corrupt=[7])
     preference.main(_args(data, tmp_path / "one", "--batch_size", "3"), state=state)
     logs = tmp_path / "logs"
     logs.mkdir()
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(_free_port())]
-    result = subprocess.run([*launcher, str(SCRIPT), *_args(data, tmp_path / "two", "--batch_size", "3", "--cpu", "true")],
-                            cwd=REPO, env=_env(TOY_LOG_DIR=str(logs)), capture_output=True, text=True, timeout=300)
+    command = stage_helpers.ddp_command(_args(data, tmp_path / "two", "--batch_size", "3", "--cpu", "true"),
+                                        num_processes=2, script=SCRIPT)
+    result = subprocess.run(command, cwd=REPO, env=_env(TOY_LOG_DIR=str(logs)), capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_predictions(tmp_path / "two") == load_predictions(tmp_path / "one")
     per_process = [set(p.read_text().split()) for p in logs.iterdir()]
