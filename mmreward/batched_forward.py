@@ -210,15 +210,45 @@ def unique_media(pixels: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[int
     """Repeated images / videos in a batch (e.g. both sides of a response pair show one image).
 
     Returns `(keep, copy_of)`: the items to encode (first occurrences) and, for every item, the
-    position in `keep` of the item with identical grid and pixels.
+    position in `keep` of the item with identical grid and pixels. Items with equal grid and pixel
+    sum are candidates; all candidates are then checked for equality at once, so on a GPU the
+    whole search waits for the device twice, not once per item.
     """
-    chunks = torch.split(pixels, grid_thw.prod(-1).tolist())
+    sizes = grid_thw.prod(-1).tolist()
+    grids = [tuple(g) for g in grid_thw.tolist()]
+    chunks = torch.split(pixels, sizes)
+    sums = torch.stack([chunk.sum(dtype=torch.float64) for chunk in chunks]).tolist()
+    first: dict[tuple, int] = {}  # (grid, pixel sum) -> first item with it
+    candidates: list[tuple[int, int]] = []  # (item, earlier item it may repeat)
+    for i, key in enumerate(zip(grids, sums)):
+        if key in first:
+            candidates.append((i, first[key]))
+        else:
+            first[key] = i
+    repeats: dict[int, int] = {}
+    if candidates:
+        equal = torch.stack([(chunks[i] == chunks[j]).all() for i, j in candidates]).tolist()
+        if not all(equal):  # equal sums, different pixels (rare): compare against every earlier item
+            return _unique_media_pairwise(chunks, grids, sums)
+        repeats = dict(candidates)
+    keep: list[int] = []
+    copy_of: list[int] = []
+    for i in range(len(sizes)):
+        if i in repeats:
+            copy_of.append(copy_of[repeats[i]])
+        else:
+            copy_of.append(len(keep))
+            keep.append(i)
+    return keep, copy_of
+
+
+def _unique_media_pairwise(chunks: tuple[torch.Tensor, ...], grids: list[tuple], sums: list[float]
+                           ) -> tuple[list[int], list[int]]:
     keep: list[int] = []
     copy_of: list[int] = []
     seen: dict[tuple, list[int]] = {}  # (grid, pixel sum) -> positions in keep; equality decides
-    for i, (chunk, grid) in enumerate(zip(chunks, grid_thw.tolist())):
-        key = (tuple(grid), float(chunk.sum()))
-        match = next((k for k in seen.get(key, []) if torch.equal(chunks[keep[k]], chunk)), None)
+    for i, key in enumerate(zip(grids, sums)):
+        match = next((k for k in seen.get(key, []) if torch.equal(chunks[keep[k]], chunks[i])), None)
         if match is None:
             match = len(keep)
             seen.setdefault(key, []).append(match)
@@ -268,10 +298,11 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
             raise ValueError(f"{int(slots.sum())} {pixels_key} placeholder tokens for {features.shape[0]} features")
         embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
     lengths = mask.sum(dim=1)
-    read = embeds.new_empty(len(lengths), embeds.shape[-1])
-    for rows in length_groups(lengths.tolist()):
+    row_lengths = lengths.tolist()  # one read-back; group widths come from this list
+    read = embeds.new_empty(len(row_lengths), embeds.shape[-1])
+    for rows in length_groups(row_lengths):
         index = torch.tensor(rows, device=embeds.device)
-        width = int(lengths[index].max())
+        width = max(row_lengths[r] for r in rows)
         read[index] = _read_hidden(inner.language_model, embeds[index, :width], positions[:, index, :width],
                                    lengths[index] - 1)
     head = model.head

@@ -221,3 +221,14 @@ def test_tensor_processor_returns_the_processors_own_batch(vlm_dir, synthetic, m
         assert sorted(got) == sorted(want)
         for key in want:
             assert got[key].dtype == want[key].dtype and torch.equal(got[key], want[key]), key
+
+
+def test_unique_media_with_equal_sums_but_different_pixels_among_repeats():
+    grid = torch.tensor([[1, 2, 2]] * 4)
+    a = torch.ones(4, 3)
+    b = a.flip(0) * torch.tensor([[2.0], [0.0], [1.0], [1.0]])  # same sum as a, other pixels
+    # a, b, b, a: both repeats are found although a and b collide on (grid, sum).
+    assert unique_media(torch.cat([a, b, b, a]), grid) == ([0, 1], [0, 1, 1, 0])
+    # Every pair of a response-pair batch repeats its image: a sides first, then b sides.
+    images = [torch.full((4, 3), float(i)) for i in range(3)]
+    assert unique_media(torch.cat(images + images), torch.tensor([[1, 2, 2]] * 6)) == ([0, 1, 2], [0, 1, 2, 0, 1, 2])
