@@ -139,6 +139,16 @@ def _check_model_dir(model: Path) -> None:
         read_manifest(model)
 
 
+def _checked(scorer: Any, spec: str) -> Scorer:
+    """A factory's scorer, refused with the names of the `Scorer` methods it lacks."""
+    missing = [name for name in ("name", "describe", "cost", "costs", "prepare", "collate", "score")
+               if not hasattr(scorer, name)]
+    if missing:
+        raise TypeError(f"scorer factory {spec!r} returned a {type(scorer).__name__} without {missing} "
+                        "(subclass mmreward.evaluation.BaseScorer for the defaults)")
+    return scorer
+
+
 def build_scorer(args: EvalArguments, device: Any) -> Scorer:
     """The scorer that `args` asks for (see the module docstring)."""
     media = MediaConfig(num_frames=args.num_frames, fps=args.fps, max_pixels=args.max_pixels)
@@ -173,7 +183,7 @@ def build_scorer(args: EvalArguments, device: Any) -> Scorer:
         return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device), media=media,
                                           dimensions=args.clip_dimensions)
     if ":" in kind:
-        return _load_factory(kind)(args, device)
+        return _checked(_load_factory(kind)(args, device), kind)
     raise ValueError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
 
 

@@ -116,6 +116,13 @@ def test_scorer_choice_and_model_dir_checks(tmp_path, state):
         preference.main(_args(data, tmp_path / "o3", "--model", str(empty), scorer="auto"), state=state)
     with pytest.raises(ValueError, match="unknown; known judges"):
         preference.main(_args(data, tmp_path / "o4", "--judge", "nope", scorer="auto"), state=state)
+    # A factory whose scorer predates `collate` / `costs` is refused with what it lacks.
+    factory = tmp_path / "old_scorer.py"
+    factory.write_text("class Old:\n    name = 'old'\n    def describe(self): return {}\n"
+                       "    def cost(self, r): return 0.0\n    def prepare(self, r): return r\n"
+                       "    def score(self, items): return []\n\ndef build(args, device):\n    return Old()\n")
+    with pytest.raises(TypeError, match=r"without \['costs', 'collate'\]"):
+        preference.main(_args(data, tmp_path / "o5", scorer=f"{factory}:build"), state=state)
 
 
 def _run_cli(args, env, timeout=240):
