@@ -117,10 +117,10 @@ def load_data(spec: str, media_root: str | None, media_out: Path) -> list[Prefer
 # ------------------------------------------------------------------------------------ scorers
 
 
-def _load_factory(spec: str, base: Path = Path.cwd()) -> Callable[..., Scorer]:
-    """`FILE.py:FUNCTION` -> the function (FILE relative to `base` unless absolute)."""
+def _load_factory(spec: str, base: Path | None = None) -> Callable[..., Scorer]:
+    """`FILE.py:FUNCTION` -> the function (FILE relative to `base`, default the working directory, unless absolute)."""
     file, sep, func = spec.rpartition(":")
-    path = Path(file) if Path(file).is_absolute() else base / file
+    path = Path(file) if Path(file).is_absolute() else (base or Path.cwd()) / file
     if not sep or not func or not path.is_file():
         raise ValueError(f"scorer factory {spec!r}: expected FILE.py:FUNCTION with an existing file ({path})")
     name = f"_scorer_{path.stem}"
