@@ -7,8 +7,8 @@ pair with a block attention mask (`mmreward.pair_forward`). Both train the same 
 on the same pre-collated batches; a step is forward, backward and optimizer update. The update costs
 the same in both forms, so the slower it is the lower the ratio: with 3.8B parameters and two pairs
 per step, the default (foreach) AdamW's passes over every parameter-sized tensor are a large share
-of an H100 step, which the fused kernel cuts to one read and write of each. Before timing, the first batch's loss and gradients of both forms
-are compared: in fp32 the loss within 1e-6 and every gradient tensor within 1e-4 relative error
+of an H100 step, which the fused kernel cuts to one read and write of each. Before timing, the
+first batch's loss and gradients of both forms are compared: in fp32 the loss within 1e-6 and every gradient tensor within 1e-4 relative error
 (||d|| / ||g||); in bf16 only the loss, within 2% (bf16 rounds differently in the two layouts).
 
     python bench/pair_training.py [--pairs 2] [--response_words 3 10] [--steps 24] [--threads 1]

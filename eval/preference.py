@@ -141,8 +141,10 @@ def _check_model_dir(model: Path) -> None:
 
 def _checked(scorer: Any, spec: str) -> Scorer:
     """A factory's scorer, refused with the names of the `Scorer` methods it lacks."""
-    missing = [name for name in ("name", "describe", "cost", "costs", "prepare", "collate", "score")
-               if not hasattr(scorer, name)]
+    # The protocol's own attributes and methods, so the check follows the protocol when it changes.
+    members = [*Scorer.__annotations__,
+               *(name for name, value in vars(Scorer).items() if callable(value) and not name.startswith("_"))]
+    missing = [name for name in members if not hasattr(scorer, name)]
     if missing:
         raise TypeError(f"scorer factory {spec!r} returned a {type(scorer).__name__} without {missing} "
                         "(subclass mmreward.evaluation.BaseScorer for the defaults)")
