@@ -1,5 +1,5 @@
 """Helpers shared by the stage tests: subprocess launches of a stage script (2-process CPU DDP for any stage;
-train/reward.py killed at a checkpoint) and the weights a reward run saved."""
+a run SIGKILLed once a checkpoint exists) and the weights a reward run saved."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -49,24 +50,30 @@ def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600,
     return result
 
 
-def kill_at_checkpoint(args: list[str], out: Path, step: int, timeout: float = 240) -> None:
-    """Run the stage in a subprocess, SIGKILL it once `checkpoints/step_<step>` exists, and check that
-    the killed run left an incomplete directory without a final model."""
+def kill_when(command: list[str], ready: Callable[[], bool], what: str, timeout: float = 240) -> None:
+    """Run `command` in a subprocess and SIGKILL it as soon as `ready()` holds; fails with the run's
+    stderr if it exits first or `what` has not happened within `timeout` seconds."""
     with tempfile.TemporaryFile() as stderr:  # a file, not a pipe: a full pipe would stall the run
-        proc = subprocess.Popen([sys.executable, str(STAGE_SCRIPT), *args], env=subprocess_env(),
-                                stdout=subprocess.DEVNULL, stderr=stderr)
+        proc = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=stderr)
         deadline = time.time() + timeout
-        while not (out / "checkpoints" / f"step_{step:08d}").exists():
+        while not ready():
             if proc.poll() is not None or time.time() > deadline:
                 proc.kill()
                 proc.wait()
                 stderr.seek(0)
-                raise AssertionError(f"no checkpoint step {step} within {timeout} s (exit {proc.returncode}):\n"
+                raise AssertionError(f"no {what} within {timeout} s (exit {proc.returncode}):\n"
                                      + stderr.read().decode(errors="replace")[-3000:])
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert proc.returncode == -signal.SIGKILL
+
+
+def kill_at_checkpoint(args: list[str], out: Path, step: int, timeout: float = 240) -> None:
+    """Run the stage in a subprocess, SIGKILL it once `checkpoints/step_<step>` exists, and check that
+    the killed run left an incomplete directory without a final model."""
+    checkpoint = out / "checkpoints" / f"step_{step:08d}"
+    kill_when([sys.executable, str(STAGE_SCRIPT), *args], checkpoint.exists, f"checkpoint step {step}", timeout)
     assert (out / INCOMPLETE_MARKER).exists() and not (out / "head.safetensors").exists()
 
 

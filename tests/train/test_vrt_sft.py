@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import vrt_sft as stage  # noqa: E402  (train/vrt_sft.py, the script under test)
-from stage_helpers import subprocess_env  # noqa: E402
+from stage_helpers import kill_when  # noqa: E402
 
 # Short contexts keep the CPU steps cheap: 2 initial frames of 48 px, a one-line system prompt.
 FAST = [
@@ -175,9 +175,6 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
     """SIGKILL right after a random periodic checkpoint, then --resume_from_checkpoint: training continues at
     that step and ends with the weights and per-step losses of an uninterrupted run (CPU, deterministic)."""
     import random
-    import signal
-    import subprocess
-    import time
 
     straight = tmp_path / "straight"
     run("--model_path", "tiny", "--data", str(data), "--output_dir", str(straight), *RESUME)
@@ -187,16 +184,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
     kill_after = random.choice([2, 4])
     cmd = [sys.executable, str(ROOT / "train" / "vrt_sft.py"), "--config", str(ROOT / "train/configs/vrt_sft.yaml"),
            *FAST, "--model_path", "tiny", "--data", str(data), "--output_dir", str(killed), *RESUME]
-    proc = subprocess.Popen(cmd, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoint = killed / "checkpoints" / f"checkpoint-{kill_after}"
-    deadline = time.time() + 300
-    while not _finished_checkpoint(checkpoint):
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, f"no {checkpoint.name} within 300 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    kill_when(cmd, lambda: _finished_checkpoint(checkpoint), checkpoint.name, timeout=300)
     assert (killed / "INCOMPLETE").exists() and not (killed / "manifest.json").exists()
     assert not (killed / "checkpoints" / "checkpoint-6").exists()
 

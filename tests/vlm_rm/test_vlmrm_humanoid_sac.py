@@ -2,12 +2,8 @@
 
 import importlib.util
 import json
-import os
 import random
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import av
@@ -17,6 +13,9 @@ import torch
 from mmreward.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "train"))
+from stage_helpers import kill_when  # noqa: E402  (the stage tests' SIGKILL helper)
+
 CPU_CONFIG = ROOT / "train" / "configs" / "humanoid_sac_cpu.yaml"
 SMALL = ["--episode_length", "10", "--total_timesteps", "40", "--learning_starts", "10", "--train_freq", "10",
          "--gradient_steps", "2", "--batch_size", "16", "--eval_freq", "20", "--checkpoint_freq", "20"]
@@ -78,17 +77,9 @@ def test_sigkill_at_a_random_checkpoint_then_resume_loses_and_repeats_nothing(tr
     args = ["--config", str(CPU_CONFIG), "--output_dir", str(out), "--reward_mode", "rollout", *SMALL,
             "--total_timesteps", "80"]
     kill_after = random.choice([20, 40, 60])  # checkpoints come at rollout starts: every 20 env steps here
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "humanoid_sac.py"), *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 240
-    while not (out / "checkpoints" / f"sac_{kill_after}_steps.zip").exists():
-        assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, f"no checkpoint at {kill_after} steps within 240 s"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    # subprocess_env keeps the suite's MUJOCO_GL=egl (tests/conftest.py) and sets one OpenMP thread.
+    kill_when([sys.executable, str(ROOT / "train" / "humanoid_sac.py"), *args],
+              (out / "checkpoints" / f"sac_{kill_after}_steps.zip").exists, f"checkpoint at {kill_after} steps")
     assert (out / "INCOMPLETE").exists() and not (out / "manifest.json").exists()
     saved = sorted(int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("sac_*_steps.zip"))
     last = saved[-1]
