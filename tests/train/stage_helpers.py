@@ -12,7 +12,9 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -75,6 +77,30 @@ def kill_at_checkpoint(args: list[str], out: Path, step: int, timeout: float = 2
     checkpoint = out / "checkpoints" / f"step_{step:08d}"
     kill_when([sys.executable, str(STAGE_SCRIPT), *args], checkpoint.exists, f"checkpoint step {step}", timeout)
     assert (out / INCOMPLETE_MARKER).exists() and not (out / "head.safetensors").exists()
+
+
+def assert_non_finite_loss_stops_the_run(stage: Any, head_class: type, args: list[str], out: Path,
+                                         monkeypatch: Any, capsys: Any) -> None:
+    """The NaN guard of a reward stage: the 4th forward of `head_class` returns NaN (step 4: `args`
+    must run no validation forward before it), with checkpoints every 2 of 6 steps. The stage exits
+    with EXIT_NON_FINITE naming the step and the last good checkpoint, and leaves `out` incomplete
+    with only that checkpoint."""
+    calls = {"n": 0}
+    original = head_class.forward
+
+    def poisoned(self, hidden, lm_head=None):
+        calls["n"] += 1
+        result = original(self, hidden, lm_head)
+        return result * float("nan") if calls["n"] == 4 else result
+
+    monkeypatch.setattr(head_class, "forward", poisoned)
+    with pytest.raises(SystemExit) as exit_info:
+        stage.main([*args, "--max_steps", "6", "--save_steps", "2"])
+    assert exit_info.value.code == stage.EXIT_NON_FINITE
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 4" in err and "step_00000002" in err
+    assert (out / INCOMPLETE_MARKER).exists() and not (out / "manifest.json").exists()
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
 
 
 def saved_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -15,11 +15,17 @@ from safetensors.torch import load_file
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.heads import ScalarHead
-from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
+from mmreward.manifest import read_manifest
 from mmreward.model import RewardModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stage_helpers import assert_same_weights, kill_at_checkpoint, run_ddp, saved_weights  # noqa: E402
+from stage_helpers import (  # noqa: E402
+    assert_non_finite_loss_stops_the_run,
+    assert_same_weights,
+    kill_at_checkpoint,
+    run_ddp,
+    saved_weights,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,23 +107,8 @@ def test_video_stage_lora(tiny, data, tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, data, tmp_path, monkeypatch, capsys):
-    calls = {"n": 0}
-    original = ScalarHead.forward
-
-    def poisoned(self, hidden, lm_head=None):
-        calls["n"] += 1
-        out = original(self, hidden, lm_head)
-        return out * float("nan") if calls["n"] == 4 else out  # the 4th training forward = step 4
-
-    monkeypatch.setattr(ScalarHead, "forward", poisoned)
-    out = tmp_path / "nan"
-    with pytest.raises(SystemExit) as exit_info:
-        stage.main(_args(tiny, data, out, "--max_steps", "6", "--save_steps", "2"))
-    assert exit_info.value.code == stage.EXIT_NON_FINITE
-    err = capsys.readouterr().err
-    assert "non-finite loss at step 4" in err and "step_00000002" in err
-    assert (out / INCOMPLETE_MARKER).exists() and not (out / "manifest.json").exists()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    out = tmp_path / "nan"  # the 4th training forward = step 4
+    assert_non_finite_loss_stops_the_run(stage, ScalarHead, _args(tiny, data, out), out, monkeypatch, capsys)
 
 
 def test_sigkill_then_resume_gives_identical_weights(tiny, data, tmp_path):

@@ -16,7 +16,7 @@ from mmreward.collate import CollateConfig
 from mmreward.data.dataset import PreferenceDataset
 from mmreward.data.records import label_to_int
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
-from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
+from mmreward.manifest import read_manifest
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.yes_token import YesTokenHead
@@ -26,7 +26,13 @@ sys.path.insert(0, str(ROOT / "train"))
 import reward as stage  # noqa: E402  (train/reward.py, the script under test)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from stage_helpers import assert_same_weights, kill_at_checkpoint, run_ddp, saved_weights  # noqa: E402
+from stage_helpers import (  # noqa: E402
+    assert_non_finite_loss_stops_the_run,
+    assert_same_weights,
+    kill_at_checkpoint,
+    run_ddp,
+    saved_weights,
+)
 
 IMAGE_CONFIG = ROOT / "train" / "configs" / "rewarddance_image.yaml"
 VIDEO_CONFIG = ROOT / "train" / "configs" / "rewarddance_video.yaml"
@@ -199,23 +205,9 @@ def test_sigkill_then_resume_gives_identical_weights(tiny, quality, tmp_path, tu
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, quality, tmp_path, monkeypatch, capsys):
-    calls = {"n": 0}
-    original = YesTokenHead.forward
-
-    def poisoned(self, hidden, lm_head=None):
-        calls["n"] += 1
-        out = original(self, hidden, lm_head)
-        return out * float("nan") if calls["n"] == 4 else out  # one forward per step (no validation): step 4
-
-    monkeypatch.setattr(YesTokenHead, "forward", poisoned)
-    out = tmp_path / "nan"
-    with pytest.raises(SystemExit) as exit_info:
-        stage.main(_stage_args(tiny, quality, out, "--max_steps", "6", "--save_steps", "2"))
-    assert exit_info.value.code == stage.EXIT_NON_FINITE
-    err = capsys.readouterr().err
-    assert "non-finite loss at step 4" in err and "step_00000002" in err
-    assert (out / INCOMPLETE_MARKER).exists() and not (out / "manifest.json").exists()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step_00000002"]
+    out = tmp_path / "nan"  # one forward per step (no validation): the 4th head forward is step 4
+    assert_non_finite_loss_stops_the_run(stage, YesTokenHead, _stage_args(tiny, quality, out), out, monkeypatch,
+                                         capsys)
 
 
 @pytest.mark.slow
