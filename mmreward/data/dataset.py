@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import torch.utils.data
 from PIL import Image
@@ -55,15 +56,28 @@ class PreferenceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _load_side(self, side: Side) -> SideMedia:
+    def _load_side(self, side: Side, decoded: dict[tuple[str, Path], Any]) -> SideMedia:
+        """`side`'s media; a path already in `decoded` (the other side of the pair) is not decoded again."""
+
+        def once(kind: str, path: Path, load: Callable[[Path], Any]) -> Any:
+            key = (kind, Path(path))
+            if key not in decoded:
+                decoded[key] = load(path)
+            return decoded[key]
+
         paths = ([side.image] if side.image is not None else []) + side.images
-        images = [load_image(p, max_pixels=self.max_pixels) for p in paths]
-        video = read_video(side.video, num_frames=self.num_frames, fps=self.fps) if side.video is not None else None
+        images = [once("image", p, lambda p: load_image(p, max_pixels=self.max_pixels)) for p in paths]
+        video = None
+        if side.video is not None:
+            video = once("video", side.video, lambda p: read_video(p, num_frames=self.num_frames, fps=self.fps))
         return SideMedia(images=images, video=video, response=side.response)
 
     def __getitem__(self, index: int) -> PreferenceExample:
         record = self.records[index]
+        # Both answers of a response pair (VL-RewardBench, Multimodal RewardBench, ...) show the same
+        # image or video: it is decoded once and both sides share the result (consumers only read media).
+        decoded: dict[tuple[str, Path], Any] = {}
         try:
-            return PreferenceExample(record, self._load_side(record.a), self._load_side(record.b))
+            return PreferenceExample(record, self._load_side(record.a, decoded), self._load_side(record.b, decoded))
         except MediaError as e:
             raise MediaError(e.path, f"{e.reason} (record {record.id!r} in {self.records.path})") from e

@@ -196,3 +196,34 @@ def test_dataset_loads_media_lazily(root):
     assert ds[1].record.id == "v"
     with pytest.raises(MediaError, match="file not found.*record 'i'"):
         ds[0]
+
+
+def test_dataset_decodes_media_shared_by_both_sides_once(root, monkeypatch):
+    import mmreward.data.dataset as dataset_module
+
+    decoded: list[str] = []
+    for name in ("load_image", "read_video"):
+        real = getattr(dataset_module, name)
+        monkeypatch.setattr(dataset_module, name,
+                            lambda path, *args, _real=real, **kw: decoded.append(Path(path).name) or _real(path, *args, **kw))
+    path = write_lines(
+        root / "d.jsonl",
+        # A response pair: one image and one video on both sides, plus an image only side b shows.
+        line(id="shared", a={"image": "img/a.png", "video": "vid/a.mp4", "response": "x"},
+             b={"image": "img/a.png", "images": ["img/b.png"], "video": "vid/a.mp4", "response": "y"}),
+        line(id="distinct"),
+    )
+    ds = PreferenceDataset(path, num_frames=2)
+    ex = ds[0]
+    assert sorted(decoded) == ["a.mp4", "a.png", "b.png"]
+    assert ex.b.images[0] is ex.a.images[0] and ex.b.video is ex.a.video
+    assert [np.asarray(im)[0, 0].tolist() for im in ex.b.images] == [[255, 0, 0], [0, 0, 255]]
+    assert (ex.a.response, ex.b.response) == ("x", "y")
+
+    decoded.clear()
+    ex = ds[1]
+    assert sorted(decoded) == ["a.png", "b.png"]
+    assert np.asarray(ex.a.images[0])[0, 0].tolist() == [255, 0, 0] and np.asarray(ex.b.images[0])[0, 0].tolist() == [0, 0, 255]
+    decoded.clear()
+    ds[1]  # nothing is kept between items
+    assert sorted(decoded) == ["a.png", "b.png"]
