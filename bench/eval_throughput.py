@@ -1,11 +1,13 @@
 """Evaluation throughput: length-bucketed batches vs one pair at a time, through the whole runner.
 
 Model: a tiny random Qwen2.5-VL reward model (two dimensions), built offline in a temp dir.
-Data: synthetic image pairs (84 px) carrying text responses of seeded random length (0 to
---max-chars characters, so sequence lengths vary as in VL-RewardBench-style response pairs; the
-tiny tokenizer is byte-level, so 200 characters are 200 tokens, about what 800 characters give
-with a real Qwen tokenizer). `--modality videos --max-chars 0` times prompt-only video pairs
-(8 frames per side) instead.
+Data: synthetic image pairs (84 px, a different image on each side) carrying text responses of
+seeded random length (0 to --max-chars characters, so sequence lengths vary as in response-pair
+benchmarks; the tiny tokenizer is byte-level, so 200 characters are 200 tokens, about what 800
+characters give with a real Qwen tokenizer). `--shared-image` shows side a's image on both sides,
+as in VL-RewardBench-style response pairs (the image is then decoded and encoded once per pair
+in every variant). `--modality videos --max-chars 0` times prompt-only video pairs (8 frames per
+side) instead.
 
 Each variant runs `run_predictions` end to end (media decoding, collation, the model, JSONL
 streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Variants, interleaved
@@ -35,7 +37,7 @@ either run decoding. On a GPU the model part shrinks and batching matters more.
 model (the runner's `num_workers`); on a 2-core machine they compete with the model for cores.
 
     python bench/eval_throughput.py [--pairs 96] [--batch-size 32] [--repeats 3] [--max-chars 200]
-        [--modality images|videos] [--threads 1] [--num-workers 0] [--device cpu|cuda]
+        [--modality images|videos] [--shared-image] [--threads 1] [--num-workers 0] [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -59,8 +61,11 @@ from mmreward.model import RewardModel
 WORDS = "the red circle moves left while a blue square stays still near the top edge".split()
 
 
-def make_data(root: Path, pairs: int, max_chars: int, modality: str = "images", seed: int = 0) -> Path:
-    """Synthetic pairs (images or videos) with responses of random length; returns the records JSONL."""
+def make_data(root: Path, pairs: int, max_chars: int, modality: str = "images", seed: int = 0,
+              shared_image: bool = False) -> Path:
+    """Synthetic pairs (images or videos) with responses of random length; returns the records JSONL.
+
+    shared_image: side b shows side a's image (a response pair over one image)."""
     sizes = {"images": SplitSizes(1, 1, 1), "videos": SplitSizes(1, 1, 1), modality: SplitSizes(1, 1, pairs)}
     generate_synthetic(root, seed=seed, config=SyntheticConfig(image_splits=sizes["images"], video_splits=sizes["videos"]))
     rng = np.random.default_rng(seed)
@@ -76,6 +81,8 @@ def make_data(root: Path, pairs: int, max_chars: int, modality: str = "images", 
 
     for record in records:
         record.a.response, record.b.response = response(), response()
+        if shared_image:
+            record.b.image = record.a.image
     return write_records(root / modality / "with_responses.jsonl", records)
 
 
@@ -85,6 +92,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-chars", type=int, default=200, help="longest response (0: prompt only)")
     parser.add_argument("--modality", choices=["images", "videos"], default="images")
+    parser.add_argument("--shared-image", action="store_true",
+                        help="both sides of a pair show the same image (VL-RewardBench-style response pairs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-workers", type=int, default=0,
@@ -99,7 +108,9 @@ def main() -> None:
     state = PartialState(cpu=args.device == "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        data = make_data(root / "data", args.pairs, args.max_chars, args.modality)
+        if args.shared_image and args.modality != "images":
+            parser.error("--shared-image needs --modality images")
+        data = make_data(root / "data", args.pairs, args.max_chars, args.modality, shared_image=args.shared_image)
         records = list(read_records(data))
         RewardModel.from_backbone(build_tiny_vlm(root / "vlm"), dimensions=["VQ", "TA"]).save_pretrained(root / "rm")
         scorer = RewardModelScorer.from_pretrained(root / "rm", device=args.device)
@@ -135,7 +146,8 @@ def main() -> None:
     )
     rates = {name: args.pairs / statistics.median(ts) for name, ts in times.items()}
     cpu_rates = {name: args.pairs / statistics.median(ts) for name, ts in cpu.items()}
-    print(f"{args.pairs} {args.modality} pairs, responses 0-{args.max_chars} chars, device {args.device}, "
+    shared = ", one image per pair" if args.shared_image else ""
+    print(f"{args.pairs} {args.modality} pairs{shared}, responses 0-{args.max_chars} chars, device {args.device}, "
           f"torch threads {torch.get_num_threads()}, {args.repeats} repeats (medians)")
     for name, ts in times.items():
         print(f"{name:<42} {rates[name]:7.2f} pairs/s wall {[round(t, 1) for t in ts]} s; "
