@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from trl import TrlParser
 
-from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
+from mmreward.backbones.tiny import tiny_backbone_once, tiny_spec_family
 from mmreward.data.dataset import PreferenceDataset
 from mmreward.data.records import RecordSet, read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
@@ -44,7 +44,6 @@ from mmreward.training import (
 from mmreward.training.trainer import make_accelerator
 
 STAGE = "reward"
-TINY = "tiny"
 EXIT_NON_FINITE = 2
 
 
@@ -60,16 +59,11 @@ def parse_args(argv: list[str] | None = None):
 
 def resolve_backbone(spec: str, out: Path, accelerator: Accelerator) -> str:
     """A checkpoint path, or a tiny random model built once into `out/tiny_backbone`."""
-    if spec != TINY and not spec.startswith(TINY + ":"):
-        return spec
-    family = spec.partition(":")[2] or "qwen2_5_vl"
-    if family not in FAMILIES:
-        raise SystemExit(f"--backbone {spec}: unknown tiny family {family!r}; choose from {FAMILIES}")
-    target = out / "tiny_backbone"
-    if accelerator.is_main_process and not (target / "config.json").is_file():
-        build_tiny_vlm(target, family=family, seed=0)
-    accelerator.wait_for_everyone()
-    return str(target)
+    try:
+        family = tiny_spec_family(spec)
+    except ValueError as err:
+        raise SystemExit(f"--backbone {spec}: {err}") from err
+    return spec if family is None else str(tiny_backbone_once(family, out, accelerator))
 
 
 def load_split(path: str | None, limit: int | None, args: RewardDataArguments) -> PreferenceDataset | None:

@@ -34,7 +34,7 @@ from peft import PeftModel
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
-from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
+from mmreward.backbones.tiny import TINY_SPEC, tiny_backbone_once, tiny_spec_family
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
@@ -47,7 +47,6 @@ from vr_thinker.stage_io import LoRAArguments, eval_record_file, require_setting
 from vr_thinker.trace_html import write_trace_html
 
 STAGE = "vrt_sft"
-TINY = "tiny"
 TRACES_NAME = "traces.jsonl"
 
 
@@ -55,7 +54,7 @@ TRACES_NAME = "traces.jsonl"
 class VRTSFTArguments(LoRAArguments):
     """Stage settings besides TRL's ``SFTConfig`` (learning rate, steps, batch size, output_dir, ...)."""
 
-    model_path: str = field(default=TINY, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
+    model_path: str = field(default=TINY_SPEC, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
     data: str = field(default="", metadata={"help": "synthetic data dir, stage dir with traces.jsonl, or a .jsonl"})
     train_split: str = field(default="train", metadata={"help": "synthetic split the teacher writes traces for"})
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs/traces"})
@@ -103,15 +102,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfi
 
 def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]:
     """(model directory, its manifest or {}). ``tiny[:family]`` builds a tiny random model once into the output."""
-    if spec == TINY or spec.startswith(TINY + ":"):
-        family = spec.partition(":")[2] or "qwen2_5_vl"
-        if family not in FAMILIES:
-            raise SystemExit(f"--model_path {spec}: unknown tiny family {family!r}; choose from {FAMILIES}")
-        target = out / "tiny_backbone"
-        if state.is_main_process and not (target / "config.json").is_file():
-            build_tiny_vlm(target, family=family, seed=0)
-        state.wait_for_everyone()
-        return str(target), {}
+    try:
+        family = tiny_spec_family(spec)
+    except ValueError as err:
+        raise SystemExit(f"--model_path {spec}: {err}") from err
+    if family is not None:
+        return str(tiny_backbone_once(family, out, state)), {}
     path = Path(spec)
     # A stage dir (finished, or left incomplete by a failed run) must pass read_manifest; a plain model dir has neither.
     manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() or (path / INCOMPLETE_MARKER).exists() else {}

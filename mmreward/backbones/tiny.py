@@ -15,6 +15,7 @@ gives one id, distinct from `encode(" no")`); then the Qwen special tokens in `S
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import AddedToken
@@ -266,3 +267,30 @@ def build_tiny_vlm(
     model.save_pretrained(out)
     _processor(family, tokenizer, image_tokens, video_tokens).save_pretrained(out)
     return out
+
+
+TINY_SPEC = "tiny"
+
+
+def tiny_spec_family(spec: str) -> str | None:
+    """The family named by a `tiny[:family]` model spec (default qwen2_5_vl); None for any other spec.
+
+    Stage scripts take such a spec in place of a checkpoint path (tests, demo); an unknown family
+    raises ValueError.
+    """
+    if spec != TINY_SPEC and not spec.startswith(TINY_SPEC + ":"):
+        return None
+    family = spec.partition(":")[2] or "qwen2_5_vl"
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny family {family!r}; choose from {FAMILIES}")
+    return family
+
+
+def tiny_backbone_once(family: str, out_dir: str | Path, state: Any) -> Path:
+    """`out_dir/tiny_backbone`, built by the main process of `state` (an accelerate state or
+    Accelerator) unless a finished one is there; every process returns once it exists."""
+    target = Path(out_dir) / "tiny_backbone"
+    if state.is_main_process and not (target / "config.json").is_file():
+        build_tiny_vlm(target, family=family, seed=0)
+    state.wait_for_everyone()
+    return target

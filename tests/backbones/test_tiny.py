@@ -16,7 +16,14 @@ from trl.chat_template_utils import (
 )
 
 from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE, ensure_tool_chat_template
-from mmreward.backbones.tiny import FAMILIES, SPECIAL_TOKENS, build_byte_tokenizer, build_tiny_vlm
+from mmreward.backbones.tiny import (
+    FAMILIES,
+    SPECIAL_TOKENS,
+    build_byte_tokenizer,
+    build_tiny_vlm,
+    tiny_backbone_once,
+    tiny_spec_family,
+)
 
 MODEL_CLASSES = {
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", "Qwen2VLProcessor"),
@@ -119,6 +126,37 @@ def test_save_reload_gives_identical_fp32_logits(tiny_dirs, family, tmp_path):
         first, second = model(**inputs).logits, again(**inputs).logits
     assert first.dtype == torch.float32 and first.std() > 0
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("spec, family", [("tiny", "qwen2_5_vl"), ("tiny:qwen3_vl", "qwen3_vl"),
+                                          ("tiny_models/7b", None), ("runs/reward", None)])
+def test_tiny_spec_names_a_family_or_nothing(spec, family):
+    assert tiny_spec_family(spec) == family
+
+
+def test_tiny_spec_with_unknown_family_is_rejected():
+    with pytest.raises(ValueError, match="unknown tiny family 'qwen9'"):
+        tiny_spec_family("tiny:qwen9")
+
+
+def test_tiny_backbone_is_built_once_by_the_main_process(tmp_path):
+    class State:  # the two members of accelerate's states that the helper uses
+        def __init__(self, main: bool):
+            self.is_main_process, self.waits = main, 0
+
+        def wait_for_everyone(self):
+            self.waits += 1
+
+    worker = State(main=False)
+    assert tiny_backbone_once("qwen2_vl", tmp_path, worker) == tmp_path / "tiny_backbone"
+    assert not (tmp_path / "tiny_backbone").exists() and worker.waits == 1
+    main = State(main=True)
+    target = tiny_backbone_once("qwen2_vl", tmp_path, main)
+    assert json.loads((target / "config.json").read_text())["model_type"] == "qwen2_vl"
+    weights = target / "model.safetensors"
+    built = weights.stat().st_mtime_ns
+    assert tiny_backbone_once("qwen2_vl", tmp_path, main) == target and main.waits == 2
+    assert weights.stat().st_mtime_ns == built  # not rebuilt
 
 
 def test_unknown_family_is_rejected(tmp_path):

@@ -242,3 +242,9 @@ def test_learning_check_video(tiny, tmp_path):
           {k: round(v, 3) for k, v in untrained.items()}, f"{metrics['train_seconds']:.0f} s")
     assert abs(untrained["VQ"] - 0.5) < 0.1
     assert metrics["val/accuracy/VQ"] >= 0.75
+
+
+def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(SystemExit, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
+        stage.resolve_backbone("tiny:qwen9", tmp_path, accelerator=None)
+    assert not (tmp_path / "tiny_backbone").exists()

@@ -199,3 +199,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
     losses = _step_losses(killed)
     assert [step for step, _ in losses] == [1, 2, 3, 4, 5, 6]  # each step logged once: none lost, none repeated
     assert losses == _step_losses(straight)
+
+
+def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
+    with pytest.raises(SystemExit, match="--model_path tiny:qwen9: unknown tiny family 'qwen9'"):
+        stage.resolve_model("tiny:qwen9", tmp_path, state=None)
+    assert not (tmp_path / "tiny_backbone").exists()
