@@ -52,6 +52,7 @@ step reward_stage_fsdp $PY -m accelerate.commands.launch --config_file train/acc
 step yes_token_scoring $PY bench/yes_token_scoring.py --device cuda --threads 0
 step eval_throughput $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384
 step eval_throughput_workers $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384 --num-workers 4
+step eval_throughput_shared_image $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384 --num-workers 4 --shared-image
 
 for run in reward_bf16 reward_fsdp; do
     [ -f "$OUT/$run/manifest.json" ] && $PY -c "import json,sys; m=json.load(open(sys.argv[1])); \
