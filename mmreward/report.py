@@ -21,7 +21,6 @@ th:first-child, td:first-child { text-align: left; }
 th { background: #f3f3f3; }
 img, video { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
 .note { color: #555; font-size: 0.92em; }
-pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; white-space: pre-wrap; }
 """
 
 
@@ -49,9 +48,6 @@ class Report:
     def text(self, text: str, note: bool = False) -> None:
         css = ' class="note"' if note else ""
         self.blocks.append(f"<p{css}>{html.escape(text)}</p>")
-
-    def preformatted(self, text: str) -> None:
-        self.blocks.append(f"<pre>{html.escape(text)}</pre>")
 
     def table(self, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
         if not rows:
