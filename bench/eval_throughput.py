@@ -1,6 +1,7 @@
 """Evaluation throughput: length-bucketed batches vs one pair at a time, through the whole runner.
 
-Model: a tiny random Qwen2.5-VL reward model (two dimensions), built offline in a temp dir.
+Model: a tiny random Qwen2.5-VL reward model (two dimensions; `--family` picks Qwen2-VL or
+Qwen3-VL instead), built offline in a temp dir.
 Data: synthetic image pairs (84 px, a different image on each side) carrying text responses of
 seeded random length (0 to --max-chars characters, so sequence lengths vary as in response-pair
 benchmarks; the tiny tokenizer is byte-level, so 200 characters are 200 tokens, about what 800
@@ -18,11 +19,12 @@ streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Varia
   in length groups);
 * bucketed: batch size --batch-size, pairs ordered by estimated length first (the default).
 
-All variants go through the same public `RewardModelScorer`, which for Qwen2.5-VL backbones
-scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE positions, one
-attention call per window length in the vision tower, each distinct image encoded once, length
-groups without attention masks, the last layer computed only at the read position) and encodes
-with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1 gets all of that too.
+All variants go through the same public `RewardModelScorer`, which for Qwen2-VL and Qwen2.5-VL
+backbones scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE positions,
+one attention call per window / frame length in the vision tower, each distinct image encoded
+once, length groups without attention masks, the last layer computed only at the read position)
+and encodes with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1 gets all of
+that too. Qwen3-VL backbones go through `RewardModel.score`.
 The predictions of the variants must agree (max |delta difference| <= 1e-4, else it fails).
 The RESULT ratio is bucketed pairs/s over baseline pairs/s (wall time); pairs per CPU-second are
 printed alongside. torch runs one CPU thread by default: on a shared, oversubscribed machine
@@ -37,7 +39,8 @@ either run decoding. On a GPU the model part shrinks and batching matters more.
 model (the runner's `num_workers`); on a 2-core machine they compete with the model for cores.
 
     python bench/eval_throughput.py [--pairs 96] [--batch-size 32] [--repeats 3] [--max-chars 200]
-        [--modality images|videos] [--shared-image] [--threads 1] [--num-workers 0] [--device cpu|cuda]
+        [--modality images|videos] [--shared-image] [--family qwen2_5_vl] [--threads 1] [--num-workers 0]
+        [--device cpu|cuda]
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
 from mmreward.data.records import read_records, write_records
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.evaluation.runner import RunnerConfig, load_predictions, run_predictions
@@ -94,6 +97,7 @@ def main() -> None:
     parser.add_argument("--modality", choices=["images", "videos"], default="images")
     parser.add_argument("--shared-image", action="store_true",
                         help="both sides of a pair show the same image (VL-RewardBench-style response pairs)")
+    parser.add_argument("--family", choices=FAMILIES, default="qwen2_5_vl", help="tiny backbone family")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--num-workers", type=int, default=0,
@@ -112,7 +116,8 @@ def main() -> None:
             parser.error("--shared-image needs --modality images")
         data = make_data(root / "data", args.pairs, args.max_chars, args.modality, shared_image=args.shared_image)
         records = list(read_records(data))
-        RewardModel.from_backbone(build_tiny_vlm(root / "vlm"), dimensions=["VQ", "TA"]).save_pretrained(root / "rm")
+        backbone = build_tiny_vlm(root / "vlm", family=args.family)
+        RewardModel.from_backbone(backbone, dimensions=["VQ", "TA"]).save_pretrained(root / "rm")
         scorer = RewardModelScorer.from_pretrained(root / "rm", device=args.device)
         variants = {
             "baseline (batch 1)": RunnerConfig(batch_size=1, bucket_by_length=False, num_workers=args.num_workers),
@@ -147,8 +152,8 @@ def main() -> None:
     rates = {name: args.pairs / statistics.median(ts) for name, ts in times.items()}
     cpu_rates = {name: args.pairs / statistics.median(ts) for name, ts in cpu.items()}
     shared = ", one image per pair" if args.shared_image else ""
-    print(f"{args.pairs} {args.modality} pairs{shared}, responses 0-{args.max_chars} chars, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}, {args.repeats} repeats (medians)")
+    print(f"{args.family}: {args.pairs} {args.modality} pairs{shared}, responses 0-{args.max_chars} chars, "
+          f"device {args.device}, torch threads {torch.get_num_threads()}, {args.repeats} repeats (medians)")
     for name, ts in times.items():
         print(f"{name:<42} {rates[name]:7.2f} pairs/s wall {[round(t, 1) for t in ts]} s; "
               f"{cpu_rates[name]:7.2f} pairs/cpu-s")

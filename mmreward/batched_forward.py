@@ -1,5 +1,5 @@
-"""Inference rewards for large batches of Qwen2.5-VL inputs: the same values as `RewardModel.score`,
-computed without its per-sequence and per-image work.
+"""Inference rewards for large batches of Qwen2-VL / Qwen2.5-VL inputs: the same values as
+`RewardModel.score`, computed without its per-sequence and per-image work.
 
 `RewardModel.score` runs the transformers model as is. For a batch of B sequences that costs:
 `get_rope_index` loops over the sequences in Python; the vision tower attends one window at a
@@ -7,9 +7,9 @@ time; and a padded batch builds a `[B, 1, L, L]` mask that sends every attention
 masked (slower) kernel. `batched_rewards` does the same computation with:
 
 - M-RoPE positions from `rope_positions`, vectorised over the batch (the rules of
-  `Qwen2_5_VLModel.get_rope_index`: text advances by one per token, a vision run is laid out on
-  its (t, h, w) grid from the current position, and the text after it continues at
-  `start + max(h, w) / merge`);
+  `get_rope_index`: text advances by one per token, a vision run is laid out on its (t, h, w)
+  grid from the current position, and the text after it continues at `start + max(h, w) / merge`;
+  Qwen2.5-VL spaces a video's temporal patches by their duration, Qwen2-VL by one position);
 - vision features from `mmreward.batched_vision` (windows of equal length share one call), each
   distinct image / video encoded once (both sides of a response pair usually show the same one);
 - right padding and no attention mask in the language model: with every row's padding at its
@@ -22,8 +22,9 @@ masked (slower) kernel. `batched_rewards` does the same computation with:
 Positions are always passed to the language model explicitly (a forward from `inputs_embeds`
 alone would fall back to plain 1-D positions for the media tokens).
 
-Only Qwen2.5-VL backbones qualify (`supports_batched_rewards`); the evaluation scorer uses
-`RewardModel.score` for the others.
+Qwen2-VL and Qwen2.5-VL backbones qualify (`supports_batched_rewards`); the evaluation scorer
+uses `RewardModel.score` for the others (Qwen3-VL adds deepstack features inside the language
+model and timestamped video tokens, which this module does not reproduce).
 """
 
 from __future__ import annotations
@@ -45,11 +46,12 @@ def _inner(model: Any) -> torch.nn.Module:
 
 
 def supports_batched_rewards(model: Any) -> bool:
-    """True when `batched_rewards` reproduces `model.score` (a Qwen2.5-VL backbone)."""
+    """True when `batched_rewards` reproduces `model.score` (a Qwen2-VL or Qwen2.5-VL backbone)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
 
     inner = _inner(model)
-    if type(inner) is not Qwen2_5_VLModel or not supports_batched_vision(inner.visual):
+    if type(inner) not in (Qwen2_5_VLModel, Qwen2VLModel) or not supports_batched_vision(inner.visual):
         return False
     text = inner.language_model.config
     # The language model runs without a mask (sdpa's causal kernel) and its last layer is computed
@@ -86,7 +88,9 @@ def rope_positions(
     """`[3, B, L]` M-RoPE positions of right-padded rows (padding gets 0), as `get_rope_index` gives.
 
     mm_token_type_ids: 0 text, 1 image, 2 video; each run of equal non-zero types is one image /
-    video, matched in order (row by row) with `image_grid_thw` / `video_grid_thw`.
+    video, matched in order (row by row) with `image_grid_thw` / `video_grid_thw`. A video's
+    temporal patches lie `tokens_per_second * second_per_grid_ts` positions apart (Qwen2.5-VL;
+    seconds default to 1); Qwen2-VL's one position apart is `tokens_per_second=1` without seconds.
     """
     batch, length = input_ids.shape
     device = input_ids.device
@@ -269,12 +273,23 @@ def _media_features(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw: tor
     return torch.cat([per_item[k] for k in copy_of])
 
 
+def _video_spacing(inner: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
+                   ) -> tuple[float, torch.Tensor | None]:
+    """`(tokens_per_second, second_per_grid_ts)` for `rope_positions`, as the backbone's `get_rope_index` spaces
+    video frames: by duration in Qwen2.5-VL, one position per temporal patch in Qwen2-VL."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+
+    if type(inner) is Qwen2_5_VLModel:
+        return inner.config.vision_config.tokens_per_second, inputs.get("second_per_grid_ts")
+    return 1.0, None
+
+
 def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Rewards `[N, k]` of a processor batch (`collate.encode_sides` layout): `model.score(inputs)`'s values."""
     if "segment_ids" in inputs:
         raise ValueError("batched_rewards takes one sequence per side, not packed pairs")
     if not supports_batched_rewards(model):
-        raise TypeError("batched_rewards supports Qwen2.5-VL backbones only")
+        raise TypeError("batched_rewards supports Qwen2-VL and Qwen2.5-VL backbones only")
     inner = _inner(model)
     inputs = right_align(inputs)
     input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -282,10 +297,10 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
     if mm_types is None:  # as RewardModel does: without types every token is positioned as text
         mm_types = torch.zeros_like(input_ids)
     config = inner.config
+    tokens_per_second, seconds = _video_spacing(inner, inputs)
     positions = rope_positions(
-        input_ids, mm_types, mask, config.vision_config.spatial_merge_size,
-        config.vision_config.tokens_per_second, inputs.get("image_grid_thw"), inputs.get("video_grid_thw"),
-        inputs.get("second_per_grid_ts"),
+        input_ids, mm_types, mask, config.vision_config.spatial_merge_size, tokens_per_second,
+        inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), seconds,
     )
     embeds = inner.get_input_embeddings()(input_ids)
     for pixels_key, grid_key, token_id in (("pixel_values", "image_grid_thw", config.image_token_id),

@@ -1,19 +1,21 @@
-"""Qwen2.5-VL vision features for a whole batch with one attention call per window length.
+"""Qwen2-VL / Qwen2.5-VL vision features for a whole batch with one attention call per segment length.
 
-transformers' Qwen2.5-VL vision tower (sdpa / eager) attends within each window and each image
-by slicing the packed patch sequence at `cu_seqlens` and calling attention once per slice: a
-batch of 64 images with one window each costs 64 small calls per block, so on CPU the vision
-tower gains almost nothing from batching. `vision_features` computes the same function with
-the tower's own modules, but stacks the windows of equal length into one `[n, heads, len, dim]`
-attention call (windows of a grid are mostly equal; images of one size share all of them).
-The window layout of a grid (`t, h, w`) is computed once per distinct grid and reused.
+transformers' Qwen2-VL and Qwen2.5-VL vision towers (sdpa / eager) attend within each frame (and,
+in Qwen2.5-VL's windowed blocks, each window) by slicing the packed patch sequence at
+`cu_seqlens` and calling attention once per slice: a batch of 64 images costs 64 small calls per
+block, so on CPU the vision tower gains almost nothing from batching. `vision_features` computes
+the same function with the tower's own modules, but stacks the segments of equal length into one
+`[n, heads, len, dim]` attention call (windows of a grid are mostly equal; images of one size
+share all of them). The layout of a grid (`t, h, w`) is computed once per distinct grid and reused.
 
-Only `Qwen2_5_VisionTransformerPretrainedModel` is handled (`supports_batched_vision`); other
-towers go through their own forward.
+Handled towers (`supports_batched_vision`): `Qwen2_5_VisionTransformerPretrainedModel` (window
+attention, full attention in `fullatt_block_indexes`) and `Qwen2VisionTransformerPretrainedModel`
+(every block attends within a frame). Other towers go through their own forward.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -25,7 +27,15 @@ __all__ = ["supports_batched_vision", "segment_attention", "vision_features"]
 
 
 def supports_batched_vision(visual: nn.Module) -> bool:
-    """True for a Qwen2.5-VL vision tower (the layout this module reproduces)."""
+    """True for a Qwen2-VL or Qwen2.5-VL vision tower (the layouts this module reproduces)."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    return type(visual) in (Qwen2_5_VisionTransformerPretrainedModel, Qwen2VisionTransformerPretrainedModel)
+
+
+def _windowed(visual: nn.Module) -> bool:
+    """Qwen2.5-VL's tower attends within windows except in its full-attention blocks; Qwen2-VL's never."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
     return type(visual) is Qwen2_5_VisionTransformerPretrainedModel
@@ -33,23 +43,26 @@ def supports_batched_vision(visual: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class _GridLayout:
-    """Window layout of one (t, h, w) patch grid (indices local to the grid)."""
+    """Attention layout of one (t, h, w) patch grid (indices local to the grid)."""
 
     rope_positions: torch.Tensor  # [t*h*w, 2] (row, column) of each patch, merge-block order
-    window_index: torch.Tensor  # [t*h*w / unit] merged-token order within windows
-    window_lengths: tuple[int, ...]  # patches per non-empty window, in window order
     frame_lengths: tuple[int, ...]  # patches per frame (full-attention blocks attend within a frame)
+    window_index: torch.Tensor | None = None  # [t*h*w / unit] merged-token order within windows
+    window_lengths: tuple[int, ...] = ()  # patches per non-empty window, in window order
 
 
 @lru_cache(maxsize=256)
-def _grid_layout(t: int, h: int, w: int, merge: int, window_size: int, patch_size: int) -> _GridLayout:
+def _grid_layout(t: int, h: int, w: int, merge: int, window: tuple[int, int] | None) -> _GridLayout:
+    """window: the tower's (window_size, patch_size); None for a tower without windows (Qwen2-VL)."""
     from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
     grid = torch.tensor([[t, h, w]])
     positions = get_vision_position_ids(grid, merge)
-    window_index, cu_windows = get_vision_window_index(grid, merge, window_size, patch_size)
+    if window is None:
+        return _GridLayout(positions, (h * w,) * t)
+    window_index, cu_windows = get_vision_window_index(grid, merge, *window)
     lengths = tuple(int(n) for n in (cu_windows[1:] - cu_windows[:-1]).tolist() if n > 0)
-    return _GridLayout(positions, window_index, lengths, (h * w,) * t)
+    return _GridLayout(positions, (h * w,) * t, window_index, lengths)
 
 
 def _segments_by_length(lengths: list[int]) -> dict[int, torch.Tensor]:
@@ -86,12 +99,12 @@ def segment_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
 
 def _attention(attn: nn.Module, hidden: torch.Tensor, segments: dict[int, torch.Tensor],
                cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """What `Qwen2_5_VLVisionAttention.forward` computes, with `segment_attention` for the slices."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+    """What the tower's vision attention `forward` computes, with `segment_attention` for the slices."""
+    rotary = importlib.import_module(type(attn).__module__).apply_rotary_pos_emb_vision  # the family's own
 
     length = hidden.shape[0]
     query, key, value = attn.qkv(hidden).reshape(length, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
+    query, key = rotary(query, key, cos, sin)
     out = segment_attention(query, key, value, segments, attn.scaling)
     return attn.proj(out.reshape(length, -1))
 
@@ -109,33 +122,41 @@ def _patch_embed(embed: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
 def vision_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     """Merged vision tokens `[sum(t*h*w) / merge^2, out_hidden]` of every image / video, in input order.
 
-    The same values as `visual(pixel_values, grid_thw=grid_thw).pooler_output` (Qwen2.5-VL).
+    The same values as `visual(pixel_values, grid_thw=grid_thw).pooler_output` (Qwen2-VL, Qwen2.5-VL).
     """
     if not supports_batched_vision(visual):
-        raise TypeError(f"{type(visual).__name__}: batched vision features support Qwen2.5-VL towers only")
+        raise TypeError(f"{type(visual).__name__}: batched vision features support Qwen2-VL and Qwen2.5-VL "
+                        "towers only")
     merge = visual.spatial_merge_size
-    unit = visual.spatial_merge_unit
-    layouts = [_grid_layout(int(t), int(h), int(w), merge, visual.window_size, visual.patch_size)
-               for t, h, w in grid_thw.tolist()]
-    # Concatenate the per-grid layouts; window indices count merged tokens, offset per grid.
+    windowed = _windowed(visual)
+    window = (visual.window_size, visual.patch_size) if windowed else None
+    layouts = [_grid_layout(int(t), int(h), int(w), merge, window) for t, h, w in grid_thw.tolist()]
+    device = pixel_values.device
+    positions = torch.cat([layout.rope_positions for layout in layouts]).to(device)
+    frames = _segments_by_length([n for layout in layouts for n in layout.frame_lengths])
+
+    hidden = _patch_embed(visual.patch_embed, pixel_values.type(visual.dtype))
+    cos, sin = visual.rotary_pos_emb(hidden, positions)
+    if not windowed:
+        for block in visual.blocks:
+            hidden = hidden + _attention(block.attn, block.norm1(hidden), frames, cos, sin)
+            hidden = hidden + block.mlp(block.norm2(hidden))
+        return visual.merger(hidden)
+
+    # Window order: concatenate the per-grid layouts; window indices count merged tokens, offset per grid.
     window_parts, offset = [], 0
     for layout in layouts:
         window_parts.append(layout.window_index + offset)
         offset += len(layout.window_index)
-    device = pixel_values.device
     window_index = torch.cat(window_parts).to(device)
-    positions = torch.cat([layout.rope_positions for layout in layouts]).to(device)
     windows = _segments_by_length([n for layout in layouts for n in layout.window_lengths])
-    frames = _segments_by_length([n for layout in layouts for n in layout.frame_lengths])
-
-    hidden = _patch_embed(visual.patch_embed, pixel_values.type(visual.dtype))
-    length = hidden.shape[0]
+    length, unit = hidden.shape[0], visual.spatial_merge_unit
 
     def window_order(x: torch.Tensor) -> torch.Tensor:
         return x.reshape(length // unit, unit, -1)[window_index].reshape(length, -1)
 
     hidden = window_order(hidden)
-    cos, sin = (window_order(x) for x in visual.rotary_pos_emb(hidden, positions))
+    cos, sin = window_order(cos), window_order(sin)
     for number, block in enumerate(visual.blocks):
         segments = frames if number in visual.fullatt_block_indexes else windows
         hidden = hidden + _attention(block.attn, block.norm1(hidden), segments, cos, sin)

@@ -111,12 +111,22 @@ def vlm_dir(tmp_path_factory):
     return build_tiny_vlm(tmp_path_factory.mktemp("vlm"))
 
 
-def test_vision_features_equal_the_towers_own(vlm_dir):
+@pytest.fixture(scope="module")
+def family_dirs(vlm_dir, tmp_path_factory):
+    """Tiny backbones of every family the batched forward handles."""
+    from mmreward.backbones.tiny import build_tiny_vlm
+
+    return {"qwen2_5_vl": vlm_dir, "qwen2_vl": build_tiny_vlm(tmp_path_factory.mktemp("q2"), family="qwen2_vl")}
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_vision_features_equal_the_towers_own(family_dirs, family):
     from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 
-    model, _ = load_vlm(VLMLoadConfig(path=str(vlm_dir)))
+    model, _ = load_vlm(VLMLoadConfig(path=str(family_dirs[family])))
     visual = model.model.visual
-    # One window per small image, several (of unequal size) for the larger grids, 4 frames for a video.
+    # Qwen2.5-VL: one window per small image, several (of unequal size) for the larger grids;
+    # both: frames of equal and unequal size, 4 frames for a video.
     grid = torch.tensor([[1, 6, 6], [1, 6, 6], [1, 12, 8], [4, 6, 6], [2, 20, 14]])
     patch = visual.patch_embed
     pixels = torch.randn(int(grid.prod(-1).sum()), 3 * patch.temporal_patch_size * patch.patch_size ** 2,
@@ -140,10 +150,12 @@ HEADS = [("scalar", ["VQ", "TA"], {}), ("yes_token", ["TA"], {}), ("yes_token", 
 
 @pytest.mark.parametrize("head,dims,options", HEADS, ids=["scalar", "yes_token", "yes_token_pairwise"])
 @pytest.mark.parametrize("modality", ["images", "videos"])
-def test_batched_rewards_equal_the_model_scoring_each_pair_alone(vlm_dir, synthetic, head, dims, options, modality):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, synthetic, family, head, dims, options,
+                                                                  modality):
     from mmreward.model import RewardModel
 
-    model = RewardModel.from_backbone(vlm_dir, head=head, dimensions=dims, head_options=options).eval()
+    model = RewardModel.from_backbone(family_dirs[family], head=head, dimensions=dims, head_options=options).eval()
     # The pairwise question needs a response on both sides or on neither.
     examples = _examples(synthetic, modality, drop_responses=options.get("form") != "pairwise")
     for padding_side in ("right", "left"):
@@ -154,10 +166,10 @@ def test_batched_rewards_equal_the_model_scoring_each_pair_alone(vlm_dir, synthe
         aligned = right_align(inputs)
         want_pos, _ = inner.get_rope_index(aligned["input_ids"], mm_token_type_ids=aligned["mm_token_type_ids"],
                                            attention_mask=aligned["attention_mask"], **media)
-        vision = inner.config.vision_config
+        tokens_per_second, seconds = batched_forward._video_spacing(inner, inputs)
         got_pos = rope_positions(aligned["input_ids"], aligned["mm_token_type_ids"], aligned["attention_mask"],
-                                 vision.spatial_merge_size, vision.tokens_per_second, inputs.get("image_grid_thw"),
-                                 inputs.get("video_grid_thw"), inputs.get("second_per_grid_ts"))
+                                 inner.config.vision_config.spatial_merge_size, tokens_per_second,
+                                 inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), seconds)
         assert torch.equal(got_pos, want_pos)
         with torch.inference_mode():
             got = batched_rewards(model, inputs)
@@ -186,15 +198,19 @@ def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monke
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_scorer_uses_the_batched_forward_for_qwen2_5_vl_only(tmp_path, vlm_dir, synthetic):
+def test_scorer_uses_the_batched_forward_for_qwen2_and_qwen2_5_vl_only(tmp_path, family_dirs, synthetic):
     from mmreward.backbones.tiny import build_tiny_vlm
     from mmreward.model import RewardModel
 
-    model = RewardModel.from_backbone(vlm_dir, dimensions=["VQ", "TA"]).eval()
+    model = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["VQ", "TA"]).eval()
     scorer = RewardModelScorer(model)
     assert scorer._batched_forward
-    other = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "q2", family="qwen2_vl"), dimensions=["overall"])
+    qwen2 = RewardModel.from_backbone(family_dirs["qwen2_vl"], dimensions=["overall"])
+    assert RewardModelScorer(qwen2)._batched_forward
+    other = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "q3", family="qwen3_vl"), dimensions=["overall"])
     assert not RewardModelScorer(other)._batched_forward
+    with pytest.raises(TypeError, match="Qwen2-VL and Qwen2.5-VL backbones only"):
+        batched_rewards(other, {})
     # The batch of two pairs scores each pair as the model does alone.
     examples = _examples(synthetic, "images")[:2]
     scores = scorer.score(scorer.collate(examples))
@@ -205,12 +221,13 @@ def test_scorer_uses_the_batched_forward_for_qwen2_5_vl_only(tmp_path, vlm_dir, 
 
 
 @pytest.mark.parametrize("modality", ["images", "videos"])
-def test_tensor_processor_returns_the_processors_own_batch(vlm_dir, synthetic, modality):
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+def test_tensor_processor_returns_the_processors_own_batch(family_dirs, synthetic, family, modality):
     from transformers import AutoProcessor
 
     from mmreward.collate import encode_sides
 
-    processor = AutoProcessor.from_pretrained(vlm_dir)
+    processor = AutoProcessor.from_pretrained(family_dirs[family])
     examples = _examples(synthetic, modality)
     prompts = [ex.record.prompt for ex in examples] * 2
     sides = [ex.a for ex in examples] + [ex.b for ex in examples]
