@@ -19,12 +19,12 @@ streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Varia
   in length groups);
 * bucketed: batch size --batch-size, pairs ordered by estimated length first (the default).
 
-All variants go through the same public `RewardModelScorer`, which for Qwen2-VL and Qwen2.5-VL
-backbones scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE positions,
-one attention call per window / frame length in the vision tower, each distinct image encoded
-once, length groups without attention masks, the last layer computed only at the read position)
-and encodes with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1 gets all of
-that too. Qwen3-VL backbones go through `RewardModel.score`.
+All variants go through the same public `RewardModelScorer`, which for Qwen2-VL, Qwen2.5-VL and
+Qwen3-VL backbones scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE
+positions, one attention call per window / frame length in the vision tower, each distinct image
+encoded once, length groups without attention masks, the last layer computed only at the read
+position) and encodes with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1
+gets all of that too.
 The predictions of the variants must agree (max |delta difference| <= 1e-4, else it fails).
 The RESULT ratio is bucketed pairs/s over baseline pairs/s (wall time); pairs per CPU-second are
 printed alongside. torch runs one CPU thread by default: on a shared, oversubscribed machine

@@ -1,5 +1,5 @@
-"""Inference rewards for large batches of Qwen2-VL / Qwen2.5-VL inputs: the same values as
-`RewardModel.score`, computed without its per-sequence and per-image work.
+"""Inference rewards for large batches of Qwen2-VL / Qwen2.5-VL / Qwen3-VL inputs: the same values
+as `RewardModel.score`, computed without its per-sequence and per-image work.
 
 `RewardModel.score` runs the transformers model as is. For a batch of B sequences that costs:
 `get_rope_index` loops over the sequences in Python; the vision tower attends one window at a
@@ -9,7 +9,8 @@ masked (slower) kernel. `batched_rewards` does the same computation with:
 - M-RoPE positions from `rope_positions`, vectorised over the batch (the rules of
   `get_rope_index`: text advances by one per token, a vision run is laid out on its (t, h, w)
   grid from the current position, and the text after it continues at `start + max(h, w) / merge`;
-  Qwen2.5-VL spaces a video's temporal patches by their duration, Qwen2-VL by one position);
+  Qwen2.5-VL spaces a video's temporal patches by their duration, Qwen2-VL by one position, and
+  Qwen3-VL lays out each frame as its own run between timestamp tokens);
 - vision features from `mmreward.batched_vision` (windows of equal length share one call), each
   distinct image / video encoded once (both sides of a response pair usually show the same one);
 - right padding and no attention mask in the language model: with every row's padding at its
@@ -17,25 +18,27 @@ masked (slower) kernel. `batched_rewards` does the same computation with:
   its unmasked causal kernel. Left-padded rows are shifted to the right first;
 - rows run in length groups (`length_groups`), each padded only to its own longest row;
 - the last decoder layer computes query, attention and MLP only at the read position (keys and
-  values still for every token): no other position's output reaches the reward.
+  values still for every token): no other position's output reaches the reward;
+- Qwen3-VL's deepstack features are added to the media tokens' hidden states after the first
+  layers, as its language model does.
 
 Positions are always passed to the language model explicitly (a forward from `inputs_embeds`
 alone would fall back to plain 1-D positions for the media tokens).
 
-Qwen2-VL and Qwen2.5-VL backbones qualify (`supports_batched_rewards`); the evaluation scorer
-uses `RewardModel.score` for the others (Qwen3-VL adds deepstack features inside the language
-model and timestamped video tokens, which this module does not reproduce).
+Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones qualify (`supports_batched_rewards`); the evaluation
+scorer uses `RewardModel.score` for the others.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 
 from mmreward.backbones.vlm import unwrap_peft
-from mmreward.batched_vision import supports_batched_vision, vision_features
+from mmreward.batched_vision import supports_batched_vision, vision_outputs
 
 __all__ = ["supports_batched_rewards", "rope_positions", "right_align", "length_groups", "CALL_COST_TOKENS",
            "unique_media", "batched_rewards"]
@@ -46,12 +49,13 @@ def _inner(model: Any) -> torch.nn.Module:
 
 
 def supports_batched_rewards(model: Any) -> bool:
-    """True when `batched_rewards` reproduces `model.score` (a Qwen2-VL or Qwen2.5-VL backbone)."""
+    """True when `batched_rewards` reproduces `model.score` (a Qwen2-VL, Qwen2.5-VL or Qwen3-VL backbone)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLModel
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 
     inner = _inner(model)
-    if type(inner) not in (Qwen2_5_VLModel, Qwen2VLModel) or not supports_batched_vision(inner.visual):
+    if type(inner) not in (Qwen2_5_VLModel, Qwen2VLModel, Qwen3VLModel) or not supports_batched_vision(inner.visual):
         return False
     text = inner.language_model.config
     # The language model runs without a mask (sdpa's causal kernel) and its last layer is computed
@@ -176,28 +180,34 @@ def length_groups(lengths: list[int], call_cost: float = CALL_COST_TOKENS) -> li
 
 
 def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
-                 last: torch.Tensor) -> torch.Tensor:
+                 last: torch.Tensor, deepstack: list[torch.Tensor] = ()) -> torch.Tensor:
     """Final (normed) hidden state `[n, H]` at index `last` of each right-padded row.
 
     Every layer but the last runs as transformers runs it, without a mask (right padding: causal
     attention alone keeps real tokens from seeing padding). The reward reads one position, so the
     last layer computes keys and values for every token but query, attention output and MLP only
-    at that position.
+    at that position. `deepstack[i]` (`embeds`' shape, zero outside media tokens) is added after
+    layer i (Qwen3-VL).
     """
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+    attn = language_model.layers[-1].self_attn
+    family = importlib.import_module(type(attn).__module__)  # the backbone's own rotary and repeat_kv
 
     cos, sin = language_model.rotary_emb(embeds, positions)
     hidden = embeds
     *layers, final = language_model.layers
-    for layer in layers:
+    for number, layer in enumerate(layers):
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
-    attn = final.self_attn
+        if number < len(deepstack):
+            hidden = hidden + deepstack[number]
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     normed = final.input_layernorm(hidden)
     batch, length, _ = normed.shape
-    key = attn.k_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
+    # Qwen3 normalises each head's query and key before the rotation; the others do not.
+    q_norm, k_norm = getattr(attn, "q_norm", torch.nn.Identity()), getattr(attn, "k_norm", torch.nn.Identity())
+    key = k_norm(attn.k_proj(normed).view(batch, length, -1, attn.head_dim)).transpose(1, 2)
     value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    query = attn.q_proj(normed[rows, last][:, None]).view(batch, 1, -1, attn.head_dim).transpose(1, 2)
+    query = q_norm(attn.q_proj(normed[rows, last][:, None]).view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
+    apply_rotary_pos_emb, repeat_kv = family.apply_rotary_pos_emb, family.repeat_kv
     query, _ = apply_rotary_pos_emb(query, query, cos[rows, last][:, None], sin[rows, last][:, None])
     _, key = apply_rotary_pos_emb(key, key, cos, sin)
     visible = torch.arange(length, device=hidden.device)[None, :] <= last[:, None]  # causal, one query
@@ -207,6 +217,8 @@ def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, position
     out = attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
     state = hidden[rows, last][:, None] + out
     state = state + final.mlp(final.post_attention_layernorm(state))
+    if len(layers) < len(deepstack):  # a deepstack feature after the last layer too
+        state = state + deepstack[len(layers)][rows, last][:, None]
     return language_model.norm(state[:, 0])
 
 
@@ -261,27 +273,39 @@ def _unique_media_pairwise(chunks: tuple[torch.Tensor, ...], grids: list[tuple],
     return keep, copy_of
 
 
-def _media_features(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
-    """`vision_features` of every item, each distinct item encoded once."""
+def _media_features(visual: torch.nn.Module, pixels: torch.Tensor, grid_thw: torch.Tensor
+                    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`vision_outputs` of every item (merged tokens, deepstack features), each distinct item encoded once."""
     keep, copy_of = unique_media(pixels, grid_thw)
     if len(keep) == len(copy_of):
-        return vision_features(visual, pixels, grid_thw)
+        return vision_outputs(visual, pixels, grid_thw)
     chunks = torch.split(pixels, grid_thw.prod(-1).tolist())
     grid = grid_thw[keep]
-    features = vision_features(visual, torch.cat([chunks[i] for i in keep]), grid)
-    per_item = torch.split(features, (grid.prod(-1) // visual.spatial_merge_size ** 2).tolist())
-    return torch.cat([per_item[k] for k in copy_of])
+    features, deepstack = vision_outputs(visual, torch.cat([chunks[i] for i in keep]), grid)
+    sizes = (grid.prod(-1) // visual.spatial_merge_size ** 2).tolist()
+
+    def per_item(x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, sizes)
+        return torch.cat([parts[k] for k in copy_of])
+
+    return per_item(features), [per_item(x) for x in deepstack]
 
 
-def _video_spacing(inner: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
-                   ) -> tuple[float, torch.Tensor | None]:
-    """`(tokens_per_second, second_per_grid_ts)` for `rope_positions`, as the backbone's `get_rope_index` spaces
-    video frames: by duration in Qwen2.5-VL, one position per temporal patch in Qwen2-VL."""
+def _rope_video_args(inner: torch.nn.Module, inputs: Mapping[str, torch.Tensor]
+                     ) -> tuple[float, torch.Tensor | None, torch.Tensor | None]:
+    """`(tokens_per_second, second_per_grid_ts, video_grid_thw)` for `rope_positions`, as the backbone's
+    `get_rope_index` lays out videos: temporal patches spaced by duration in Qwen2.5-VL, one position
+    apart in Qwen2-VL, and in Qwen3-VL one run per frame (timestamp tokens separate the frames)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLModel
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLModel
 
+    grid = inputs.get("video_grid_thw")
     if type(inner) is Qwen2_5_VLModel:
-        return inner.config.vision_config.tokens_per_second, inputs.get("second_per_grid_ts")
-    return 1.0, None
+        return inner.config.vision_config.tokens_per_second, inputs.get("second_per_grid_ts"), grid
+    if type(inner) is Qwen3VLModel and grid is not None:
+        grid = torch.repeat_interleave(grid, grid[:, 0], dim=0)
+        grid[:, 0] = 1
+    return 1.0, None, grid
 
 
 def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -289,7 +313,7 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
     if "segment_ids" in inputs:
         raise ValueError("batched_rewards takes one sequence per side, not packed pairs")
     if not supports_batched_rewards(model):
-        raise TypeError("batched_rewards supports Qwen2-VL and Qwen2.5-VL backbones only")
+        raise TypeError("batched_rewards supports Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones only")
     inner = _inner(model)
     inputs = right_align(inputs)
     input_ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -297,21 +321,25 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
     if mm_types is None:  # as RewardModel does: without types every token is positioned as text
         mm_types = torch.zeros_like(input_ids)
     config = inner.config
-    tokens_per_second, seconds = _video_spacing(inner, inputs)
+    tokens_per_second, seconds, video_grid = _rope_video_args(inner, inputs)
     positions = rope_positions(
         input_ids, mm_types, mask, config.vision_config.spatial_merge_size, tokens_per_second,
-        inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), seconds,
+        inputs.get("image_grid_thw"), video_grid, seconds,
     )
     embeds = inner.get_input_embeddings()(input_ids)
+    deepstack: list[torch.Tensor] = []  # per deepstack layer: `embeds`' shape, zero outside media tokens
     for pixels_key, grid_key, token_id in (("pixel_values", "image_grid_thw", config.image_token_id),
                                            ("pixel_values_videos", "video_grid_thw", config.video_token_id)):
         if inputs.get(pixels_key) is None:
             continue
-        features = _media_features(inner.visual, inputs[pixels_key], inputs[grid_key]).to(embeds.dtype)
-        slots = input_ids == token_id
+        features, extra = _media_features(inner.visual, inputs[pixels_key], inputs[grid_key])
+        slots = (input_ids == token_id).unsqueeze(-1)
         if int(slots.sum()) != features.shape[0]:
             raise ValueError(f"{int(slots.sum())} {pixels_key} placeholder tokens for {features.shape[0]} features")
-        embeds = embeds.masked_scatter(slots.unsqueeze(-1), features)
+        embeds = embeds.masked_scatter(slots, features.to(embeds.dtype))
+        if not deepstack:
+            deepstack = [torch.zeros_like(embeds) for _ in extra]
+        deepstack = [d.masked_scatter(slots, x.to(d.dtype)) for d, x in zip(deepstack, extra)]
     lengths = mask.sum(dim=1)
     row_lengths = lengths.tolist()  # one read-back; group widths come from this list
     read = embeds.new_empty(len(row_lengths), embeds.shape[-1])
@@ -319,7 +347,7 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
         index = torch.tensor(rows, device=embeds.device)
         width = max(row_lengths[r] for r in rows)
         read[index] = _read_hidden(inner.language_model, embeds[index, :width], positions[:, index, :width],
-                                   lengths[index] - 1)
+                                   lengths[index] - 1, [d[index, :width] for d in deepstack])
     head = model.head
     lm_head = unwrap_peft(model.backbone).get_output_embeddings() if head.uses_lm_head else None
     return head.to_reward(head(read, lm_head))

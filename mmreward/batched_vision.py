@@ -1,7 +1,8 @@
-"""Qwen2-VL / Qwen2.5-VL vision features for a whole batch with one attention call per segment length.
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL vision features for a whole batch with one attention call per
+segment length.
 
-transformers' Qwen2-VL and Qwen2.5-VL vision towers (sdpa / eager) attend within each frame (and,
-in Qwen2.5-VL's windowed blocks, each window) by slicing the packed patch sequence at
+transformers' Qwen-VL vision towers (sdpa / eager) attend within each frame (and, in Qwen2.5-VL's
+windowed blocks, each window) by slicing the packed patch sequence at
 `cu_seqlens` and calling attention once per slice: a batch of 64 images costs 64 small calls per
 block, so on CPU the vision tower gains almost nothing from batching. `vision_features` computes
 the same function with the tower's own modules, but stacks the segments of equal length into one
@@ -9,8 +10,10 @@ the same function with the tower's own modules, but stacks the segments of equal
 share all of them). The layout of a grid (`t, h, w`) is computed once per distinct grid and reused.
 
 Handled towers (`supports_batched_vision`): `Qwen2_5_VisionTransformerPretrainedModel` (window
-attention, full attention in `fullatt_block_indexes`) and `Qwen2VisionTransformerPretrainedModel`
-(every block attends within a frame). Other towers go through their own forward.
+attention, full attention in `fullatt_block_indexes`), `Qwen2VisionTransformerPretrainedModel`
+(every block attends within a frame) and `Qwen3VLVisionModel` (within a frame, plus learned
+position embeddings and the deepstack features of some blocks). Other towers go through their
+own forward.
 """
 
 from __future__ import annotations
@@ -23,15 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["supports_batched_vision", "segment_attention", "vision_features"]
+__all__ = ["supports_batched_vision", "segment_attention", "vision_features", "vision_outputs"]
 
 
 def supports_batched_vision(visual: nn.Module) -> bool:
-    """True for a Qwen2-VL or Qwen2.5-VL vision tower (the layouts this module reproduces)."""
+    """True for a Qwen2-VL, Qwen2.5-VL or Qwen3-VL vision tower (the layouts this module reproduces)."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
     from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+    from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLVisionModel
 
-    return type(visual) in (Qwen2_5_VisionTransformerPretrainedModel, Qwen2VisionTransformerPretrainedModel)
+    return type(visual) in (Qwen2_5_VisionTransformerPretrainedModel, Qwen2VisionTransformerPretrainedModel,
+                            Qwen3VLVisionModel)
 
 
 def _windowed(visual: nn.Module) -> bool:
@@ -111,22 +116,31 @@ def _attention(attn: nn.Module, hidden: torch.Tensor, segments: dict[int, torch.
 
 def _patch_embed(embed: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
     """The patch embedding as one matrix product: its Conv3d's kernel equals its stride, so each
-    output is the dot product of one flattened patch with one flattened filter (CPU convolution
-    kernels are several times slower at this shape)."""
-    weight = embed.proj.weight
-    if embed.proj.bias is not None or tuple(embed.proj.stride) != tuple(weight.shape[2:]):
+    output is the dot product of one flattened patch with one flattened filter, plus the bias
+    (CPU convolution kernels are several times slower at this shape)."""
+    proj = embed.proj
+    if tuple(proj.stride) != tuple(proj.weight.shape[2:]):
         return embed(pixel_values)
-    return pixel_values.reshape(-1, weight[0].numel()).to(weight.dtype) @ weight.reshape(weight.shape[0], -1).t()
+    weight = proj.weight.reshape(proj.weight.shape[0], -1)
+    patches = pixel_values.reshape(-1, weight.shape[1]).to(weight.dtype)
+    return F.linear(patches, weight, proj.bias)
 
 
 def vision_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
     """Merged vision tokens `[sum(t*h*w) / merge^2, out_hidden]` of every image / video, in input order.
 
-    The same values as `visual(pixel_values, grid_thw=grid_thw).pooler_output` (Qwen2-VL, Qwen2.5-VL).
+    The same values as `visual(pixel_values, grid_thw=grid_thw).pooler_output`.
     """
+    return vision_outputs(visual, pixel_values, grid_thw)[0]
+
+
+def vision_outputs(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torch.Tensor
+                   ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """`(merged tokens, deepstack features)`: the tower's `pooler_output` and, for Qwen3-VL, its
+    `deepstack_features` (one `[tokens, out_hidden]` tensor per deepstack block; [] for the others)."""
     if not supports_batched_vision(visual):
-        raise TypeError(f"{type(visual).__name__}: batched vision features support Qwen2-VL and Qwen2.5-VL "
-                        "towers only")
+        raise TypeError(f"{type(visual).__name__}: batched vision features support Qwen2-VL, Qwen2.5-VL and "
+                        "Qwen3-VL towers only")
     merge = visual.spatial_merge_size
     windowed = _windowed(visual)
     window = (visual.window_size, visual.patch_size) if windowed else None
@@ -136,12 +150,18 @@ def vision_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: tor
     frames = _segments_by_length([n for layout in layouts for n in layout.frame_lengths])
 
     hidden = _patch_embed(visual.patch_embed, pixel_values.type(visual.dtype))
+    if hasattr(visual, "pos_embed"):  # Qwen3-VL: a learned grid resampled to each image's grid
+        hidden = hidden + _learned_positions(visual, grid_thw).to(hidden.dtype)
     cos, sin = visual.rotary_pos_emb(hidden, positions)
     if not windowed:
-        for block in visual.blocks:
+        deepstack = []
+        blocks_with_features = list(getattr(visual, "deepstack_visual_indexes", ()))
+        for number, block in enumerate(visual.blocks):
             hidden = hidden + _attention(block.attn, block.norm1(hidden), frames, cos, sin)
             hidden = hidden + block.mlp(block.norm2(hidden))
-        return visual.merger(hidden)
+            if number in blocks_with_features:
+                deepstack.append(visual.deepstack_merger_list[blocks_with_features.index(number)](hidden))
+        return visual.merger(hidden), deepstack
 
     # Window order: concatenate the per-grid layouts; window indices count merged tokens, offset per grid.
     window_parts, offset = [], 0
@@ -162,4 +182,15 @@ def vision_features(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: tor
         hidden = hidden + _attention(block.attn, block.norm1(hidden), segments, cos, sin)
         hidden = hidden + block.mlp(block.norm2(hidden))
     merged = visual.merger(hidden)
-    return merged[torch.argsort(window_index)]
+    return merged[torch.argsort(window_index)], []
+
+
+def _learned_positions(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
+    """Qwen3-VL's position embedding of every patch, as its tower's forward computes it."""
+    from transformers.vision_utils import get_vision_interpolation_indices_and_weights
+
+    indices, weights = get_vision_interpolation_indices_and_weights(
+        grid_thw, num_grid_per_side=visual.num_grid_per_side, mode=visual.interpolation_mode,
+        align_corners=visual.interpolation_align_corners, spatial_merge_size=visual.config.spatial_merge_size,
+    )
+    return (visual.pos_embed(indices) * weights[:, :, None]).sum(1)

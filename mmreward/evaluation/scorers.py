@@ -224,7 +224,7 @@ class RewardModelScorer(BaseScorer):
         self.source = source
         from mmreward.batched_forward import supports_batched_rewards
 
-        # Same rewards as `model.score`, without its per-sequence and per-image loops (Qwen2-VL, Qwen2.5-VL).
+        # Same rewards as `model.score` without its per-sequence and per-image loops (Qwen-VL backbones, sdpa).
         self._batched_forward = supports_batched_rewards(model)
         processor = model.processor
         image_processor = getattr(processor, "image_processor", None)

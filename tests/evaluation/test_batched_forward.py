@@ -5,7 +5,7 @@ import torch
 
 import mmreward.batched_forward as batched_forward
 from mmreward.batched_forward import batched_rewards, length_groups, right_align, rope_positions, unique_media
-from mmreward.batched_vision import segment_attention, vision_features
+from mmreward.batched_vision import segment_attention, vision_features, vision_outputs
 from mmreward.collate import CollateConfig
 from mmreward.data.records import read_records
 from mmreward.evaluation.scorers import MediaConfig, RewardModelScorer, load_pair_media
@@ -116,10 +116,14 @@ def family_dirs(vlm_dir, tmp_path_factory):
     """Tiny backbones of every family the batched forward handles."""
     from mmreward.backbones.tiny import build_tiny_vlm
 
-    return {"qwen2_5_vl": vlm_dir, "qwen2_vl": build_tiny_vlm(tmp_path_factory.mktemp("q2"), family="qwen2_vl")}
+    return {"qwen2_5_vl": vlm_dir, "qwen2_vl": build_tiny_vlm(tmp_path_factory.mktemp("q2"), family="qwen2_vl"),
+            "qwen3_vl": build_tiny_vlm(tmp_path_factory.mktemp("q3"), family="qwen3_vl")}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+FAMILIES = ["qwen2_5_vl", "qwen2_vl", "qwen3_vl"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_vision_features_equal_the_towers_own(family_dirs, family):
     from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 
@@ -132,9 +136,14 @@ def test_vision_features_equal_the_towers_own(family_dirs, family):
     pixels = torch.randn(int(grid.prod(-1).sum()), 3 * patch.temporal_patch_size * patch.patch_size ** 2,
                          generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        want = visual(pixels, grid_thw=grid).pooler_output
-        got = vision_features(visual, pixels, grid)
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        want = visual(pixels, grid_thw=grid)
+        got, deepstack = vision_outputs(visual, pixels, grid)
+        assert torch.equal(vision_features(visual, pixels, grid), got)
+    torch.testing.assert_close(got, want.pooler_output, atol=1e-5, rtol=1e-5)
+    want_deepstack = getattr(want, "deepstack_features", None) or []  # Qwen3-VL only
+    assert len(deepstack) == len(want_deepstack) == (1 if family == "qwen3_vl" else 0)
+    for mine, theirs in zip(deepstack, want_deepstack):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
 def _examples(synthetic, modality, drop_responses=True):
@@ -150,7 +159,7 @@ HEADS = [("scalar", ["VQ", "TA"], {}), ("yes_token", ["TA"], {}), ("yes_token", 
 
 @pytest.mark.parametrize("head,dims,options", HEADS, ids=["scalar", "yes_token", "yes_token_pairwise"])
 @pytest.mark.parametrize("modality", ["images", "videos"])
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, synthetic, family, head, dims, options,
                                                                   modality):
     from mmreward.model import RewardModel
@@ -166,10 +175,10 @@ def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, sy
         aligned = right_align(inputs)
         want_pos, _ = inner.get_rope_index(aligned["input_ids"], mm_token_type_ids=aligned["mm_token_type_ids"],
                                            attention_mask=aligned["attention_mask"], **media)
-        tokens_per_second, seconds = batched_forward._video_spacing(inner, inputs)
+        tokens_per_second, seconds, video_grid = batched_forward._rope_video_args(inner, inputs)
         got_pos = rope_positions(aligned["input_ids"], aligned["mm_token_type_ids"], aligned["attention_mask"],
                                  inner.config.vision_config.spatial_merge_size, tokens_per_second,
-                                 inputs.get("image_grid_thw"), inputs.get("video_grid_thw"), seconds)
+                                 inputs.get("image_grid_thw"), video_grid, seconds)
         assert torch.equal(got_pos, want_pos)
         with torch.inference_mode():
             got = batched_rewards(model, inputs)
@@ -188,8 +197,8 @@ def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monke
     collator = model.head.pair_collator(model.processor, CollateConfig())
     inputs = collator(examples)["inputs"]
     encoded = []
-    real = batched_forward.vision_features
-    monkeypatch.setattr(batched_forward, "vision_features",
+    real = batched_forward.vision_outputs
+    monkeypatch.setattr(batched_forward, "vision_outputs",
                         lambda visual, pixels, grid: encoded.append(len(grid)) or real(visual, pixels, grid))
     with torch.inference_mode():
         got = batched_rewards(model, inputs)
@@ -198,19 +207,20 @@ def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monke
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_scorer_uses_the_batched_forward_for_qwen2_and_qwen2_5_vl_only(tmp_path, family_dirs, synthetic):
-    from mmreward.backbones.tiny import build_tiny_vlm
+def test_scorer_uses_the_batched_forward_where_it_reproduces_the_model(family_dirs, synthetic):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["VQ", "TA"]).eval()
     scorer = RewardModelScorer(model)
     assert scorer._batched_forward
-    qwen2 = RewardModel.from_backbone(family_dirs["qwen2_vl"], dimensions=["overall"])
-    assert RewardModelScorer(qwen2)._batched_forward
-    other = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "q3", family="qwen3_vl"), dimensions=["overall"])
-    assert not RewardModelScorer(other)._batched_forward
-    with pytest.raises(TypeError, match="Qwen2-VL and Qwen2.5-VL backbones only"):
-        batched_rewards(other, {})
+    for family in ("qwen2_vl", "qwen3_vl"):
+        other = RewardModel.from_backbone(family_dirs[family], dimensions=["overall"])
+        assert RewardModelScorer(other)._batched_forward
+    # Eager attention would need the padding mask the batched forward drops: the scorer uses model.score.
+    eager = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["overall"], attn_implementation="eager")
+    assert not RewardModelScorer(eager)._batched_forward
+    with pytest.raises(TypeError, match="Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones only"):
+        batched_rewards(eager, {})
     # The batch of two pairs scores each pair as the model does alone.
     examples = _examples(synthetic, "images")[:2]
     scores = scorer.score(scorer.collate(examples))
@@ -221,7 +231,7 @@ def test_scorer_uses_the_batched_forward_for_qwen2_and_qwen2_5_vl_only(tmp_path,
 
 
 @pytest.mark.parametrize("modality", ["images", "videos"])
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_tensor_processor_returns_the_processors_own_batch(family_dirs, synthetic, family, modality):
     from transformers import AutoProcessor
 
