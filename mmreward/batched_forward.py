@@ -191,6 +191,7 @@ def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, position
     """
     attn = language_model.layers[-1].self_attn
     family = importlib.import_module(type(attn).__module__)  # the backbone's own rotary and repeat_kv
+    apply_rotary_pos_emb, repeat_kv = family.apply_rotary_pos_emb, family.repeat_kv
 
     cos, sin = language_model.rotary_emb(embeds, positions)
     hidden = embeds
@@ -207,7 +208,6 @@ def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, position
     key = k_norm(attn.k_proj(normed).view(batch, length, -1, attn.head_dim)).transpose(1, 2)
     value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
     query = q_norm(attn.q_proj(normed[rows, last][:, None]).view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
-    apply_rotary_pos_emb, repeat_kv = family.apply_rotary_pos_emb, family.repeat_kv
     query, _ = apply_rotary_pos_emb(query, query, cos[rows, last][:, None], sin[rows, last][:, None])
     _, key = apply_rotary_pos_emb(key, key, cos, sin)
     visible = torch.arange(length, device=hidden.device)[None, :] <= last[:, None]  # causal, one query

@@ -153,36 +153,30 @@ def vision_outputs(visual: nn.Module, pixel_values: torch.Tensor, grid_thw: torc
     if hasattr(visual, "pos_embed"):  # Qwen3-VL: a learned grid resampled to each image's grid
         hidden = hidden + _learned_positions(visual, grid_thw).to(hidden.dtype)
     cos, sin = visual.rotary_pos_emb(hidden, positions)
-    if not windowed:
-        deepstack = []
-        blocks_with_features = list(getattr(visual, "deepstack_visual_indexes", ()))
-        for number, block in enumerate(visual.blocks):
-            hidden = hidden + _attention(block.attn, block.norm1(hidden), frames, cos, sin)
-            hidden = hidden + block.mlp(block.norm2(hidden))
-            if number in blocks_with_features:
-                deepstack.append(visual.deepstack_merger_list[blocks_with_features.index(number)](hidden))
-        return visual.merger(hidden), deepstack
+    block_segments = [frames] * len(visual.blocks)
+    window_index = None
+    if windowed:  # reorder patches window by window; full-attention blocks still attend per frame
+        window_parts, offset = [], 0  # window indices count merged tokens, offset per grid
+        for layout in layouts:
+            window_parts.append(layout.window_index + offset)
+            offset += len(layout.window_index)
+        window_index = torch.cat(window_parts).to(device)
+        windows = _segments_by_length([n for layout in layouts for n in layout.window_lengths])
+        block_segments = [frames if number in visual.fullatt_block_indexes else windows
+                          for number in range(len(visual.blocks))]
+        length, unit = hidden.shape[0], visual.spatial_merge_unit
+        hidden, cos, sin = (x.reshape(length // unit, unit, -1)[window_index].reshape(length, -1)
+                            for x in (hidden, cos, sin))
 
-    # Window order: concatenate the per-grid layouts; window indices count merged tokens, offset per grid.
-    window_parts, offset = [], 0
-    for layout in layouts:
-        window_parts.append(layout.window_index + offset)
-        offset += len(layout.window_index)
-    window_index = torch.cat(window_parts).to(device)
-    windows = _segments_by_length([n for layout in layouts for n in layout.window_lengths])
-    length, unit = hidden.shape[0], visual.spatial_merge_unit
-
-    def window_order(x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(length // unit, unit, -1)[window_index].reshape(length, -1)
-
-    hidden = window_order(hidden)
-    cos, sin = window_order(cos), window_order(sin)
-    for number, block in enumerate(visual.blocks):
-        segments = frames if number in visual.fullatt_block_indexes else windows
+    deepstack_blocks = list(getattr(visual, "deepstack_visual_indexes", ()))  # Qwen3-VL only
+    deepstack = []
+    for number, (block, segments) in enumerate(zip(visual.blocks, block_segments)):
         hidden = hidden + _attention(block.attn, block.norm1(hidden), segments, cos, sin)
         hidden = hidden + block.mlp(block.norm2(hidden))
+        if number in deepstack_blocks:
+            deepstack.append(visual.deepstack_merger_list[deepstack_blocks.index(number)](hidden))
     merged = visual.merger(hidden)
-    return merged[torch.argsort(window_index)], []
+    return (merged if window_index is None else merged[torch.argsort(window_index)]), deepstack
 
 
 def _learned_positions(visual: nn.Module, grid_thw: torch.Tensor) -> torch.Tensor:
