@@ -34,7 +34,7 @@ from trl import TrlParser
 
 from mmreward.backbones.clip import build_tiny_clip
 from mmreward.manifest import finalize_run_dir, start_run_dir
-from vlm_rm.envs import CameraConfig, HumanoidEnvConfig
+from vlm_rm.envs import RENDER_PATHS, SCENES, CameraConfig, HumanoidEnvConfig
 from vlm_rm.poses import check_pose, pose_for_prompt
 from vlm_rm.reward import CLIPReward
 from vlm_rm.sac_checkpoint import (
@@ -72,7 +72,12 @@ class HumanoidSACConfig:
     vec_env: str = field(default="dummy", metadata={"help": "'dummy' (one process) or 'subproc'"})
     episode_length: int = 100
     render_size: int = field(default=0, metadata={"help": "frame side in pixels; 0 = the CLIP input size"})
-    textured: bool = True
+    scene: str = field(default="paper", metadata={
+        "help": "'paper' (the VLM-RM paper's textures and light), 'procedural' (builtin textures) or 'plain' "
+                "(gymnasium's scene)"})
+    render_path: str = field(default="direct", metadata={
+        "help": "'direct': render at the CLIP input size, fast settings; 'paper': render 480 px at default "
+                "quality, then resize (as the paper)"})
     camera_distance: float = 3.5
     camera_elevation: float = -10.0
     camera_azimuth: float = 180.0
@@ -103,6 +108,10 @@ class HumanoidSACConfig:
     def validate(self) -> None:
         if self.reward_mode not in ("step", "rollout"):
             raise ValueError(f"reward_mode must be 'step' or 'rollout', got {self.reward_mode!r}")
+        if self.scene not in SCENES:
+            raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
+        if self.render_path not in RENDER_PATHS:
+            raise ValueError(f"render_path must be one of {RENDER_PATHS}, got {self.render_path!r}")
         if self.vec_env not in ("dummy", "subproc"):
             raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
         for name in ("n_envs", "episode_length", "total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq"):
@@ -129,8 +138,8 @@ def build_reward(cfg: HumanoidSACConfig, out: Path, device: str) -> CLIPReward:
 def env_config(cfg: HumanoidSACConfig, reward: CLIPReward) -> HumanoidEnvConfig:
     size = cfg.render_size or reward.image_size[0]
     camera = CameraConfig(distance=cfg.camera_distance, elevation=cfg.camera_elevation, azimuth=cfg.camera_azimuth)
-    return HumanoidEnvConfig(render_size=size, max_episode_steps=cfg.episode_length, textured=cfg.textured,
-                             camera=camera)
+    return HumanoidEnvConfig(render_size=size, max_episode_steps=cfg.episode_length, scene=cfg.scene,
+                             render_path=cfg.render_path, camera=camera)
 
 
 def run_episodes(model: SAC, env, reward: CLIPReward, episodes: int, pose: str | None, seed: int) -> dict:
