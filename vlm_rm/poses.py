@@ -13,7 +13,8 @@ Thresholds (module constants below, one per idea):
 - lotus (cross-legged sit): pelvis ≤ 0.35 m, torso upright, knees low and spread ≥ 0.35 m apart,
   each foot closer to the midline than its knee (legs folded inward).
 - arms raised: torso upright, both hands above the top of the head.
-- splits: feet ≥ 1.2 m apart (legs spread beyond ~90°), both on the floor, pelvis ≤ 0.6 m.
+- splits: feet ≥ 1.2 m apart (legs spread beyond ~90°), both on the floor, pelvis ≤ 0.6 m, torso up
+  (cos tilt ≥ 0.5): a robot sprawled on the floor with its legs apart is not doing the splits.
 - hands on hips: torso upright, each hand within 0.22 m of its own hip joint.
 - standing on one leg: torso upright (≥ 0.8), head ≥ 1.2 m, one foot on the floor, the other ≥ 0.35 m up.
 - arms crossed: torso upright, each hand past the body midline on the other side, in front of the
@@ -42,6 +43,7 @@ LOTUS_KNEE_SPREAD = 0.35
 HANDS_ABOVE_HEAD = 0.0  # hands higher than the head centre plus this margin
 SPLITS_FEET_APART = 1.2
 SPLITS_PELVIS_Z = 0.6
+UPRIGHT_SPLITS = 0.5  # within 60°: the reference splits lean the torso 45° forward
 HAND_ON_HIP_DIST = 0.22
 ONE_LEG_HEAD_Z = 1.2
 ONE_LEG_LIFT_Z = 0.35
@@ -131,7 +133,7 @@ def is_arms_raised(f: PoseFeatures) -> bool:
 
 def is_splits(f: PoseFeatures) -> bool:
     apart = float(np.linalg.norm(f.feet[0] - f.feet[1])) >= SPLITS_FEET_APART
-    return apart and _feet_down(f) and f.pelvis[2] <= SPLITS_PELVIS_Z
+    return apart and _feet_down(f) and f.pelvis[2] <= SPLITS_PELVIS_Z and f.uprightness >= UPRIGHT_SPLITS
 
 
 def is_hands_on_hips(f: PoseFeatures) -> bool:
