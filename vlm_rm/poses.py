@@ -177,6 +177,8 @@ PROMPT_TO_POSE = {
     "a humanoid robot standing up on one leg": "one_leg",
     "a humanoid robot standing up, with its arms crossed": "arms_crossed",
 }
+PAPER_PROMPTS: dict[str, str] = {pose: prompt for prompt, pose in PROMPT_TO_POSE.items()}  # pose -> its task prompt
+PAPER_BASELINE_PROMPT = "a humanoid robot"
 
 
 def check_pose(name: str, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
@@ -240,14 +242,14 @@ def _lowest_point(model: mujoco.MjModel, data: mujoco.MjData) -> float:
     return float(lowest)
 
 
-def _grounded(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
+def grounded(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
     """qpos with the root height shifted so the lowest body point touches the floor."""
     data = mujoco.MjData(model)
     data.qpos[:] = qpos
     mujoco.mj_forward(model, data)
-    grounded = qpos.copy()
-    grounded[2] -= _lowest_point(model, data)
-    return grounded
+    out = qpos.copy()
+    out[2] -= _lowest_point(model, data)
+    return out
 
 
 def reference_qpos(model: mujoco.MjModel, name: str) -> np.ndarray:
@@ -259,7 +261,7 @@ def reference_qpos(model: mujoco.MjModel, name: str) -> np.ndarray:
         qpos[model.joint(joint).qposadr[0]] = np.deg2rad(degrees)
     pitch = np.deg2rad(REFERENCE_ROOT_PITCH.get(name, 0.0))
     qpos[3:7] = [np.cos(pitch / 2), 0.0, np.sin(pitch / 2), 0.0]
-    return _grounded(model, qpos)
+    return grounded(model, qpos)
 
 
 def interpolate_qpos(model: mujoco.MjModel, start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
@@ -267,4 +269,4 @@ def interpolate_qpos(model: mujoco.MjModel, start: np.ndarray, end: np.ndarray, 
     (a linear root height would sink the body into the floor or float it mid-way)."""
     qpos = (1.0 - fraction) * start + fraction * end
     qpos[3:7] /= np.linalg.norm(qpos[3:7])
-    return _grounded(model, qpos)
+    return grounded(model, qpos)

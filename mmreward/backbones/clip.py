@@ -124,6 +124,34 @@ def load_clip(
     return model, preprocess, tokenizer
 
 
+def create_clip_dir(out_dir: str | Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], note: str,
+                    seed: int = 0) -> tuple[torch.nn.Module, Path]:
+    """Write `open_clip_config.json` for a new model to `out_dir` and build that model with seeded random weights.
+
+    Save the weights (trained or not) with `save_clip_weights`; `load_clip(out_dir)` then loads the directory
+    offline like any local open_clip model.
+    """
+    import open_clip
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "note": note}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    torch.manual_seed(seed)
+    return open_clip.create_model(LOCAL_DIR_PREFIX + str(out), load_weights=False), out
+
+
+def save_clip_weights(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Write the model's state dict as `open_clip_model.safetensors` (the name open_clip looks for first)."""
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share storage; none do in CLIP, but make them contiguous copies.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    path = Path(out_dir) / TINY_WEIGHTS_NAME
+    save_file(state, str(path))
+    return path
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random-weight open_clip model (config + safetensors) to `out_dir`; return it.
 
@@ -131,22 +159,10 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     `load_clip(out_dir)` loads it offline; the tokenizer is open_clip's SimpleTokenizer, whose BPE
     vocabulary ships inside the open_clip package.
     """
-    import open_clip
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_cfg": TINY_CLIP_CONFIG,
-        "preprocess_cfg": TINY_PREPROCESS_CFG,
-        "note": "tiny open_clip model with RANDOM weights (built offline by mmreward.backbones.clip)",
-    }
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    torch.manual_seed(seed)
-    model = open_clip.create_model(LOCAL_DIR_PREFIX + str(out), load_weights=False)
-    # safetensors refuses tensors that share storage; none do in CLIP, but make them contiguous copies.
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / TINY_WEIGHTS_NAME))
+    model, out = create_clip_dir(out_dir, TINY_CLIP_CONFIG, TINY_PREPROCESS_CFG,
+                                 "tiny open_clip model with RANDOM weights (built offline by mmreward.backbones.clip)",
+                                 seed=seed)
+    save_clip_weights(model, out)
     return out
 
 
