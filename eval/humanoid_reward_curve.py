@@ -151,15 +151,17 @@ def run(cfg: RewardCurveConfig) -> dict:
         heldout = render_pose_frames(PoseFrameConfig(trajectories_per_pose=cfg.heldout_trajectories_per_pose,
                                                      render_size=size, scene=cfg.scene, seed=cfg.heldout_seed))
         measures = evaluate_tasks(task_rewards(rewards_by_task, heldout.frames, cfg.alphas), heldout)
+        frames_measured = len(heldout)
     else:
         measured_on = "scripted trajectories"
         measures = evaluate_tasks(rewards, scripted)
+        frames_measured = len(scripted)
 
     tiny = cfg.clip_model == TINY
     title = f"start {cfg.start_pose} | CLIP {cfg.clip_model}{' (RANDOM weights)' if tiny else ''} | scene {cfg.scene}"
     plot_curves(scripted, cfg.tasks, rewards, measures, out / "reward_curves.png", title)
     save_strips(scripted, out / "frames.png")
-    result = {"measured_on": measured_on, "config": asdict(cfg), "tasks": {}}
+    result = {"measured_on": measured_on, "frames_measured": frames_measured, "config": asdict(cfg), "tasks": {}}
     metrics = {}
     for episode, task in enumerate(cfg.tasks):
         frames = scripted.episode == episode

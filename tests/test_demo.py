@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from mmreward.demo import check_same_pairs, line_count_progress, log_progress, main, train_log_progress
+from mmreward.demo import (
+    BackgroundStages,
+    check_same_pairs,
+    line_count_progress,
+    log_progress,
+    main,
+    train_log_progress,
+)
 
 
 def test_log_progress_reads_the_last_tqdm_count(tmp_path):
@@ -76,6 +83,29 @@ def test_main_times_each_step_and_leaves_out_vr_thinker_when_asked(tmp_path, mon
     assert "VR-Thinker chain: 0 s wall, 0 s CPU" in capsys.readouterr().out
 
 
+def test_background_stages_run_in_order_and_hand_over_a_failure(tmp_path):
+    scenes = tmp_path / "scenes"
+    chain = BackgroundStages([
+        ("eval/humanoid_scenes.py", ["--output_dir", str(scenes), "--poses", "standing", "--repeats", "1",
+                                     "--render_size", "32"], tmp_path / "logs" / "scenes.log"),
+        ("eval/humanoid_scenes.py", ["--no_such_flag", "1"], tmp_path / "logs" / "bad.log"),
+        ("eval/humanoid_scenes.py", ["--output_dir", str(tmp_path / "never")], tmp_path / "logs" / "never.log"),
+    ])
+    with pytest.raises(RuntimeError, match="a background stage failed: eval/humanoid_scenes.py failed"):
+        chain.wait()
+    assert (scenes / "scenes.png").is_file() and json.loads((scenes / "scenes.json").read_text())["rows"]
+    assert not (tmp_path / "logs" / "never.log").exists()  # nothing runs after a failed stage
+    assert chain.seconds > 0
+
+
+def test_stopping_background_stages_kills_the_running_stage(tmp_path):
+    chain = BackgroundStages([("train/standin_clip.py", ["--output_dir", str(tmp_path / "standin")],
+                               tmp_path / "standin.log")])
+    chain.stop()
+    assert isinstance(chain.error, RuntimeError) and "stopped before it finished" in str(chain.error)
+    assert not (tmp_path / "standin" / "manifest.json").exists()
+
+
 def _table_after(report: str, heading: str) -> str:
     """The first table following `heading` in the report."""
     start = report.index(heading)
@@ -123,11 +153,24 @@ def check_report(out):
     assert "vr_thinker/sft/example_trace.html" in report
     assert "Initial frames" in teacher and re.search(r"V1 #\d+", teacher)
 
+    # VLM-RM: both scenes, the stand-in CLIP (said plainly not to be zero-shot) with its per-task AUC / EPIC
+    # table, the reward curves of the alpha sweep, the SAC run driven by it.
+    assert "NOT a zero-shot reward model" in report
+    per_task = _table_after(report, "Per paper task")
+    for task in ("kneeling", "lotus", "standing", "arms_raised", "splits", "hands_on_hips", "one_leg", "arms_crossed"):
+        assert f"<td>{task}</td>" in per_task
+    assert "AUC a=0" in per_task and "EPIC a=1" in per_task
+    for png in ("vlm_rm/scenes/scenes.png", "vlm_rm/reward_curves/reward_curves.png", "humanoid_sac/reward_curve.png"):
+        assert f"src='{png}'" in report and (out / png).is_file()
+    sac = json.loads((out / "humanoid_sac" / "manifest.json").read_text())
+    assert "NOT zero-shot" in sac["clip_note"] and not sac["metrics"]["clip_random_weights"]
+
     # The humanoid video and the per-step timings.
     video = re.search(r"<video src='([^']+)'", report)
     assert video and (out / video.group(1)).is_file()
     timings = _table_after(report, "Timings")
-    for step in ("BaseReward training", "VR-Thinker chain", "evaluation", "humanoid SAC with a CLIP reward", "total"):
+    for step in ("VLM-RM chain started in the background", "BaseReward training", "VR-Thinker chain", "evaluation",
+                 "humanoid SAC with a CLIP reward", "total"):
         assert f"<td>{step}</td>" in timings
     assert (out / "basereward_video" / "manifest.json").exists()
     assert (out / "eval" / "clip_baseline" / "metrics.json").exists()

@@ -32,7 +32,7 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.vec_env import VecMonitor
 from trl import TrlParser
 
-from mmreward.backbones.clip import build_tiny_clip
+from mmreward.backbones.clip import build_tiny_clip, local_clip_note
 from mmreward.manifest import finalize_run_dir, start_run_dir
 from vlm_rm.envs import RENDER_PATHS, SCENES, CameraConfig, HumanoidEnvConfig
 from vlm_rm.poses import check_pose, pose_for_prompt
@@ -301,6 +301,8 @@ def train(cfg: HumanoidSACConfig) -> dict:
         "resumed_from": str(resume_from[0]) if resume_from else None,
     }
     extra = {"note": "tiny CLIP with RANDOM weights: rewards and success carry no meaning"} if tiny else None
+    if not tiny and local_clip_note(cfg.clip_model):  # e.g. the stand-in CLIP's "NOT zero-shot"
+        extra = {"clip_note": local_clip_note(cfg.clip_model)}
     return finalize_run_dir(out, stage=STAGE, inputs=inputs, metrics=metrics, extra=extra)
 
 

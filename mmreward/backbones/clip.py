@@ -166,6 +166,18 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
+def local_clip_note(model_name: str | Path) -> str | None:
+    """The "note" a local model directory's open_clip_config.json carries (what built it, e.g. "RANDOM
+    weights" or a stand-in's caveat), or None for hub names and directories without one."""
+    try:
+        _, local = _resolve_name(model_name)
+    except CLIPLoadError:
+        return None
+    if local is None:
+        return None
+    return json.loads((local / CONFIG_NAME).read_text()).get("note")
+
+
 def clip_image_size(model: torch.nn.Module) -> tuple[int, int]:
     """(height, width) of the images the model's visual tower expects."""
     size = getattr(model.visual, "image_size", None)

@@ -65,6 +65,10 @@ def test_short_run_writes_its_outputs_and_resumes(trainer, tmp_path):
 def test_bad_settings_are_refused(trainer, tmp_path):
     with pytest.raises(ValueError, match="reward_mode must be"):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "a"), "--reward_mode", "episode"])
+    with pytest.raises(ValueError, match="scene must be one of"):
+        trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "c"), "--scene", "moon"])
+    with pytest.raises(ValueError, match="render_path must be one of"):
+        trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "d"), "--render_path", "ray"])
     with pytest.raises(FileNotFoundError, match="no sac_<steps>_steps.zip checkpoint"):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "b"), "--resume", "true"])
 

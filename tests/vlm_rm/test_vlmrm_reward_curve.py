@@ -38,7 +38,7 @@ def test_curves_and_measures_match_direct_scoring_of_the_same_frames(curve_scrip
     kneeling = result["tasks"]["kneeling"]
     assert kneeling["goal_prompts"] == ["a humanoid robot kneeling"]
     assert result["tasks"]["arms_raised"]["goal_prompts"] == ["a humanoid robot standing up, with both arms raised"]
-    assert kneeling["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert kneeling["fractions"] == [0.0, 0.25, 0.5, 0.75, 1.0] and result["frames_measured"] == 10
     assert kneeling["pose_reached"][0] is False and kneeling["pose_reached"][-1] is True
     assert set(kneeling["rewards"]) == {"0", "1"}
     assert (out / "reward_curves.png").stat().st_size > 0 and (out / "frames.png").is_file()
