@@ -22,7 +22,6 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 

@@ -13,7 +13,7 @@ Reward functions are vectorised: `reward(states [N, ...], actions [N, ...], next
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -56,6 +56,11 @@ def _tile_rows(a: np.ndarray, times: int) -> np.ndarray:
     return np.tile(a, (times,) + (1,) * (a.ndim - 1))
 
 
+class CanonicalReward(NamedTuple):
+    values: np.ndarray  # C(R) on the N transitions
+    scale: float  # the largest magnitude among the terms C(R) adds up: the scale of its rounding error
+
+
 def canonicalize(
     reward: RewardFn,
     states: np.ndarray,
@@ -64,21 +69,8 @@ def canonicalize(
     coverage_states: np.ndarray,
     coverage_actions: np.ndarray,
     gamma: float,
-) -> np.ndarray:
-    """Canonical reward C(R) [N] on N transitions, expectations over M coverage pairs (S_j, A_j)."""
-    return _canonicalize_with_scale(reward, states, actions, next_states, coverage_states, coverage_actions, gamma)[0]
-
-
-def _canonicalize_with_scale(
-    reward: RewardFn,
-    states: np.ndarray,
-    actions: np.ndarray,
-    next_states: np.ndarray,
-    coverage_states: np.ndarray,
-    coverage_actions: np.ndarray,
-    gamma: float,
-) -> tuple[np.ndarray, float]:
-    """C(R) [N] and the largest magnitude among the terms it adds up (the scale of its rounding error).
+) -> CanonicalReward:
+    """Canonical reward C(R) [N] on N transitions, expectations over M coverage pairs (S_j, A_j).
 
     The paper draws S, A, S' independently; here S' is the coverage states shifted by one position
     (a permutation of the same sample, so independent of its partner S in each pair). Because S and S'
@@ -106,7 +98,7 @@ def _canonicalize_with_scale(
     canonical = direct + gamma * from_next - from_state - gamma * baseline
     scale = max(float(np.abs(direct).max()), gamma * float(np.abs(from_next).max()),
                 float(np.abs(from_state).max()), gamma * abs(baseline))
-    return canonical, scale
+    return CanonicalReward(canonical, scale)
 
 
 def epic_distance(
@@ -125,6 +117,6 @@ def epic_distance(
     """
     cov_s = states if coverage_states is None else coverage_states
     cov_a = actions if coverage_actions is None else coverage_actions
-    ca, scale_a = _canonicalize_with_scale(reward_a, states, actions, next_states, cov_s, cov_a, gamma)
-    cb, scale_b = _canonicalize_with_scale(reward_b, states, actions, next_states, cov_s, cov_a, gamma)
-    return pearson_distance(ca, cb, scales=(scale_a, scale_b))
+    ca = canonicalize(reward_a, states, actions, next_states, cov_s, cov_a, gamma)
+    cb = canonicalize(reward_b, states, actions, next_states, cov_s, cov_a, gamma)
+    return pearson_distance(ca.values, cb.values, scales=(ca.scale, cb.scale))

@@ -85,4 +85,5 @@ def test_pearson_distance_refuses_a_sample_constant_up_to_rounding():
 def test_canonical_reward_of_a_constant_is_a_constant(transitions):
     const = lambda s, a, s2: np.full(len(s), 5.0)  # noqa: E731
     out = canonicalize(const, *transitions, transitions[0], transitions[1], GAMMA)
-    assert np.allclose(out, 5.0 + GAMMA * 5.0 - 5.0 - GAMMA * 5.0)
+    assert np.allclose(out.values, 5.0 + GAMMA * 5.0 - 5.0 - GAMMA * 5.0)
+    assert out.scale == 5.0  # the largest term it summed

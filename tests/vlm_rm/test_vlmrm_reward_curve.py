@@ -1,10 +1,7 @@
 """eval/humanoid_reward_curve.py: scripted trajectories into the tasks' poses scored for an alpha sweep, and the
 reward measured against pose success (AUC, EPIC)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,17 +12,12 @@ from vlm_rm.pose_frames import scripted_trajectories
 from vlm_rm.reward import CLIPReward
 from vlm_rm.reward_eval import roc_auc, state_reward_epic
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def curve_script():
-    spec = importlib.util.spec_from_file_location("eval_humanoid_reward_curve", ROOT / "eval" / "humanoid_reward_curve.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def curve_script(stage_script):
+    with stage_script("eval/humanoid_reward_curve.py") as module:
+        yield module
 
 
 def test_curves_and_measures_match_direct_scoring_of_the_same_frames(curve_script, tmp_path):

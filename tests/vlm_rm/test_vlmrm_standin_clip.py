@@ -1,10 +1,7 @@
 """Stand-in CLIP: labelled pose frames, captions, loss, AUC / EPIC helpers, a short training run (default) and
 the held-out AUC of the full training run (slow)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,20 +25,13 @@ from vlm_rm.standin_clip import (
     soft_clip_loss,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 SMALL_FRAMES = PoseFrameConfig(trajectories_per_pose=1, points_per_trajectory=3, fall_episodes=1, fall_steps=12)
 
 
 @pytest.fixture(scope="module")
-def stage():
-    spec = importlib.util.spec_from_file_location("train_standin_clip", ROOT / "train" / "standin_clip.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)
-    sys.modules.pop(spec.name, None)
+def stage(stage_script):
+    with stage_script("train/standin_clip.py") as module:
+        yield module
 
 
 @pytest.fixture(scope="module")
