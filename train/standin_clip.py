@@ -44,9 +44,9 @@ class StandinCLIPStageConfig:
 
     output_dir: str = "runs/standin_clip"
     # training frames
-    trajectories_per_pose: int = field(default=16, metadata={"help": "perturbed trajectories into each pose"})
+    trajectories_per_pose: int = field(default=32, metadata={"help": "perturbed trajectories into each pose"})
     points_per_trajectory: int = 6
-    fall_episodes: int = 8
+    fall_episodes: int = 12
     scene: str = field(default="paper", metadata={"help": "scene of the frames (vlm_rm.envs.SCENES)"})
     frames_seed: int = 0
     # held-out frames (another seed: new perturbations of the same poses)

@@ -217,7 +217,7 @@ REFERENCE_POSES: dict[str, dict[str, float]] = {
         "right_shoulder1": 50, "right_shoulder2": -65, "right_elbow": -30,
         "left_shoulder1": -50, "left_shoulder2": 65, "left_elbow": -30,
     },
-    "one_leg": {"left_hip_y": -60, "left_knee": -100},
+    "one_leg": {"left_hip_y": -90, "left_knee": -120},  # lifted foot 0.51 m up (the check needs 0.35)
     "arms_crossed": {
         "right_shoulder1": 60, "right_shoulder2": 40, "right_elbow": -90,
         "left_shoulder1": -60, "left_shoulder2": -40, "left_elbow": -90,

@@ -11,7 +11,8 @@ labelled by the same pose checks it is evaluated with. It shows that the pipelin
 robot kneeling" into a reward that prefers kneeling; it says nothing about what a real CLIP does.
 
 Captions: every frame is "a humanoid robot" (the paper's baseline prompt); a frame that passes pose
-checks is also each passing task's paper prompt. The loss is CLIP's symmetric cross-entropy between
+checks is also each passing task's paper prompt. Training frames are mirrored left-right at random
+(the pose checks are mirror-symmetric, so a mirrored frame keeps its captions). The loss is CLIP's symmetric cross-entropy between
 image and caption embeddings, with soft targets because a caption is shared by many frames of a batch:
 image -> caption spreads `1 - BASELINE_SHARE` over the frame's task prompts and `BASELINE_SHARE` on the
 baseline (all of it when no check passes); caption -> image spreads evenly over the frames it describes.
@@ -64,6 +65,7 @@ class StandinTrainConfig:
     learning_rate: float = 1e-3  # peak of a one-cycle schedule
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
+    mirror: bool = True  # flip half of each batch left-right: every pose check is mirror-symmetric
     log_every: int = 50
     seed: int = 0
 
@@ -127,7 +129,11 @@ def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTr
     log, started = [], time.perf_counter()
     for step in range(cfg.steps):
         pick = np.sort(rng.choice(len(frames), batch, replace=False))
-        image = F.normalize(model.encode_image(_pixels(images[pick], mean, std)), dim=-1)
+        chosen = images[pick]
+        if cfg.mirror:
+            flip = rng.random(batch) < 0.5
+            chosen[flip] = chosen[flip][..., ::-1]  # fancy indexing made `chosen` a copy
+        image = F.normalize(model.encode_image(_pixels(chosen, mean, std)), dim=-1)
         text = F.normalize(model.encode_text(tokens), dim=-1)
         loss = soft_clip_loss(image, text, model.logit_scale, targets[pick])
         optimizer.zero_grad(set_to_none=True)
