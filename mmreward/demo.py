@@ -206,7 +206,7 @@ def step_vlmrm_start(ctx: DemoContext) -> None:
         ("train/standin_clip.py", ["--output_dir", str(standin), "--torch_threads", "1"], logs / "standin_clip.log"),
         ("eval/humanoid_reward_curve.py",
          ["--clip_model", str(standin), "--output_dir", str(out / "reward_curves"), "--tasks", *VLMRM_TASKS,
-          "--heldout_trajectories_per_pose", "6", "--heldout_seed", str(VLMRM_HELDOUT_SEED)],
+          "--heldout_trajectories_per_pose", "12", "--heldout_seed", str(VLMRM_HELDOUT_SEED)],
          logs / "humanoid_reward_curve.log"),
         ("train/humanoid_sac.py", ["--config", "train/configs/humanoid_sac_cpu.yaml", "--clip_model", str(standin),
                                    "--output_dir", str(ctx.out / "humanoid_sac")], logs / "humanoid_sac.log"),

@@ -50,8 +50,8 @@ class StandinCLIPStageConfig:
     scene: str = field(default="paper", metadata={"help": "scene of the frames (vlm_rm.envs.SCENES)"})
     frames_seed: int = 0
     # held-out frames (another seed: new perturbations of the same poses)
-    heldout_trajectories_per_pose: int = field(default=6, metadata={"help": "0 skips the evaluation"})
-    heldout_fall_episodes: int = 4
+    heldout_trajectories_per_pose: int = field(default=12, metadata={"help": "0 skips the evaluation"})
+    heldout_fall_episodes: int = 6
     heldout_seed: int = 1
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     # optimisation

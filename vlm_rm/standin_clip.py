@@ -12,7 +12,8 @@ robot kneeling" into a reward that prefers kneeling; it says nothing about what 
 
 Captions: every frame is "a humanoid robot" (the paper's baseline prompt); a frame that passes pose
 checks is also each passing task's paper prompt. Training frames are mirrored left-right at random
-(the pose checks are mirror-symmetric, so a mirrored frame keeps its captions). The loss is CLIP's symmetric cross-entropy between
+(the pose checks are mirror-symmetric, so a mirrored frame keeps its captions), and drawn so that
+every set of pose-check results is about equally frequent (most frames are merely standing). The loss is CLIP's symmetric cross-entropy between
 image and caption embeddings, with soft targets because a caption is shared by many frames of a batch:
 image -> caption spreads `1 - BASELINE_SHARE` over the frame's task prompts and `BASELINE_SHARE` on the
 baseline (all of it when no check passes); caption -> image spreads evenly over the frames it describes.
@@ -66,6 +67,7 @@ class StandinTrainConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
     mirror: bool = True  # flip half of each batch left-right: every pose check is mirror-symmetric
+    balance: float = 1.0  # frames drawn with weight (1 / frames sharing their labels) ** balance; 0: uniformly
     log_every: int = 50
     seed: int = 0
 
@@ -78,6 +80,14 @@ def caption_targets(success: np.ndarray) -> np.ndarray:
     tasks = np.where(posed, (1.0 - BASELINE_SHARE) * success / np.maximum(counts, 1.0), 0.0)
     baseline = np.where(posed, BASELINE_SHARE, 1.0)
     return np.concatenate([tasks, baseline], axis=1).astype(np.float32)
+
+
+def label_balanced_weights(success: np.ndarray, balance: float) -> np.ndarray:
+    """Sampling probabilities [N]: (1 / number of frames with the same pose-check results) ** balance, so rare
+    label sets (one leg up, splits) are drawn about as often as the many standing frames when balance is 1."""
+    _, group, counts = np.unique(np.asarray(success, dtype=bool), axis=0, return_inverse=True, return_counts=True)
+    weights = (1.0 / counts[group.ravel()]) ** balance
+    return weights / weights.sum()
 
 
 def soft_clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
@@ -126,9 +136,10 @@ def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTr
                                                    pct_start=cfg.warmup_fraction)
     rng = np.random.default_rng(cfg.seed)
     batch = min(cfg.batch_size, len(frames))
+    draw = label_balanced_weights(frames.success, cfg.balance)
     log, started = [], time.perf_counter()
     for step in range(cfg.steps):
-        pick = np.sort(rng.choice(len(frames), batch, replace=False))
+        pick = np.sort(rng.choice(len(frames), batch, replace=False, p=draw))
         chosen = images[pick]
         if cfg.mirror:
             flip = rng.random(batch) < 0.5

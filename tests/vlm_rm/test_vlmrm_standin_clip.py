@@ -22,6 +22,7 @@ from vlm_rm.standin_clip import (
     STANDIN_CLIP_CONFIG,
     STANDIN_PREPROCESS_CFG,
     caption_targets,
+    label_balanced_weights,
     soft_clip_loss,
 )
 
@@ -85,6 +86,14 @@ def test_caption_targets():
     expected[:2, -1] = 0.5
     expected[2, -1] = 1.0  # a frame in no pose is only "a humanoid robot"
     assert np.allclose(targets, expected)
+
+
+def test_label_balanced_weights_draw_each_label_set_equally_often():
+    success = np.zeros((5, len(POSE_NAMES)), dtype=bool)
+    success[:3, 0] = True  # three standing frames, one kneeling frame, one frame in no pose
+    success[3, 1] = True
+    assert np.allclose(label_balanced_weights(success, 1.0), [1 / 9, 1 / 9, 1 / 9, 1 / 3, 1 / 3])
+    assert np.allclose(label_balanced_weights(success, 0.0), 0.2)
 
 
 def test_soft_clip_loss_is_open_clips_loss_for_one_caption_per_image():
