@@ -71,13 +71,7 @@ def make_accelerator(use_cpu: bool, **kwargs: Any) -> Accelerator:
     """
     mode = requested_mode()
     on_cpu = use_cpu or not torch.cuda.is_available()
-    if mode == DEEPSPEED and (reason := _deepspeed_missing()):
-        raise DistributedModeError(f"the launch asked for DeepSpeed but {reason}")
-    if mode in (DEEPSPEED, FSDP) and on_cpu and torch.cuda.is_available():
-        raise DistributedModeError(
-            f"the launch asked for {mode} with use_cpu on a machine with a GPU; sharded CPU training needs the GPUs "
-            "hidden (CUDA_VISIBLE_DEVICES=''), or drop use_cpu"
-        )
+    _check_requestable(mode, on_cpu)
     if mode == DEEPSPEED and on_cpu:
         _skip_deepspeed_shm_op()
         # cpu=False keeps the DeepSpeed plugin; the gloo group is what DeepSpeed's CPU accelerator communicates over.
@@ -85,10 +79,56 @@ def make_accelerator(use_cpu: bool, **kwargs: Any) -> Accelerator:
         acc = Accelerator(cpu=False, kwargs_handlers=handlers, **kwargs)
     else:
         acc = Accelerator(cpu=on_cpu, **kwargs)
-        if mode == FSDP and on_cpu and acc.distributed_type == DistributedType.MULTI_CPU:
-            _switch_to_fsdp(acc)
-    require_mode(acc, mode)
+    adopt_requested_mode(acc)
     return acc
+
+
+def _check_requestable(mode: str, on_cpu: bool) -> None:
+    if mode == DEEPSPEED and (reason := _deepspeed_missing()):
+        raise DistributedModeError(f"the launch asked for DeepSpeed but {reason}")
+    if mode in (DEEPSPEED, FSDP) and on_cpu and torch.cuda.is_available():
+        raise DistributedModeError(
+            f"the launch asked for {mode} with use_cpu on a machine with a GPU; sharded CPU training needs the GPUs "
+            "hidden (CUDA_VISIBLE_DEVICES=''), or drop use_cpu"
+        )
+
+
+def adopt_requested_mode(acc: Accelerator) -> None:
+    """Make a freshly built Accelerator run in the launch's mode: switch a CPU process group to FSDP when FSDP was
+    asked for (accelerate drops it on CPU), then `require_mode`."""
+    mode = requested_mode()
+    if mode == FSDP and acc.distributed_type == DistributedType.MULTI_CPU:
+        _switch_to_fsdp(acc)
+    require_mode(acc, mode)
+
+
+def hf_trainer_device_args(use_cpu: bool) -> dict[str, Any]:
+    """`TrainingArguments` overrides that give a transformers/TRL Trainer the launch's mode on CPU (none on GPUs).
+
+    On CPU the Trainer needs `use_cpu` for a gloo DDP group (without it every process trains alone, as if
+    single), except under DeepSpeed, which needs `use_cpu` off and a gloo group instead. The Trainer builds its
+    own Accelerator: subclass it with `ModeCheckedTrainerMixin` first, so FSDP is switched on and the mode checked.
+    """
+    mode = requested_mode()
+    on_cpu = use_cpu or not torch.cuda.is_available()
+    _check_requestable(mode, on_cpu)
+    if not on_cpu:
+        return {}
+    if mode == DEEPSPEED:
+        _skip_deepspeed_shm_op()
+        return {"use_cpu": False, "ddp_backend": "gloo"}
+    return {"use_cpu": True}
+
+
+class ModeCheckedTrainerMixin:
+    """For a transformers `Trainer` subclass (`class T(ModeCheckedTrainerMixin, SFTTrainer)`): after the Trainer
+    builds its Accelerator, FSDP is switched on where accelerate dropped it (CPU) and the mode actually used is
+    checked against the launch's (`DistributedModeError` otherwise)."""
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        adopt_requested_mode(self.accelerator)
+        self.is_fsdp_enabled = self.accelerator.distributed_type == DistributedType.FSDP
 
 
 def _skip_deepspeed_shm_op() -> None:
@@ -145,6 +185,14 @@ def require_mode(acc: Accelerator, mode: str) -> None:
         f"the launch asked for {mode} but the Accelerator runs as {got} ({acc.distributed_type}, "
         f"{acc.num_processes} process(es), device {acc.device}): {reason}; refusing to train in another mode"
     )
+
+
+def shards_weights(acc: Accelerator) -> bool:
+    """Whether each process holds only a shard of the weights (ZeRO-3, FSDP): saving then needs
+    `acc.get_state_dict(model)` on every process (it gathers them)."""
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        return acc.state.deepspeed_plugin.zero_stage == 3
+    return acc.distributed_type == DistributedType.FSDP
 
 
 def describe_mode(acc: Accelerator) -> dict[str, Any]:
