@@ -215,8 +215,11 @@ def main(argv: list[str] | None = None) -> dict:
     # HF Trainer's resume reads checkpoint weights by raw state-dict keys, which for Qwen-VL models saved by
     # transformers 5 do not match the live model's (nothing loads, only a warning): full fine-tuning resumes
     # from the checkpoint's weights through from_pretrained instead (optimizer, scheduler, RNG, step still
-    # come from the Trainer's resume).
-    resume_weights = training.resume_from_checkpoint if training.resume_from_checkpoint and not args.use_lora else None
+    # come from the Trainer's resume). An FSDP checkpoint holds only sharded weights (no model directory), which
+    # the Trainer loads itself by the live model's keys.
+    checkpoint = training.resume_from_checkpoint
+    holds_model = checkpoint is not None and (Path(checkpoint) / "config.json").is_file()
+    resume_weights = checkpoint if holds_model and not args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(
         path=resume_weights or model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
         freeze_vision=args.freeze_vision, lora=args.lora(), tool_chat_template=True,

@@ -174,13 +174,21 @@ def _switch_to_fsdp(acc: Accelerator) -> None:
 
 def require_mode(acc: Accelerator, mode: str) -> None:
     """Raise `DistributedModeError` when `acc` does not run in `mode` (the one the launch asked for)."""
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:
+        raise DistributedModeError(
+            f"the launcher started {launched} processes but the Accelerator runs as {acc.num_processes} "
+            f"({acc.distributed_type}, device {acc.device}): each would train alone on its own data"
+        )
     got = actual_mode(acc)
     if got == mode:
         return
-    reason = {
-        DEEPSPEED: "accelerate did not enable its DeepSpeed plugin",
-        FSDP: "accelerate did not enable its FSDP plugin",
-    }.get(mode, "the process group is not what the launcher set up")
+    if mode in (DEEPSPEED, FSDP) and acc.num_processes == 1 and acc.distributed_type == DistributedType.NO:
+        reason = "there is no process group; start the script with `accelerate launch --config_file ...`"
+    elif mode in (DEEPSPEED, FSDP):
+        reason = f"accelerate did not enable its {'DeepSpeed' if mode == DEEPSPEED else 'FSDP'} plugin"
+    else:
+        reason = "the process group is not the one the launcher set up"
     raise DistributedModeError(
         f"the launch asked for {mode} but the Accelerator runs as {got} ({acc.distributed_type}, "
         f"{acc.num_processes} process(es), device {acc.device}): {reason}; refusing to train in another mode"
