@@ -2,13 +2,14 @@
 
     python eval/preference.py --model runs/basereward --data runs/synthetic/videos/test.jsonl --out runs/eval/br
     python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \
-        --media_root DATA/videos --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
+        --media_root DATA --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
     accelerate launch --num_processes 4 eval/preference.py --model DIR --data FILE --out OUT   # data-parallel
     python eval/preference.py --judge vr_thinker --model runs/vrt_grpo --data FILE --out OUT
 
 `--data` is a records JSONL (mmreward schema) or `BENCHMARK:SRC` with BENCHMARK one of
 `mmreward.data.formats.READERS` (read from the benchmark's own files). What scores the pairs:
-`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json) or an open_clip model
+`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json, or a VideoAlign checkpoint's
+model_config.json) or an open_clip model
 directory (open_clip_config.json) from `--model`; `--scorer clip` also takes an open_clip name
 with `--clip_pretrained` weights; `--judge NAME` loads a judge adapter from `JUDGES`;
 `--scorer FILE.py:FUNCTION` calls `FUNCTION(args, device)` for any other `Scorer`.
@@ -75,6 +76,8 @@ class EvalArguments:
     video_sampling: str | None = field(default=None, metadata={
         "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules; see mmreward.data.qwen_video)"})
     # model
+    backbone: str | None = field(default=None, metadata={
+        "help": "base backbone of a LoRA / head-only / VideoAlign checkpoint (default: the one it records)"})
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
     barrier_timeout_minutes: int = field(default=180, metadata={
@@ -170,7 +173,7 @@ def _reward_model_scorer(args: EvalArguments, model: Path, device: Any) -> Rewar
     """A reward model scored as its checkpoint says, except for what the command line overrides."""
     from mmreward.model import RewardModel
 
-    reward_model = RewardModel.from_pretrained(model, dtype=args.dtype).to(device)
+    reward_model = RewardModel.from_pretrained(model, backbone_path=args.backbone, dtype=args.dtype).to(device)
     settings = reward_model.settings
     collate = replace(settings.collate, **{name: getattr(args, name) for name in
                                            ("prompt_template", "system_prompt", "pair_form")
