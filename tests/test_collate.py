@@ -173,6 +173,20 @@ def test_shared_prefix_selection(processor):
         strict([response_pair, image_pair])
 
 
+def test_shared_prefix_needs_every_media_file_equal(tmp_path):
+    """Sides that differ only in their video are not a response pair (the video must not be dropped)."""
+    image, v1, v2 = tmp_path / "i.png", tmp_path / "1.mp4", tmp_path / "2.mp4"
+
+    def record(video_b, images_b=()):
+        return PreferenceRecord("r", "p", Side(image=image, video=v1, response="x"),
+                                Side(image=image, images=list(images_b), video=video_b, response="y"), {"overall": "a"})
+
+    assert shares_prefix(record(v1))
+    assert not shares_prefix(record(v2))
+    assert not shares_prefix(record(None))
+    assert not shares_prefix(record(v1, images_b=[image]))
+
+
 def test_max_length_names_records(processor):
     examples = [_example(7, SideMedia(response="x" * 50), SideMedia(response="y"))]
     with pytest.raises(CollateError, match=r"max_length=40.*'r7'"):

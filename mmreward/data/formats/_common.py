@@ -9,12 +9,11 @@ itself (``benchmark``, ``category``, ...) win, and a source column of the same n
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmreward.data.records import RecordError
+from mmreward.data.records import RecordError, check_path_length, json_value, quote
 
 # A source row and where it sits: the file line for CSV / JSONL, the 1-based position for JSON
 # arrays and Parquet tables.
@@ -44,15 +43,15 @@ def load_rows(path: str | Path) -> list[Row]:
                 if not text.strip():
                     continue
                 try:
-                    rows.append((lineno, json.loads(text)))
-                except json.JSONDecodeError as e:
-                    raise RecordError(f"malformed JSON: {e}", path, lineno) from e
+                    rows.append((lineno, json_value(text)))
+                except ValueError as e:
+                    raise RecordError(str(e), path, lineno) from e
         return [_check_object(r, path) for r in rows]
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RecordError(f"malformed JSON: {e}", path) from e
+            data = json_value(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise RecordError(str(e), path) from e
         if not isinstance(data, list):
             raise RecordError(f"expected a JSON array of objects, got {type(data).__name__}", path)
         return [_check_object((i, r), path) for i, r in enumerate(data, start=1)]
@@ -84,20 +83,26 @@ class RowContext:
             raise self.error(f"missing field {key!r}")
         value = self.row[key]
         if not isinstance(value, kind) or (isinstance(value, str) and value == ""):
-            raise self.error(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}, got {value!r}")
+            raise self.error(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}, got {quote(value)}")
         return value
 
     def label(self, key: str, mapping: Mapping[Any, str]) -> str:
         """A field's value translated to "a" / "b" / "tie"."""
         value = self.get(key, object)
         if value not in mapping:
-            raise self.error(f"field {key!r} has unknown value {value!r}; expected one of {sorted(mapping, key=str)}")
+            raise self.error(f"field {key!r} has unknown value {quote(value)}; expected one of {sorted(mapping, key=str)}")
         return mapping[value]
 
 
-def media_path(root: Path, value: str) -> Path:
+def media_path(ctx: RowContext, root: Path, value: str) -> Path:
     """A source media path joined to the (resolved) media folder; the file itself is not resolved,
-    so a symlinked file inside the folder keeps its in-folder path, as in read_records."""
+    so a symlinked file inside the folder keeps its in-folder path, as in read_records. Paths
+    longer than :data:`~mmreward.data.records.MAX_PATH_CHARS` are refused here, before anything
+    resolves them."""
+    try:
+        check_path_length(value, "media path")
+    except ValueError as e:
+        raise ctx.error(str(e)) from None
     return root / value
 
 
@@ -112,7 +117,8 @@ def build_meta(row: Mapping[str, Any], verbatim: Iterable[str], derived: Mapping
     return meta
 
 
-def resolve_roots(src: str | Path, media_root: str | Path | None) -> tuple[Path, Path]:
-    """The source file and the folder its relative media paths start from (default: its folder)."""
+def resolve_roots(src: str | Path, media_root: str | Path | None, default_folder: str = "") -> tuple[Path, Path]:
+    """The source file and the folder its relative media paths start from (default: its folder,
+    or ``default_folder`` inside it where the benchmark's paths start in a subfolder)."""
     src = Path(src).resolve()
-    return src, (Path(media_root) if media_root is not None else src.parent).resolve()
+    return src, (Path(media_root) if media_root is not None else src.parent / default_folder).resolve()
