@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch.utils.data
 from PIL import Image
 
-from mmreward.data.media import MediaError, VideoClip, load_image, read_video
+from mmreward.data.media import MediaError, SizeRule, VideoClip, load_image, read_video
 from mmreward.data.records import PreferenceRecord, RecordSet, Side, read_records
 
 __all__ = ["SideMedia", "PreferenceExample", "PreferenceDataset"]
@@ -37,7 +37,8 @@ class PreferenceDataset(torch.utils.data.Dataset):
     """Records (a JSONL path or a RecordSet) whose media are decoded in ``__getitem__``, not up front.
 
     num_frames / fps: video sampling (see ``read_video``; ``fps`` wins when given).
-    max_pixels: image size limit (see ``load_image``). A media failure is re-raised as
+    max_pixels: image size limit; final_image_size: the model processor's resize rule, so each
+    image is resized once, to the size the model sees (both: see ``load_image``). A media failure is re-raised as
     :class:`MediaError` naming the record id and its JSONL file as well as the media path.
     """
 
@@ -47,11 +48,13 @@ class PreferenceDataset(torch.utils.data.Dataset):
         num_frames: int | None = 8,
         fps: float | None = None,
         max_pixels: int | None = None,
+        final_image_size: SizeRule | None = None,
     ):
         self.records = records if isinstance(records, RecordSet) else read_records(records)
         self.num_frames = None if fps is not None else num_frames
         self.fps = fps
         self.max_pixels = max_pixels
+        self.final_image_size = final_image_size
 
     def __len__(self) -> int:
         return len(self.records)
@@ -66,7 +69,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             return decoded[key]
 
         paths = ([side.image] if side.image is not None else []) + side.images
-        images = [once("image", p, lambda p: load_image(p, max_pixels=self.max_pixels)) for p in paths]
+        images = [once("image", p, lambda p: load_image(p, self.max_pixels, self.final_image_size)) for p in paths]
         video = None
         if side.video is not None:
             video = once("video", side.video, lambda p: read_video(p, num_frames=self.num_frames, fps=self.fps))
