@@ -254,6 +254,19 @@ def test_bad_source_files_fail_with_the_file_and_row(tmp_path):
     (tmp_path / "long.jsonl").write_text(json.dumps({**row, "image": "../" * 1_500_000}) + "\n")
     with pytest.raises(RecordError, match=r"long\.jsonl:1 \(id 'x#0'\): media path is 4,500,000 characters long"):
         READERS["mmrlhf_rewardbench"](tmp_path / "long.jsonl")
+    header = "path_A,path_B,prompt,VQ,MQ,TA,Overall\n"
+    (tmp_path / "wide.csv").write_text(header + "a.mp4,b.mp4,p,A,A,A,A\n" + "a.mp4,b.mp4," + "x" * 200_000 + ",A,A,A,A\n")
+    with pytest.raises(RecordError, match=r"wide\.csv:3: malformed CSV: field larger than field limit"):
+        READERS["videogen_rewardbench"](tmp_path / "wide.csv")
+    (tmp_path / "latin.csv").write_bytes((header + "a.mp4,b.mp4,p,A,A,A,A\na.mp4,b.mp4,caf\xe9,A,A,A,A\n").encode("latin-1"))
+    with pytest.raises(RecordError, match=r"latin\.csv:3: not UTF-8 text"):
+        READERS["videogen_rewardbench"](tmp_path / "latin.csv")
+    (tmp_path / "latin.jsonl").write_bytes(json.dumps(row).encode() + b"\n" + b'{"id": "caf\xe9"}\n')
+    with pytest.raises(RecordError, match=r"latin\.jsonl:2: 'utf-8' codec can't decode"):
+        READERS["mmrlhf_rewardbench"](tmp_path / "latin.jsonl")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1" + bytes(64))
+    with pytest.raises(RecordError, match=r"broken\.parquet: unreadable Parquet file"):
+        READERS["genai_bench_video"](tmp_path / "broken.parquet")
     (tmp_path / "big.json").write_text(json.dumps([{"caption": "c", "video_0_path": "a", "video_1_path": "b",
                                                     "overall_preference": ["x" * 1_000_000]}]))
     with pytest.raises(RecordError) as info:

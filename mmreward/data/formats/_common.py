@@ -9,6 +9,7 @@ itself (``benchmark``, ``category``, ...) win, and a source column of the same n
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -27,24 +28,16 @@ def load_rows(path: str | Path) -> list[Row]:
         raise FileNotFoundError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = []
-            for row in reader:
-                if None in row:  # more cells than header columns
-                    raise RecordError(f"row has {len(reader.fieldnames) + len(row[None])} cells for "
-                                      f"{len(reader.fieldnames)} columns", path, reader.line_num)
-                rows.append((reader.line_num, row))
-            return rows
+        return _csv_rows(path)
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, text in enumerate(f, start=1):
-                if not text.strip():
+        with path.open("rb") as f:
+            for lineno, data in enumerate(f, start=1):
+                if not data.strip():
                     continue
                 try:
-                    rows.append((lineno, json_value(text)))
-                except ValueError as e:
+                    rows.append((lineno, json_value(data.decode("utf-8-sig" if lineno == 1 else "utf-8"))))
+                except ValueError as e:  # UnicodeDecodeError included
                     raise RecordError(str(e), path, lineno) from e
         return [_check_object(r, path) for r in rows]
     if suffix == ".json":
@@ -56,10 +49,34 @@ def load_rows(path: str | Path) -> list[Row]:
             raise RecordError(f"expected a JSON array of objects, got {type(data).__name__}", path)
         return [_check_object((i, r), path) for i, r in enumerate(data, start=1)]
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # installed with `datasets`; only Parquet sources need it
+        import pyarrow as pa  # installed with `datasets`; only Parquet sources need it
+        import pyarrow.parquet as pq
 
-        return [(i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), start=1)]
+        try:
+            return [(i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), start=1)]
+        except (pa.ArrowException, OSError) as e:
+            raise RecordError(f"unreadable Parquet file: {e}", path) from e
     raise ValueError(f"{path}: unsupported benchmark file type {suffix!r} (expected .csv, .json, .jsonl or .parquet)")
+
+
+def _csv_rows(path: Path) -> list[Row]:
+    """Rows of a CSV file with a header line; a malformed or undecodable line names its line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"not UTF-8 text: {e}", path, data.count(b"\n", 0, e.start) + 1) from e
+    rows = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise RecordError(f"row has {len(reader.fieldnames) + len(row[None])} cells for "
+                                  f"{len(reader.fieldnames)} columns", path, reader.line_num)
+            rows.append((reader.line_num, row))
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit; the inner reader has counted the bad line
+        raise RecordError(f"malformed CSV: {e}", path, reader.reader.line_num) from e
+    return rows
 
 
 def _check_object(row: Row, path: Path) -> Row:
@@ -83,7 +100,8 @@ class RowContext:
             raise self.error(f"missing field {key!r}")
         value = self.row[key]
         if not isinstance(value, kind) or (isinstance(value, str) and value == ""):
-            raise self.error(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}, got {quote(value)}")
+            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.error(f"field {key!r} must be a non-empty {kinds}, got {quote(value)}")
         return value
 
     def label(self, key: str, mapping: Mapping[Any, str]) -> str:
