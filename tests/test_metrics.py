@@ -189,6 +189,17 @@ def test_bootstrap_equals_the_loop_it_replaced(seed):
                                           seed=seed), (metric, group_by, conf)
 
 
+def test_bootstrap_with_ties_when_no_forced_tie_helps():
+    # Every pair decisive and rightly signed: the best threshold is t = -1 in every resample (1.0),
+    # and any forced tie costs a pair.
+    rng = np.random.default_rng(5)
+    labels = rng.choice([-1, 1], size=40)
+    delta = labels * rng.uniform(0.1, 2.0, size=40)
+    ci = bootstrap_ci(accuracy_with_ties, delta, labels, n_resamples=50)
+    assert ci == ConfidenceInterval(1.0, 1.0, 1.0, 0.95)
+    assert ci == _loop_bootstrap(accuracy_with_ties, delta, labels, n_resamples=50)
+
+
 def test_bootstrap_skips_undefined_resamples_as_the_loop_did():
     # One decisive pair among twelve ties: most resamples miss it and accuracy is undefined there.
     delta = np.linspace(-1, 1, 13)

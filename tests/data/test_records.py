@@ -244,6 +244,9 @@ def test_over_long_media_paths_are_refused_before_resolving(root, tmp_path):
         write_records(tmp_path / "o.jsonl", [PreferenceRecord("w", "p", Side(image=Path(escape)), Side(response="r"),
                                                               {"overall": "a"})])
     assert time.perf_counter() - start < 2.0
+    just_over = "a" * (MAX_PATH_CHARS + 1)
+    with pytest.raises(RecordError, match=f"a.image is {MAX_PATH_CHARS + 1:,} characters long"):
+        read_records(write_lines(root / "o.jsonl", line(id="over", a={"image": just_over})))
     # A path of exactly the limit is still judged on its merits (here: it escapes the folder).
     at_limit = "a/" + "../" * ((MAX_PATH_CHARS - 7) // 3) + "x.png"
     at_limit = "a" * (MAX_PATH_CHARS - len(at_limit)) + at_limit
