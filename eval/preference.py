@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,7 +41,8 @@ from mmreward.evaluation.runner import (
     run_identity,
     run_predictions,
 )
-from mmreward.evaluation.scorers import ClipScorer, MediaConfig, RewardModelScorer, Scorer
+from mmreward.data.media import MediaConfig
+from mmreward.evaluation.scorers import ClipScorer, RewardModelScorer, Scorer
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
 
 HERE = Path(__file__).resolve().parent
@@ -71,19 +72,24 @@ class EvalArguments:
     retry_errors: bool = field(default=False, metadata={"help": "rescore pairs whose earlier attempt failed"})
     overwrite: bool = field(default=False, metadata={"help": "discard predictions of a different earlier run in --out"})
     progress: bool = field(default=True, metadata={"help": "progress bar on the main process"})
-    # media
-    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video"})
+    # media and prompt: None = the reward model's own settings (recorded in its checkpoint)
+    num_frames: int | None = field(default=None, metadata={"help": "frames sampled per video (default: the model's; CLIP: 8)"})
     fps: float | None = field(default=None, metadata={"help": "sample videos at this rate instead (wins over num_frames)"})
     max_pixels: int | None = field(default=None, metadata={"help": "downscale larger images to this many pixels"})
+    video_sampling: str | None = field(default=None, metadata={
+        "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules; see mmreward.data.qwen_video)"})
     # model
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
     barrier_timeout_minutes: int = field(default=180, metadata={
         "help": "how long processes wait for each other (a fast process waits at the end for the slowest)"})
-    overall: str = field(default="sum", metadata={"help": "'overall' of a model without that head: sum | DIMENSION"})
-    prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is the record's prompt"})
+    normalize: bool | None = field(default=None, metadata={
+        "help": "z-normalise rewards with the checkpoint's statistics (default: the checkpoint's choice)"})
+    overall: str | None = field(default=None, metadata={
+        "help": "'overall' of a model without that dimension: the checkpoint's (sum of its dimensions) or DIMENSION"})
+    prompt_template: str | None = field(default=None, metadata={"help": "user text; {prompt} is the record's prompt"})
     system_prompt: str | None = field(default=None, metadata={"help": "system turn before the user turn"})
-    pair_form: str = field(default="naive", metadata={"help": "naive | shared_prefix | auto (see mmreward.collate)"})
+    pair_form: str | None = field(default=None, metadata={"help": "naive | shared_prefix | auto (see mmreward.collate)"})
     clip_pretrained: str | None = field(default=None, metadata={"help": "CLIP weights: a local file (or a tag, downloads)"})
     clip_dimensions: list[str] = field(default_factory=lambda: ["overall"],
                                        metadata={"help": "label dimensions the CLIP similarity is reported under"})
@@ -159,9 +165,36 @@ def _checked(scorer: Any, spec: str) -> Scorer:
     return scorer
 
 
+def _media(args: EvalArguments, base: MediaConfig) -> MediaConfig:
+    """`base` with the media options the command line sets."""
+    given = {name: getattr(args, name) for name in ("num_frames", "fps", "max_pixels", "video_sampling")
+             if getattr(args, name) is not None}
+    if "fps" in given and "num_frames" not in given:
+        given["num_frames"] = None
+    return replace(base, **given)
+
+
+def _reward_model_scorer(args: EvalArguments, model: Path, device: Any) -> RewardModelScorer:
+    """A reward model scored as its checkpoint says, except for what the command line overrides."""
+    from mmreward.model import RewardModel
+
+    reward_model = RewardModel.from_pretrained(model, dtype=args.dtype).to(device)
+    settings = reward_model.settings
+    collate = replace(settings.collate, **{name: getattr(args, name) for name in
+                                           ("prompt_template", "system_prompt", "pair_form")
+                                           if getattr(args, name) is not None})
+    return RewardModelScorer(reward_model, collate=collate, media=_media(args, settings.media),
+                             normalize=args.normalize, overall=args.overall, source=str(model))
+
+
+def _is_reward_model(model: Path) -> bool:
+    from mmreward.videoalign import is_videoalign_checkpoint
+
+    return (model / "reward_config.json").is_file() or is_videoalign_checkpoint(model)
+
+
 def build_scorer(args: EvalArguments, device: Any) -> Scorer:
     """The scorer that `args` asks for (see the module docstring)."""
-    media = MediaConfig(num_frames=args.num_frames, fps=args.fps, max_pixels=args.max_pixels)
     model = Path(args.model)
     if model.is_dir():
         _check_model_dir(model)
@@ -173,25 +206,20 @@ def build_scorer(args: EvalArguments, device: Any) -> Scorer:
         return _load_factory(JUDGES[args.judge], HERE)(args, device)
     kind = args.scorer
     if kind == "auto":
-        if (model / "reward_config.json").is_file():
+        if _is_reward_model(model):
             kind = "reward_model"
         elif (model / "open_clip_config.json").is_file() or args.clip_pretrained is not None:
             kind = "clip"
         else:
             raise ValueError(
-                f"--model {args.model}: cannot tell what it is (no reward_config.json or open_clip_config.json); "
-                "pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
+                f"--model {args.model}: cannot tell what it is (no reward_config.json, VideoAlign model_config.json "
+                "or open_clip_config.json); pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
             )
     if kind == "reward_model":
-        from mmreward.collate import CollateConfig
-
-        collate = CollateConfig(prompt_template=args.prompt_template, system_prompt=args.system_prompt,
-                                pair_form=args.pair_form)
-        return RewardModelScorer.from_pretrained(model, dtype=args.dtype, device=device, collate=collate,
-                                                 media=media, overall=args.overall)
+        return _reward_model_scorer(args, model, device)
     if kind == "clip":
-        return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device), media=media,
-                                          dimensions=args.clip_dimensions)
+        return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device),
+                                          media=_media(args, MediaConfig()), dimensions=args.clip_dimensions)
     if ":" in kind:
         return _checked(_load_factory(kind)(args, device), kind)
     raise ValueError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
@@ -267,7 +295,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     title = args.title or f"{scorer.name}: {Path(args.model).name} on {data_name}"
     write_report(out, rows, metrics, title, info)
     finalize_run_dir(out, STAGE, inputs={"model": args.model, "data": args.data}, metrics=_headline_metrics(metrics),
-                     extra={"args": asdict(args)})
+                     extra={"args": asdict(args), "scorer": scorer.describe()})
     print(f"wrote {out / 'report.html'}; overall accuracy w/o ties: "
           f"{_headline_metrics(metrics).get('overall/accuracy')}", file=sys.stderr)
     return metrics

@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mmreward.data.media import MediaError
+from mmreward.data.media import MediaConfig, MediaError, SizeRule
 from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side
 
 __all__ = [
@@ -124,29 +124,14 @@ def swap_record(record: PreferenceRecord) -> PreferenceRecord:
     )
 
 
-@dataclass
-class MediaConfig:
-    """How media are decoded for scoring.
-
-    num_frames: frames sampled uniformly from each video (ignored when `fps` is set).
-    fps: sample videos at this rate instead of a fixed count.
-    max_pixels: downscale images above this many pixels (None: keep the file's size).
-    """
-
-    num_frames: int | None = 8
-    fps: float | None = None
-    max_pixels: int | None = None
-
-
-def load_pair_media(record: PreferenceRecord, media: MediaConfig, final_image_size: Any | None = None):
+def load_pair_media(record: PreferenceRecord, media: MediaConfig, final_image_size: SizeRule | None = None):
     """Both sides' media decoded as a `PreferenceExample` (MediaError names the record).
 
     final_image_size: the model processor's image resize rule (`mmreward.collate.processor_image_size`),
     so each image is resized once, to the size the model sees."""
     from mmreward.data.dataset import PreferenceDataset  # torch import deferred until media are needed
 
-    dataset = PreferenceDataset(RecordSet([record]), num_frames=media.num_frames, fps=media.fps,
-                                max_pixels=media.max_pixels, final_image_size=final_image_size)
+    dataset = PreferenceDataset(RecordSet([record]), media, final_image_size)
     return dataset[0]
 
 
@@ -192,26 +177,25 @@ def _video_shape(path: Path, media: MediaConfig) -> tuple[int, int, int]:
 class RewardModelScorer(BaseScorer):
     """Scores each side with a `RewardModel`; `delta[dim] = reward_a[dim] - reward_b[dim]`.
 
-    Rewards are `RewardModel.score`'s: a scalar head's values, or P("yes") for a yes_token head
-    (pairwise form: side a's score is P(yes) to "is a better than b?").
+    Rewards are `RewardModel.score`'s: a head's values (a scalar or reward-token head's, or P("yes")
+    for a yes_token head; pairwise form: side a's score is P(yes) to "is a better than b?"),
+    z-normalised when `normalize`, plus a summed "overall" when the model reports one.
 
     model: a loaded `mmreward.model.RewardModel` (eval mode); its `processor` encodes inputs.
-    collate: chat layout / pair form (`mmreward.collate.CollateConfig`; default: the model's defaults).
-    media: video sampling and image size.
-    overall: how "overall" is formed when the model has no "overall" dimension: "sum" (VideoAlign
-        adds its VQ, MQ and TA rewards) or the name of one of the model's dimensions.
-    device: where inputs go (default: the model's device).
+    collate / media: chat layout and decoding (default: the model's own, `model.settings`).
+    normalize: z-normalise with the checkpoint's statistics (default: the checkpoint's choice).
+    overall: "overall" for a model without that dimension: None = the model's own ("sum" of its
+        dimensions), or the name of one of its dimensions.
+    Inputs go to the model's device.
     """
 
     name = "reward_model"
 
     def __init__(self, model: Any, collate: Any | None = None, media: MediaConfig | None = None,
-                 overall: str = "sum", device: Any | None = None, source: str | None = None):
-        from mmreward.collate import CollateConfig
-
+                 normalize: bool | None = None, overall: str | None = None, source: str | None = None):
         self.model = model
-        self.media = media or MediaConfig()
-        self.collate_cfg = collate or CollateConfig()
+        self.media = media or model.settings.media
+        self.collate_cfg = collate or model.settings.collate
         if model.processor is None:
             raise ValueError("RewardModelScorer: the model has no processor to encode inputs")
         from mmreward.evaluation.tensor_processor import TensorProcessor
@@ -219,16 +203,16 @@ class RewardModelScorer(BaseScorer):
         # The head decides how pairs are encoded (yes_token asks its question about each side); the
         # wrapper gives the processor's own outputs with less per-sequence Python work.
         self.collator = model.head.pair_collator(TensorProcessor(model.processor), self.collate_cfg)
-        self.dimensions = list(model.dimensions)
-        if "overall" not in self.dimensions and overall != "sum" and overall not in self.dimensions:
-            raise ValueError(f"overall={overall!r}: expected 'sum' or one of the model's dimensions {self.dimensions}")
+        self.dimensions = list(model.output_dimensions)
+        if overall is not None and overall not in model.dimensions:
+            raise ValueError(f"overall={overall!r}: expected one of the model's dimensions {model.dimensions}")
+        if overall is not None and "overall" in model.dimensions:
+            raise ValueError("overall=...: the model has a learned 'overall' dimension already")
         self.overall = overall
-        self.device = device if device is not None else next(model.parameters()).device
+        self.normalize = model.settings.normalize if normalize is None else normalize
+        if self.normalize and model.reward_stats is None:
+            raise ValueError("normalize=True: the model has no reward statistics (its checkpoint stores none)")
         self.source = source
-        from mmreward.batched_forward import supports_batched_rewards
-
-        # Same rewards as `model.score` without its per-sequence and per-image loops (Qwen-VL backbones, sdpa).
-        self._batched_forward = supports_batched_rewards(model)
         processor = model.processor
         image_processor = getattr(processor, "image_processor", None)
         # Visual tokens per pixel: one merged token covers (patch * merge)^2 pixels in Qwen-VL.
@@ -252,7 +236,9 @@ class RewardModelScorer(BaseScorer):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "dimensions": self.dimensions,
-                "overall": self.overall, "media": asdict(self.media), "collate": asdict(self.collate_cfg)}
+                "overall": self.overall or self.model.settings.overall, "normalize": self.normalize,
+                "positions": self.model.settings.positions, "media": asdict(self.media),
+                "collate": asdict(self.collate_cfg)}
 
     def cost(self, record: PreferenceRecord) -> float:
         """Estimated tokens of the longer side: text tokens plus visual tokens from media headers."""
@@ -296,27 +282,17 @@ class RewardModelScorer(BaseScorer):
     def score(self, batch: dict[str, Any]) -> list[PairScore]:
         import torch
 
-        from mmreward.batched_forward import batched_rewards
-
-        dtype = next(self.model.parameters()).dtype
-        inputs = {
-            k: (v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device))
-            for k, v in batch["inputs"].items()
-        }
         with torch.inference_mode():
-            if self._batched_forward and "segment_ids" not in inputs:
-                rewards = batched_rewards(self.model, inputs)
-            else:
-                rewards = self.model.score(inputs)
-        rewards = rewards.float().cpu()
+            rewards = self.model.rewards_of(batch["inputs"])  # the batched forward where the backbone allows
+        rewards = self.model.normalize(rewards) if self.normalize else rewards.double()
+        rewards = self.model.with_overall(rewards).cpu()
         n = len(batch["labels"])
         out = []
         for i in range(n):
             a = dict(zip(self.dimensions, rewards[i].tolist()))
             b = dict(zip(self.dimensions, rewards[n + i].tolist()))
-            if "overall" not in self.dimensions:
-                for side in (a, b):
-                    side["overall"] = sum(side[d] for d in self.dimensions) if self.overall == "sum" else side[self.overall]
+            if self.overall is not None:
+                a["overall"], b["overall"] = a[self.overall], b[self.overall]
             out.append(PairScore(delta={d: a[d] - b[d] for d in a}, score_a=a, score_b=b))
         return out
 

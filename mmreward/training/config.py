@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from mmreward.collate import CollateConfig
 from mmreward.losses import PreferenceLossConfig
-from mmreward.model import TuningConfig
+from mmreward.data.media import MediaConfig
+from mmreward.model import ScoringSettings, TuningConfig
 
 
 @dataclass
@@ -32,6 +33,15 @@ class RewardModelArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
     dtype: str = field(default="float32", metadata={"help": "backbone weights dtype: float32 | bfloat16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    positions: str = field(default="mrope", metadata={
+        "help": "mrope (the backbone's M-RoPE) | sequential (0..L-1 on every axis, as VideoAlign trained)"})
+    overall: str | None = field(default=None, metadata={
+        "help": "learned (an 'overall' dimension) | sum (of the dimensions, normalised when normalising); "
+                "default: learned if 'overall' is a dimension, else sum"})
+    reward_stats: bool = field(default=True, metadata={
+        "help": "after training, store the mean and std of the model's rewards on the training pairs"})
+    normalize: bool = field(default=False, metadata={
+        "help": "report rewards normalised by those statistics by default (VideoAlign does)"})
 
     def tuning(self) -> TuningConfig:
         return TuningConfig(
@@ -39,6 +49,14 @@ class RewardModelArguments:
             lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
             gradient_checkpointing=self.gradient_checkpointing,
         )
+
+    def scoring(self, data: "RewardDataArguments") -> ScoringSettings:
+        """How the trained model reads inputs and reports rewards (saved with it)."""
+        if self.normalize and not self.reward_stats:
+            raise ValueError("normalize needs reward_stats (the statistics it normalises with)")
+        overall = self.overall or ("learned" if "overall" in self.dimensions else "sum")
+        return ScoringSettings(positions=self.positions, overall=overall, normalize=self.normalize,
+                               collate=data.collate(), media=data.media())
 
     def head_options(self) -> dict:
         options = {"inner_dim": self.head_inner_dim} if self.head_inner_dim is not None else {}
@@ -57,13 +75,22 @@ class RewardDataArguments:
     max_train_records: int | None = field(default=None, metadata={"help": "use only the first N training records"})
     max_val_records: int | None = field(default=None, metadata={"help": "use only the first N validation records"})
     max_pixels: int | None = field(default=None, metadata={"help": "downsize images above this many pixels"})
-    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video (uniform)"})
+    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video"})
     video_fps: float | None = field(default=None, metadata={"help": "sample videos at this fps instead"})
+    video_sampling: str = field(default="uniform", metadata={
+        "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules and 28-multiple frame sizes)"})
+    video_min_pixels: int | None = field(default=None, metadata={"help": "qwen sampling: smallest frame area"})
+    video_max_pixels: int | None = field(default=None, metadata={"help": "qwen sampling: largest frame area"})
     prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is replaced"})
     system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
     padding_side: str = field(default="right", metadata={"help": "left | right"})
     max_length: int | None = field(default=None, metadata={"help": "refuse longer sequences"})
     pair_form: str = field(default="auto", metadata={"help": "naive | shared_prefix | auto"})
+
+    def media(self) -> MediaConfig:
+        return MediaConfig(num_frames=None if self.video_fps is not None else self.num_frames, fps=self.video_fps,
+                           max_pixels=self.max_pixels, video_sampling=self.video_sampling,
+                           video_min_pixels=self.video_min_pixels, video_max_pixels=self.video_max_pixels)
 
     def collate(self) -> CollateConfig:
         return CollateConfig(

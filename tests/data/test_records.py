@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from mmreward.data.dataset import PreferenceDataset
-from mmreward.data.media import MediaError, write_video
+from mmreward.data.media import MediaConfig, MediaError, write_video
 from mmreward.data.records import (
     MAX_PATH_CHARS,
     PreferenceRecord,
@@ -300,7 +300,7 @@ def test_dataset_loads_media_lazily(root):
         line(id="i", a={"image": "img/a.png", "images": ["img/b.png"]}, b={"response": "r"}),
         line(id="v", a={"video": "vid/a.mp4"}, b={"image": "img/a.png"}),
     )
-    ds = PreferenceDataset(path, num_frames=2, max_pixels=4)
+    ds = PreferenceDataset(path, MediaConfig(num_frames=2, max_pixels=4))
     assert len(ds) == 2
     ex = ds[0]
     assert ex.record.id == "i"
@@ -309,7 +309,7 @@ def test_dataset_loads_media_lazily(root):
     assert ex.b.images == [] and ex.b.video is None and ex.b.response == "r"
     ex = ds[1]
     assert ex.a.video.frames.shape == (2, 16, 16, 3) and ex.a.video.indices.tolist() == [0, 2]
-    by_rate = PreferenceDataset(read_records(path), fps=3.0)[1].a.video
+    by_rate = PreferenceDataset(read_records(path), MediaConfig(fps=3.0))[1].a.video
     np.testing.assert_allclose(by_rate.timestamps, [0.0, 1 / 3, 2 / 3], atol=1e-6)
 
     # Media are opened at indexing time: a file removed after construction fails only its item.
@@ -320,13 +320,11 @@ def test_dataset_loads_media_lazily(root):
 
 
 def test_dataset_decodes_media_shared_by_both_sides_once(root, monkeypatch):
-    import mmreward.data.dataset as dataset_module
-
     decoded: list[str] = []
-    for name in ("load_image", "read_video"):
-        real = getattr(dataset_module, name)
-        monkeypatch.setattr(dataset_module, name,
-                            lambda path, *args, _real=real, **kw: decoded.append(Path(path).name) or _real(path, *args, **kw))
+    for name in ("image", "video"):  # the decoders MediaConfig calls
+        real = getattr(MediaConfig, name)
+        monkeypatch.setattr(MediaConfig, name,
+                            lambda self, path, _real=real: decoded.append(Path(path).name) or _real(self, path))
     path = write_lines(
         root / "d.jsonl",
         # A response pair: one image and one video on both sides, plus an image only side b shows.
@@ -334,7 +332,7 @@ def test_dataset_decodes_media_shared_by_both_sides_once(root, monkeypatch):
              b={"image": "img/a.png", "images": ["img/b.png"], "video": "vid/a.mp4", "response": "y"}),
         line(id="distinct"),
     )
-    ds = PreferenceDataset(path, num_frames=2)
+    ds = PreferenceDataset(path, MediaConfig(num_frames=2))
     ex = ds[0]
     assert sorted(decoded) == ["a.mp4", "a.png", "b.png"]
     assert ex.b.images[0] is ex.a.images[0] and ex.b.video is ex.a.video

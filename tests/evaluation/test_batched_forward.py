@@ -8,7 +8,8 @@ from mmreward.batched_forward import batched_rewards, length_groups, right_align
 from mmreward.batched_vision import segment_attention, vision_features, vision_outputs
 from mmreward.collate import CollateConfig
 from mmreward.data.records import read_records
-from mmreward.evaluation.scorers import MediaConfig, RewardModelScorer, load_pair_media
+from mmreward.data.media import MediaConfig
+from mmreward.evaluation.scorers import RewardModelScorer, load_pair_media
 from mmreward.evaluation.tensor_processor import TensorProcessor
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -207,27 +208,33 @@ def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monke
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_scorer_uses_the_batched_forward_where_it_reproduces_the_model(family_dirs, synthetic):
+def test_scorer_uses_the_batched_forward_where_it_reproduces_the_model(family_dirs, synthetic, monkeypatch):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["VQ", "TA"]).eval()
     scorer = RewardModelScorer(model)
-    assert scorer._batched_forward
+    assert batched_forward.supports_batched_rewards(model)
     for family in ("qwen2_vl", "qwen3_vl"):
         other = RewardModel.from_backbone(family_dirs[family], dimensions=["overall"])
-        assert RewardModelScorer(other)._batched_forward
+        assert batched_forward.supports_batched_rewards(other)
     # Eager attention would need the padding mask the batched forward drops: the scorer uses model.score.
     eager = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["overall"], attn_implementation="eager")
-    assert not RewardModelScorer(eager)._batched_forward
+    assert not batched_forward.supports_batched_rewards(eager)
     with pytest.raises(TypeError, match="Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones only"):
         batched_rewards(eager, {})
-    # The batch of two pairs scores each pair as the model does alone.
+    calls = []
+    monkeypatch.setattr(batched_forward, "batched_rewards",
+                        lambda m, inputs: calls.append(len(inputs["input_ids"])) or batched_rewards(m, inputs))
+    # The batch of two pairs scores each pair as the model does alone, through one batched forward.
     examples = _examples(synthetic, "images")[:2]
     scores = scorer.score(scorer.collate(examples))
+    assert calls == [4]
     for ex, score in zip(examples, scores):
         rewards = model.score(scorer.collator([ex])["inputs"])
         assert score.score_a["VQ"] == pytest.approx(float(rewards[0, 0]), abs=1e-5)
         assert score.score_b["TA"] == pytest.approx(float(rewards[1, 1]), abs=1e-5)
+    RewardModelScorer(eager).score(RewardModelScorer(eager).collate(examples[:1]))
+    assert calls == [4]  # eager: model.score, not the batched forward
 
 
 @pytest.mark.parametrize("modality", ["images", "videos"])

@@ -13,6 +13,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.data.media import MediaConfig
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.heads import ScalarHead
 from mmreward.manifest import read_manifest
@@ -184,7 +185,7 @@ def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=range
     from mmreward.data.dataset import PreferenceDataset
     from mmreward.metrics import pair_accuracy
 
-    data = PreferenceDataset(val_file, num_frames=num_frames)
+    data = PreferenceDataset(val_file, MediaConfig(num_frames=num_frames))
     totals = {dim: 0.0 for dim in dims}
     for seed in seeds:
         torch.manual_seed(seed)

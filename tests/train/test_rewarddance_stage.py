@@ -14,12 +14,13 @@ from safetensors.torch import load_file
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.collate import CollateConfig
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import MediaConfig
 from mmreward.data.records import label_to_int
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.manifest import read_manifest
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
-from mmreward.yes_token import YesTokenHead
+from mmreward.heads.yes_token import YesTokenHead
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
@@ -64,7 +65,7 @@ def quality(tmp_path_factory):
 def held_out_accuracy(model: RewardModel, jsonl: Path, dims: list[str], batch_size: int = 24) -> dict[str, float]:
     """Pair accuracy (without ties) of `model`'s reward against each label dimension in `dims` (the model
     is trained on one of them) on the pairs in `jsonl`, encoded by the head's own collator."""
-    data = PreferenceDataset(jsonl, num_frames=4)
+    data = PreferenceDataset(jsonl, MediaConfig(num_frames=4))
     collator = model.head.pair_collator(model.processor, CollateConfig())
     deltas = []
     for start in range(0, len(data), batch_size):
