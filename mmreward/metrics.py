@@ -240,19 +240,25 @@ class _Gather:
         return sample
 
 
+def _count_ratio(hits: np.ndarray, units: np.ndarray, undefined: str) -> Callable[[np.ndarray], float]:
+    """Draw counts -> (counts @ hits) / (counts @ units), in integers as the metric counts them;
+    ``ValueError(undefined)`` when no unit that counts was drawn."""
+
+    def value(counts: np.ndarray) -> float:
+        n = int(counts @ units)
+        if n == 0:
+            raise ValueError(undefined)
+        return int(counts @ hits) / n
+
+    return value
+
+
 def _accuracy_from_counts(delta: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], float]:
     """:func:`pair_accuracy` of a resample, given how often each pair was drawn."""
     d, y = _as_pairs(delta, labels)
     decisive = (y != 0).astype(np.int64)
-    correct = decisive * (np.sign(d) == y)
-
-    def value(counts: np.ndarray) -> float:
-        n = int(counts @ decisive)
-        if n == 0:
-            raise ValueError("accuracy without ties needs at least one pair labelled 1 or -1")
-        return int(counts @ correct) / n
-
-    return value
+    return _count_ratio(decisive * (np.sign(d) == y), decisive,
+                        "accuracy without ties needs at least one pair labelled 1 or -1")
 
 
 def _ties_from_counts(delta: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], float]:
@@ -284,15 +290,8 @@ def _acc_plus_from_counts(delta: np.ndarray, labels: np.ndarray, group_of: np.nd
     groups = int(group_of.max()) + 1
     has_decisive = np.bincount(group_of, weights=decisive, minlength=groups) > 0
     all_right = has_decisive & (np.bincount(group_of, weights=decisive & ~correct, minlength=groups) == 0)
-    has_decisive, all_right = has_decisive.astype(np.int64), all_right.astype(np.int64)
-
-    def value(counts: np.ndarray) -> float:
-        n = int(counts @ has_decisive)
-        if n == 0:
-            raise ValueError("Acc+ needs at least one pair labelled 1 or -1")
-        return int(counts @ all_right) / n
-
-    return value
+    return _count_ratio(all_right.astype(np.int64), has_decisive.astype(np.int64),
+                        "Acc+ needs at least one pair labelled 1 or -1")
 
 
 def _counts_form(
