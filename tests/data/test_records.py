@@ -324,7 +324,7 @@ def test_dataset_decodes_media_shared_by_both_sides_once(root, monkeypatch):
     for name in ("image", "video"):  # the decoders MediaConfig calls
         real = getattr(MediaConfig, name)
         monkeypatch.setattr(MediaConfig, name,
-                            lambda self, path, _real=real: decoded.append(Path(path).name) or _real(self, path))
+                            lambda self, path, *rest, _real=real: decoded.append(Path(path).name) or _real(self, path, *rest))
     path = write_lines(
         root / "d.jsonl",
         # A response pair: one image and one video on both sides, plus an image only side b shows.

@@ -110,7 +110,7 @@ def test_stage_trains_a_yes_token_model_with_lora(quality, tmp_path):
     config = json.loads((out / "reward_config.json").read_text())
     assert config["head"]["name"] == "yes_token" and config["tuning"]["mode"] == "lora"
     assert config["head"]["options"]["pointwise_question"] == QUALITY_QUESTION
-    assert config["head"]["options"]["bt_weight"] == 0.5  # from the config file
+    assert config["head"]["options"]["bt_weight"] == 0.0  # the paper's objective: the CE on the verdict alone
     assert (out / "adapter").is_dir() and not (out / "backbone").exists()
     assert manifest["metrics"]["steps"] == 12
     log = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
