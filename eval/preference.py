@@ -12,7 +12,8 @@ start at `--media_root`, by default SRC's folder or the benchmark's media subfol
 MJ-Bench-Video's `videos/`: VideoGen-RewardBench's `videos/<model>/...` paths need no flag when
 the CSV sits next to `videos/`). Every media file must exist before anything is scored: a run
 with missing files stops at once, naming how many and the first few. What scores the pairs:
-`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json) or an open_clip model
+`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json, or a VideoAlign checkpoint's
+model_config.json) or an open_clip model
 directory (open_clip_config.json) from `--model`; `--scorer clip` also takes an open_clip name
 with `--clip_pretrained` weights; `--judge NAME` loads a judge adapter from `JUDGES`;
 `--scorer FILE.py:FUNCTION` calls `FUNCTION(args, device)` for any other `Scorer`.
@@ -79,6 +80,8 @@ class EvalArguments:
     video_sampling: str | None = field(default=None, metadata={
         "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules; see mmreward.data.qwen_video)"})
     # model
+    backbone: str | None = field(default=None, metadata={
+        "help": "base backbone of a LoRA / head-only / VideoAlign checkpoint (default: the one it records)"})
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
     barrier_timeout_minutes: int = field(default=180, metadata={
@@ -178,7 +181,7 @@ def _reward_model_scorer(args: EvalArguments, model: Path, device: Any) -> Rewar
     """A reward model scored as its checkpoint says, except for what the command line overrides."""
     from mmreward.model import RewardModel
 
-    reward_model = RewardModel.from_pretrained(model, dtype=args.dtype).to(device)
+    reward_model = RewardModel.from_pretrained(model, backbone_path=args.backbone, dtype=args.dtype).to(device)
     settings = reward_model.settings
     collate = replace(settings.collate, **{name: getattr(args, name) for name in
                                            ("prompt_template", "system_prompt", "pair_form")

@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     image_size = processor_image_size(model.processor)  # images resized once, to what the model sees
     train_data = load_split(data_args.train_file, data_args.max_train_records, data_args, image_size)
     val_data = load_split(data_args.val_file, data_args.max_val_records, data_args, image_size)
+    train_cfg.resolve_steps(len(train_data), accelerator.num_processes)  # epochs / warmup_ratio -> steps
     collator = model.head.pair_collator(model.processor, data_args.collate())  # the head decides the prompt
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
     if accelerator.is_main_process:

@@ -4,6 +4,7 @@ them from YAML and `--key value` flags)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from mmreward.collate import CollateConfig
@@ -111,6 +112,8 @@ class RewardTrainingConfig:
     output_dir: str = field(default="", metadata={"help": "stage output directory"})
     seed: int = field(default=0, metadata={"help": "seed for the head init, data order and dropout"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    epochs: float | None = field(default=None, metadata={
+        "help": "train for this many passes over the training pairs instead (sets max_steps)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per process per micro-batch"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     eval_batch_size: int = field(default=32, metadata={"help": "pairs per process in validation"})
@@ -121,6 +124,7 @@ class RewardTrainingConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of max_steps (the larger wins)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     loss_kind: str = field(default="bt", metadata={"help": "bt | btt (Bradley-Terry with ties)"})
     margin: float = field(default=0.0, metadata={"help": "BT margin"})
@@ -153,11 +157,23 @@ class RewardTrainingConfig:
                 problems.append(f"{name} must be >= 0")
         if self.save_total_limit < 1:
             problems.append("save_total_limit must be >= 1")
+        if self.epochs is not None and not self.epochs > 0:
+            problems.append("epochs must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append("warmup_ratio must be in [0, 1)")
         if self.curriculum_steps and not self.curriculum_varies:
             problems.append("curriculum_steps needs curriculum_varies (the warm-up dimensions)")
         if problems:
             raise ValueError("invalid RewardTrainingConfig: " + "; ".join(problems))
         self.loss()  # validates loss_kind / tie_theta / margin / center_coef
+
+    def resolve_steps(self, num_pairs: int, num_processes: int) -> None:
+        """Turn `epochs` into `max_steps` and `warmup_ratio` into `warmup_steps` for `num_pairs` training pairs
+        (each step takes batch_size x grad_accum_steps pairs on each of `num_processes` processes)."""
+        if self.epochs is not None:
+            per_step = self.batch_size * self.grad_accum_steps * num_processes
+            self.max_steps = max(1, math.ceil(self.epochs * num_pairs / per_step))
+        self.warmup_steps = max(self.warmup_steps, math.ceil(self.warmup_ratio * self.max_steps))
 
     def loss(self) -> PreferenceLossConfig:
         return PreferenceLossConfig(kind=self.loss_kind, margin=self.margin, tie_theta=self.tie_theta,

@@ -147,27 +147,31 @@ def test_vision_features_equal_the_towers_own(family_dirs, family):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
-def _examples(synthetic, modality, drop_responses=True):
+def _examples(synthetic, modality, responses="some"):
+    """Pairs of the synthetic test split; responses "some" (of different lengths, some sides without),
+    "all" (every side has one) or "none"."""
     records = list(read_records(synthetic / modality / "test.jsonl"))
-    for i, rec in enumerate(records):  # responses of different lengths; some sides without any
-        rec.a.response = "a longer answer " * i
-        rec.b.response = None if drop_responses and i % 2 else "b" * (i + 1)
+    for i, rec in enumerate(records):
+        rec.a.response = None if responses == "none" else "a longer answer " * i
+        rec.b.response = None if responses == "none" or (responses == "some" and i % 2) else "b" * (i + 1)
     return [load_pair_media(rec, MediaConfig(num_frames=4)) for rec in records]
 
 
-HEADS = [("scalar", ["VQ", "TA"], {}), ("yes_token", ["TA"], {}), ("yes_token", ["TA"], {"form": "pairwise"})]
+# (head, dimensions, options, responses the head can score)
+HEADS = [("scalar", ["VQ", "TA"], {}, "some"), ("yes_token", ["TA"], {}, "some"),
+         ("yes_token", ["TA"], {"form": "pairwise"}, "all"), ("reward_token", ["VQ", "TA"], {}, "none")]
 
 
-@pytest.mark.parametrize("head,dims,options", HEADS, ids=["scalar", "yes_token", "yes_token_pairwise"])
+@pytest.mark.parametrize("head,dims,options,responses", HEADS,
+                         ids=["scalar", "yes_token", "yes_token_pairwise", "reward_token"])
 @pytest.mark.parametrize("modality", ["images", "videos"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, synthetic, family, head, dims, options,
-                                                                  modality):
+                                                                  responses, modality):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(family_dirs[family], head=head, dimensions=dims, head_options=options).eval()
-    # The pairwise question needs a response on both sides or on neither.
-    examples = _examples(synthetic, modality, drop_responses=options.get("form") != "pairwise")
+    examples = _examples(synthetic, modality, responses)
     for padding_side in ("right", "left"):
         collator = model.head.pair_collator(model.processor, CollateConfig(padding_side=padding_side))
         inputs = collator(examples)["inputs"]
@@ -188,11 +192,33 @@ def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, sy
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("head,dims", [("scalar", ["VQ", "TA"]), ("reward_token", ["VQ", "MQ", "TA"])])
+def test_batched_rewards_with_sequential_positions(family_dirs, synthetic, head, dims):
+    """VideoAlign's positions (0..L-1 on every axis): the batched forward gives `model.score`'s rewards, which
+    differ from the M-RoPE model's."""
+    from mmreward.model import RewardModel, ScoringSettings
+
+    settings = ScoringSettings.for_dimensions(dims, positions="sequential")
+    model = RewardModel.from_backbone(family_dirs["qwen2_vl"], head=head, dimensions=dims, settings=settings).eval()
+    examples = _examples(synthetic, "videos", "none")
+    for padding_side in ("right", "left"):
+        collator = model.head.pair_collator(model.processor, CollateConfig(padding_side=padding_side))
+        inputs = collator(examples)["inputs"]
+        with torch.inference_mode():
+            got = batched_rewards(model, inputs)
+            want = model.score(inputs)
+            model.settings.positions = "mrope"
+            mrope = model.score(inputs)
+            model.settings.positions = "sequential"
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert (mrope - want).abs().max() > 1e-4
+
+
 def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monkeypatch):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(vlm_dir, dimensions=["VQ", "TA"]).eval()
-    examples = _examples(synthetic, "images", drop_responses=False)[:3]
+    examples = _examples(synthetic, "images", "all")[:3]
     for ex in examples:  # both sides show side a's image
         ex.b.images = list(ex.a.images)
     collator = model.head.pair_collator(model.processor, CollateConfig())

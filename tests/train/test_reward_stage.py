@@ -107,6 +107,58 @@ def test_video_stage_lora(tiny, data, tmp_path):
     assert RewardModel.from_pretrained(out).dimensions == dims
 
 
+def test_video_stage_reward_token_lora_vision_and_statistics(tiny, data, tmp_path):
+    """VideoAlign's recipe in small: reward tokens, LoRA beside a fully trained vision tower, epochs and a warm-up
+    ratio, normalisation statistics in the checkpoint, and an evaluation that follows the checkpoint."""
+    import numpy as np
+
+    from mmreward.data.dataset import PreferenceDataset
+
+    out = tmp_path / "reward_token"
+    dims = ["VQ", "MQ", "TA"]
+    metrics = stage.main(_args(tiny, data, out, "--head", "reward_token", "--tuning_mode", "lora", "--lora_r", "4",
+                               "--freeze_vision", "false", "--normalize", "true", "--epochs", "1",
+                               "--warmup_ratio", "0.5", "--loss_kind", "btt", "--num_frames", "4",
+                               modality="videos", dims=dims))
+    assert metrics["steps"] == 2  # one pass over 8 pairs, 4 per step
+    assert yaml.safe_load((out / "resolved_config.yaml").read_text())["warmup_steps"] == 1
+    for name in ("adapter/adapter_model.safetensors", "trained_base.safetensors", "token_embeddings.safetensors"):
+        assert (out / name).is_file(), name
+    assert any(".visual." in key for key in load_file(out / "trained_base.safetensors"))
+    config = json.loads((out / "reward_config.json").read_text())
+    assert config["scoring"]["overall"] == "sum" and config["scoring"]["normalize"] is True
+    model = RewardModel.from_pretrained(out)
+    assert model.reward_stats == metrics["reward_stats"] == config["reward_stats"]
+    # The statistics are exactly the mean and population std of the rewards of the distinct training items.
+    train = PreferenceDataset(data["videos/train"], MediaConfig(num_frames=4))
+    rewards = {}
+    for i in range(len(train)):
+        example, record = train[i], train.records[i]
+        for side, media in ((record.a, example.a), (record.b, example.b)):
+            key = (record.prompt, tuple(map(str, side.media_paths())), side.response)
+            rewards[key] = model.score(model.encode([record.prompt], [media]))[0].double().numpy()
+    values = np.stack(list(rewards.values()))
+    for j, dim in enumerate(dims):
+        assert model.reward_stats[dim]["mean"] == pytest.approx(values[:, j].mean(), abs=1e-5)
+        assert model.reward_stats[dim]["std"] == pytest.approx(values[:, j].std(), abs=1e-5)
+    # Only the reward tokens' embedding rows moved; every other row is the base model's.
+    base = RewardModel.from_backbone(tiny, dimensions=["overall"]).backbone.get_input_embeddings().weight
+    trained = model.backbone.get_input_embeddings().weight
+    assert torch.equal(trained[: base.shape[0]], base) and trained.shape[0] == base.shape[0] + 3
+    # An evaluation follows the checkpoint: normalised rewards, overall = their sum, recorded in its manifest.
+    spec = importlib.util.spec_from_file_location("eval_preference", ROOT / "eval" / "preference.py")
+    evaluation = importlib.util.module_from_spec(spec)
+    sys.modules["eval_preference"] = evaluation
+    spec.loader.exec_module(evaluation)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    evaluation.main(["--model", str(out), "--data", str(data["videos/val"]), "--out", str(tmp_path / "eval"),
+                     "--n_bootstrap", "20", "--progress", "false", "--cpu", "true"])
+    scorer = read_manifest(tmp_path / "eval")["scorer"]
+    assert (scorer["normalize"], scorer["overall"], scorer["media"]["num_frames"]) == (True, "sum", 4)
+    row = json.loads((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["score_a"]["overall"] == pytest.approx(sum(row["score_a"][d] for d in dims), abs=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"  # the 4th training forward = step 4
     assert_non_finite_loss_stops_the_run(stage, ScalarHead, _args(tiny, data, out), out, monkeypatch, capsys)
@@ -260,14 +312,15 @@ def test_basereward_paper_config_has_the_recipe_and_runs(tiny, data, tmp_path):
     assert (model_args.head, model_args.dimensions, model_args.tuning_mode) == ("scalar", ["overall"], "full")
     assert train_cfg.learning_rate == train_cfg.head_learning_rate == 3e-6
     assert train_cfg.batch_size * train_cfg.grad_accum_steps * 8 == 128  # 8 GPUs, as its header says
+    assert train_cfg.epochs == 1
     assert (train_cfg.loss_kind, train_cfg.center_coef, train_cfg.margin) == ("bt", 0.0, 0.0)
     assert model_args.dtype == "bfloat16"
     out = tmp_path / "paper"
     metrics = stage.main(["--config", str(config), "--backbone", str(tiny), "--output_dir", str(out),
                           "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
-                          "--max_steps", "1", "--grad_accum_steps", "2", "--max_val_records", "4",
+                          "--max_train_records", "4", "--grad_accum_steps", "2", "--max_val_records", "4",
                           "--torch_threads", "1", "--use_cpu", "true"])
-    assert metrics["steps"] == 1
+    assert metrics["steps"] == 1  # one epoch of 4 pairs at 2 x 2 pairs per step
     model = RewardModel.from_pretrained(out)
     assert isinstance(model.head, ScalarHead) and model.dimensions == ["overall"]
     assert yaml.safe_load((out / "resolved_config.yaml").read_text())["learning_rate"] == 3e-6
