@@ -2,12 +2,16 @@
 
     python eval/preference.py --model runs/basereward --data runs/synthetic/videos/test.jsonl --out runs/eval/br
     python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \
-        --media_root DATA --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
+        --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
     accelerate launch --num_processes 4 eval/preference.py --model DIR --data FILE --out OUT   # data-parallel
     python eval/preference.py --judge vr_thinker --model runs/vrt_grpo --data FILE --out OUT
 
 `--data` is a records JSONL (mmreward schema) or `BENCHMARK:SRC` with BENCHMARK one of
-`mmreward.data.formats.READERS` (read from the benchmark's own files). What scores the pairs:
+`mmreward.data.formats.READERS` (read from the benchmark's own files; its relative media paths
+start at `--media_root`, by default SRC's folder or the benchmark's media subfolder of it, e.g.
+MJ-Bench-Video's `videos/`: VideoGen-RewardBench's `videos/<model>/...` paths need no flag when
+the CSV sits next to `videos/`). Every media file must exist before anything is scored: a run
+with missing files stops at once, naming how many and the first few. What scores the pairs:
 `--scorer auto` picks a `RewardModel` checkpoint (reward_config.json, or a VideoAlign checkpoint's
 model_config.json) or an open_clip model
 directory (open_clip_config.json) from `--model`; `--scorer clip` also takes an open_clip name
@@ -28,8 +32,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mmreward.data.formats import READERS, read_benchmark
-from mmreward.data.records import PreferenceRecord, read_records
+from mmreward.data.formats import READERS, describe_missing_labels, read_benchmark
+from mmreward.data.records import PreferenceRecord, read_records, require_media
 from mmreward.evaluation.report import compute_metrics, write_report
 from mmreward.evaluation.runner import (
     RunnerConfig,
@@ -112,7 +116,11 @@ def load_data(spec: str, media_root: str | None, media_out: Path) -> list[Prefer
     """Records of a JSONL file, or of a benchmark given as `NAME:SRC`."""
     name, sep, src = spec.partition(":")
     if sep and name in READERS:
-        return read_benchmark(name, src, media_root=media_root, media_out=media_out)
+        records = read_benchmark(name, src, media_root=media_root, media_out=media_out)
+        missing_labels = describe_missing_labels(records)
+        if missing_labels is not None:
+            print(f"{name}: {missing_labels}", file=sys.stderr)
+        return records
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -260,6 +268,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:
         records = records[: args.limit]
+    require_media(records)  # fail now, not pair by pair after hours of scoring
     scorer = build_scorer(args, state.device)
     cfg = _runner_config(args)
     identity = {"model": args.model, "data": args.data, "limit": args.limit}

@@ -33,7 +33,9 @@ from accelerate.utils import set_seed
 from trl import TrlParser
 
 from mmreward.backbones.tiny import tiny_backbone_once, tiny_spec_family
+from mmreward.collate import processor_image_size
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import SizeRule
 from mmreward.data.records import RecordSet, read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
 from mmreward.model import RewardModel
@@ -69,13 +71,14 @@ def resolve_backbone(spec: str, out: Path, accelerator: Accelerator) -> str:
     return spec if family is None else str(tiny_backbone_once(family, out, accelerator))
 
 
-def load_split(path: str | None, limit: int | None, args: RewardDataArguments) -> PreferenceDataset | None:
+def load_split(path: str | None, limit: int | None, args: RewardDataArguments,
+               final_image_size: SizeRule | None = None) -> PreferenceDataset | None:
     if path is None:
         return None
     records = read_records(path)
     if limit is not None:
         records = RecordSet(list(records)[:limit], path=records.path)
-    return PreferenceDataset(records, args.media())
+    return PreferenceDataset(records, args.media(), final_image_size)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -94,8 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
         tuning=model_args.tuning(), dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
         settings=model_args.scoring(data_args),
     )
-    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args)
-    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args)
+    image_size = processor_image_size(model.processor)  # images resized once, to what the model sees
+    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args, image_size)
+    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args, image_size)
     train_cfg.resolve_steps(len(train_data), accelerator.num_processes)  # epochs / warmup_ratio -> steps
     collator = model.head.pair_collator(model.processor, data_args.collate())  # the head decides the prompt
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}

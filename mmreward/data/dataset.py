@@ -11,7 +11,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-from mmreward.data.media import MediaConfig, MediaError, VideoClip
+from mmreward.data.media import MediaConfig, MediaError, SizeRule, VideoClip
 from mmreward.data.records import PreferenceRecord, RecordSet, Side, read_records
 
 __all__ = ["MediaConfig", "VIDEO_SUFFIXES", "SideMedia", "frames_clip", "media_side", "PreferenceExample",
@@ -72,13 +72,17 @@ class PreferenceExample:
 class PreferenceDataset(torch.utils.data.Dataset):
     """Records (a JSONL path or a RecordSet) whose media are decoded in ``__getitem__``, not up front.
 
-    media: how images and videos are decoded (`MediaConfig`). A media failure is re-raised as
+    media: how images and videos are decoded (`MediaConfig`). final_image_size: the model
+    processor's image resize rule (`mmreward.collate.processor_image_size`), so each image is
+    resized once, to the size the model sees (see `load_image`). A media failure is re-raised as
     :class:`MediaError` naming the record id and its JSONL file as well as the media path.
     """
 
-    def __init__(self, records: RecordSet | str | Path, media: MediaConfig | None = None):
+    def __init__(self, records: RecordSet | str | Path, media: MediaConfig | None = None,
+                 final_image_size: SizeRule | None = None):
         self.records = records if isinstance(records, RecordSet) else read_records(records)
         self.media = media or MediaConfig()
+        self.final_image_size = final_image_size
 
     def __len__(self) -> int:
         return len(self.records)
@@ -93,7 +97,7 @@ class PreferenceDataset(torch.utils.data.Dataset):
             return decoded[key]
 
         paths = ([side.image] if side.image is not None else []) + side.images
-        images = [once("image", p, self.media.image) for p in paths]
+        images = [once("image", p, lambda p: self.media.image(p, self.final_image_size)) for p in paths]
         video = once("video", side.video, self.media.video) if side.video is not None else None
         return SideMedia(images=images, video=video, response=side.response)
 

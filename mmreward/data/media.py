@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Callable
 import av
 import decord
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 if TYPE_CHECKING:
     from mmreward.data.qwen_video import QwenFrames
@@ -33,6 +33,7 @@ __all__ = [
     "MediaConfig",
     "VIDEO_SAMPLINGS",
     "load_image",
+    "SizeRule",
     "VideoClip",
     "read_video",
     "sample_by_count",
@@ -91,29 +92,62 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _fit_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Downscale (aspect preserved) so width * height <= max_pixels."""
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (w * h))
-    new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+def _fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) downscaled (aspect preserved) so that width * height <= max_pixels."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new_w, new_h = max(1, int(width * scale)), max(1, int(height * scale))
     # Floating-point rounding can leave the product one row over the limit.
     while new_w * new_h > max_pixels and (new_w > 1 or new_h > 1):
         if new_w >= new_h:
             new_w -= 1
         else:
             new_h -= 1
-    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return new_w, new_h
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+# A processor's resize rule: (width, height) in -> (width, height) it resizes the image to.
+SizeRule = Callable[[int, int], tuple[int, int]]
+# EXIF orientations that swap width and height (transpose, 90°, transverse, 270°).
+_SWAPPED_ORIENTATIONS = {5, 6, 7, 8}
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale only down to twice the target size, so the final
+# resize still has pixels to average (the reducing gap Image.thumbnail uses by default).
+_DRAFT_GAP = 2
+
+
+def _target_size(size: tuple[int, int], max_pixels: int | None, final_size: SizeRule | None) -> tuple[int, int]:
+    width, height = size
+    if max_pixels is not None:
+        width, height = _fit_pixels(width, height, max_pixels)
+    return final_size(width, height) if final_size is not None else (width, height)
+
+
+def _draft_jpeg(img: Image.Image, max_pixels: int | None, final_size: SizeRule | None) -> tuple[int, int] | None:
+    """Let a JPEG decode at reduced scale when the target allows; returns its displayed (EXIF-oriented)
+    full size, or None for other formats or when nothing is to be resized."""
+    if img.format != "JPEG" or (max_pixels is None and final_size is None):
+        return None
+    swapped = img.getexif().get(ExifTags.Base.Orientation) in _SWAPPED_ORIENTATIONS
+    shown = (img.height, img.width) if swapped else img.size
+    target = _target_size(shown, max_pixels, final_size)
+    if target[0] * _DRAFT_GAP < shown[0] and target[1] * _DRAFT_GAP < shown[1]:
+        request = (target[1], target[0]) if swapped else target
+        img.draft(None, (request[0] * _DRAFT_GAP, request[1] * _DRAFT_GAP))
+    return shown
+
+
+def load_image(path: str | Path, max_pixels: int | None = None, final_size: SizeRule | None = None) -> Image.Image:
     """Load an image as RGB with EXIF orientation applied.
 
     Every Pillow mode is converted: 16-bit grey is rescaled (not clipped), alpha is composited on
     white, palettes are expanded, CMYK goes through Pillow's conversion. ``max_pixels`` downsizes
-    (aspect ratio preserved) so that width * height stays within it. Missing, empty, truncated,
-    unidentifiable or decompression-bomb images raise :class:`MediaError`.
+    (aspect ratio preserved) so that width * height stays within it. ``final_size`` is the model
+    processor's own resize rule (e.g. :func:`mmreward.collate.processor_image_size`): the image is
+    then resized once, straight to the size the processor would give the capped image, so the
+    processor's resize does nothing. A JPEG with room to spare is decoded at 1/2, 1/4 or 1/8 scale
+    (Pillow's draft mode, done in the decoder) down to twice that size before the one resize.
+    Missing, empty, truncated, unidentifiable or decompression-bomb images raise :class:`MediaError`.
     """
     path = Path(path)
     _check_file(path)
@@ -121,6 +155,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     try:
         with Image.open(path) as img:
+            full_size = _draft_jpeg(img, max_pixels, final_size)
             img.load()  # decode now so truncation surfaces here, inside the try
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
@@ -130,8 +165,9 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise MediaError(path, "not a readable image") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(path, f"cannot decode image: {e}") from e
-    if max_pixels is not None:
-        rgb = _fit_pixels(rgb, max_pixels)
+    target = _target_size(full_size or rgb.size, max_pixels, final_size)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.BICUBIC)
     return rgb
 
 
@@ -376,8 +412,9 @@ class MediaConfig:
                           min_pixels=self.video_min_pixels or VIDEO_MIN_PIXELS,
                           max_pixels=self.video_max_pixels or VIDEO_MAX_PIXELS)
 
-    def image(self, path: str | Path) -> Image.Image:
-        return load_image(path, max_pixels=self.max_pixels)
+    def image(self, path: str | Path, final_size: SizeRule | None = None) -> Image.Image:
+        """`load_image` with this cap; `final_size`: the model processor's resize rule (see there)."""
+        return load_image(path, max_pixels=self.max_pixels, final_size=final_size)
 
     def video(self, path: str | Path) -> VideoClip:
         if self.video_sampling == "qwen":

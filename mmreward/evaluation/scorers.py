@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mmreward.data.media import MediaConfig, MediaError
+from mmreward.data.media import MediaConfig, MediaError, SizeRule
 from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side
 
 __all__ = [
@@ -124,11 +124,14 @@ def swap_record(record: PreferenceRecord) -> PreferenceRecord:
     )
 
 
-def load_pair_media(record: PreferenceRecord, media: MediaConfig):
-    """Both sides' media decoded as a `PreferenceExample` (MediaError names the record)."""
+def load_pair_media(record: PreferenceRecord, media: MediaConfig, final_image_size: SizeRule | None = None):
+    """Both sides' media decoded as a `PreferenceExample` (MediaError names the record).
+
+    final_image_size: the model processor's image resize rule (`mmreward.collate.processor_image_size`),
+    so each image is resized once, to the size the model sees."""
     from mmreward.data.dataset import PreferenceDataset  # torch import deferred until media are needed
 
-    dataset = PreferenceDataset(RecordSet([record]), media)
+    dataset = PreferenceDataset(RecordSet([record]), media, final_image_size)
     return dataset[0]
 
 
@@ -216,6 +219,9 @@ class RewardModelScorer(BaseScorer):
         patch = getattr(image_processor, "patch_size", 14) or 14
         merge = getattr(image_processor, "merge_size", 2) or 2
         self._pixels_per_token = float((patch * merge) ** 2)
+        from mmreward.collate import processor_image_size
+
+        self._final_image_size = processor_image_size(processor)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, dtype: str = "auto", device: str | None = None,
@@ -261,7 +267,7 @@ class RewardModelScorer(BaseScorer):
         return tokens
 
     def prepare(self, record: PreferenceRecord) -> Any:
-        return load_pair_media(record, self.media)
+        return load_pair_media(record, self.media, self._final_image_size)
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""

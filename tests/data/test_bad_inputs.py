@@ -132,7 +132,7 @@ BAD_LINES = {
     3: ("no_label", "missing field(s) ['label']"),
     4: ("bad_label_value", "unknown label value 'c'"),
     5: ("bad_dim_value", "unknown label value 'left' for 'MQ'"),
-    6: ("no_overall", "no 'overall'"),
+    6: ("no_dims", "label names no dimension"),
     7: ("ok1", "duplicate id (first seen on line 1)"),
     8: ("missing_file", "not found"),
     9: ("escape_dotdot", "escapes the JSONL folder"),

@@ -320,3 +320,26 @@ def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
     with pytest.raises(SystemExit, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
         stage.resolve_backbone("tiny:qwen9", tmp_path, accelerator=None)
     assert not (tmp_path / "tiny_backbone").exists()
+
+
+def test_basereward_paper_config_has_the_recipe_and_runs(tiny, data, tmp_path):
+    """train/configs/basereward_qwen25vl_7b.yaml: the paper's settings, and the file runs as shipped
+    (here on the tiny backbone, one step, the paper's 128 pairs per step scaled down by its flags)."""
+    config = ROOT / "train" / "configs" / "basereward_qwen25vl_7b.yaml"
+    model_args, data_args, train_cfg = stage.parse_args(["--config", str(config)])
+    assert "Qwen2.5-VL-7B" in model_args.backbone and not Path(model_args.backbone).is_absolute()
+    assert (model_args.head, model_args.dimensions, model_args.tuning_mode) == ("scalar", ["overall"], "full")
+    assert train_cfg.learning_rate == train_cfg.head_learning_rate == 3e-6
+    assert train_cfg.batch_size * train_cfg.grad_accum_steps * 8 == 128  # 8 GPUs, as its header says
+    assert train_cfg.epochs == 1
+    assert (train_cfg.loss_kind, train_cfg.center_coef, train_cfg.margin) == ("bt", 0.0, 0.0)
+    assert model_args.dtype == "bfloat16"
+    out = tmp_path / "paper"
+    metrics = stage.main(["--config", str(config), "--backbone", str(tiny), "--output_dir", str(out),
+                          "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
+                          "--max_train_records", "4", "--grad_accum_steps", "2", "--max_val_records", "4",
+                          "--torch_threads", "1", "--use_cpu", "true"])
+    assert metrics["steps"] == 1  # one epoch of 4 pairs at 2 x 2 pairs per step
+    model = RewardModel.from_pretrained(out)
+    assert isinstance(model.head, ScalarHead) and model.dimensions == ["overall"]
+    assert yaml.safe_load((out / "resolved_config.yaml").read_text())["learning_rate"] == 3e-6
