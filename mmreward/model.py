@@ -45,7 +45,7 @@ from mmreward.backbones.vlm import (
     LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors, unwrap_peft,
     vision_tower,
 )
-from mmreward.collate import CollateConfig
+from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import MediaConfig, media_side
 from mmreward.data.media import MediaError
 from mmreward.heads import RewardHead, build_head, head_from_config
@@ -413,9 +413,10 @@ class RewardModel(nn.Module):
         normalize = self.settings.normalize if normalize is None else normalize
         results: list[dict[str, float] | Exception] = [{} for _ in items]
         loaded: list[tuple[int, Any]] = []
+        final_size = processor_image_size(self.processor)  # images decoded straight to what the model sees
         for i, value in enumerate(items):
             try:
-                loaded.append((i, media_side(value, self.settings.media)))
+                loaded.append((i, media_side(value, self.settings.media, final_image_size=final_size)))
             except (MediaError, TypeError, ValueError) as err:
                 results[i] = err
         names = self.output_dimensions
@@ -511,7 +512,8 @@ class RewardModel(nn.Module):
                 trained = load_file(ckpt / TRAINED_BASE_WEIGHTS)
                 unknown = sorted(set(trained) - set(params))
                 if unknown:
-                    raise RewardModelError(f"{ckpt / TRAINED_BASE_WEIGHTS}: weights {unknown[:3]} are not in the backbone")
+                    raise RewardModelError(f"{ckpt / TRAINED_BASE_WEIGHTS}: weights {unknown[:3]} are not in "
+                                           "the backbone")
                 for name, value in trained.items():
                     params[name].copy_(value)
             if (ckpt / TOKEN_EMBEDDINGS).is_file():

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from mmreward.collate import CollateConfig
+from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import SideMedia
 from mmreward.data.media import MediaConfig
 from mmreward.model import RewardModel
@@ -99,6 +99,7 @@ class RewardFunction:
         self.collate = collate or model.settings.collate
         self.media = media or model.settings.media
         self.normalize = model.settings.normalize if normalize is None else normalize
+        self.final_image_size = processor_image_size(model.processor)  # images decoded to what the model sees
         self.__name__ = f"reward_model_{self.dimension}"  # TRL names reward columns after it
 
     def completion_side(self, completion: Any, images: Any, video: Any) -> SideMedia:
@@ -107,7 +108,8 @@ class RewardFunction:
             images = []
         elif isinstance(images, (Image.Image, str, Path)):
             images = [images]
-        loaded = [img.convert("RGB") if isinstance(img, Image.Image) else self.media.image(img) for img in images]
+        loaded = [img.convert("RGB") if isinstance(img, Image.Image) else self.media.image(img, self.final_image_size)
+                  for img in images]
         clip = self.media.video(video) if video is not None else None
         return SideMedia(images=loaded, video=clip, response=completion_text(completion))
 

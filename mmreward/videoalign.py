@@ -65,7 +65,8 @@ def _read_config(directory: Path) -> dict[str, Any]:
     model, data = config["model_config"], config["data_config"]
     problems = []
     if not model.get("use_special_tokens") or model.get("reward_token") != "special":
-        problems.append(f"reward_token={model.get('reward_token')!r}, use_special_tokens={model.get('use_special_tokens')}"
+        problems.append(f"reward_token={model.get('reward_token')!r}, "
+                        f"use_special_tokens={model.get('use_special_tokens')}"
                         " (only the special-token design of the released VideoReward is supported)")
     if model.get("output_dim") not in (1, len(TOKENS)):
         problems.append(f"output_dim={model.get('output_dim')} (1 or 3 outputs per reward token)")
@@ -249,7 +250,8 @@ def export_videoalign(model: RewardModel, out_dir: str | Path, step: int = 0) ->
         problems.append(f"head {head.name} (needs reward_token with tokens {TOKENS} and template {TEMPLATE!r})")
     if settings.positions != "sequential" or settings.overall != "sum":
         problems.append(f"positions={settings.positions!r}, overall={settings.overall!r} (needs sequential, sum)")
-    if settings.media.video_sampling != "qwen" or settings.collate.system_prompt or settings.collate.prompt_template != "{prompt}":
+    collate = settings.collate
+    if settings.media.video_sampling != "qwen" or collate.system_prompt or collate.prompt_template != "{prompt}":
         problems.append("media / prompt settings other than Qwen-VL frame sampling and a plain prompt")
     if model.backbone_path is None:
         problems.append("no base backbone path to record")

@@ -32,7 +32,7 @@ def files(tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (56, 84, 3), dtype=np.uint8)).save(out / "a.png")
     write_video(out / "b.mp4", rng.integers(0, 256, (8, 56, 84, 3), dtype=np.uint8), fps=4.0)
-    Image.fromarray(rng.integers(0, 256, (84, 56, 3), dtype=np.uint8)).save(out / "c.jpg")
+    Image.fromarray(rng.integers(0, 256, (71, 97, 3), dtype=np.uint8)).save(out / "c.jpg")  # resized for the model
     return [str(out / "a.png"), str(out / "b.mp4"), str(out / "c.jpg")]
 
 
@@ -86,3 +86,16 @@ def test_cli_table_json_and_exit_codes(checkpoint, files, tmp_path, capsys):
     assert "error" in captured.out.splitlines()[2] and f"error: {missing}: {missing}: file not found" in captured.err
     assert score_main(["--model", str(tmp_path), "--prompt", PROMPT, files[0]]) == 2
     assert "neither a reward model checkpoint nor a VideoAlign one" in capsys.readouterr().err
+
+
+def test_reward_equals_what_evaluation_scores(checkpoint, files):
+    """`reward` decodes media as evaluation does (images straight to the processor's size): same rewards."""
+    from mmreward.data.records import PreferenceRecord, Side
+    from mmreward.evaluation.scorers import RewardModelScorer
+
+    model = RewardModel.from_pretrained(checkpoint)
+    scorer = RewardModelScorer(model)
+    record = PreferenceRecord("r", PROMPT, Side(image=files[2]), Side(video=files[1]), {"overall": "a"})
+    (pair,) = scorer.score(scorer.collate([scorer.prepare(record)]))
+    image, video = model.reward([files[2], files[1]], PROMPT)
+    assert pair.score_a == pytest.approx(image, abs=1e-5) and pair.score_b == pytest.approx(video, abs=1e-5)

@@ -39,10 +39,12 @@ def frames_clip(frames: np.ndarray, fps: float) -> VideoClip:
                      num_frames_total=count)
 
 
-def media_side(value: Any, media: MediaConfig | None = None, array_fps: float = 8.0) -> SideMedia:
+def media_side(value: Any, media: MediaConfig | None = None, array_fps: float = 8.0,
+               final_image_size: SizeRule | None = None) -> SideMedia:
     """A side showing `value`: a PIL image, an `[H, W, 3]` image or `[T, H, W, 3]` video array (shown at
     `array_fps`, used as given), a `VideoClip`, or an image / video file path (videos by suffix,
-    decoded as `media` says)."""
+    decoded as `media` says; images resized once, to `final_image_size` when given, as in
+    `PreferenceDataset`)."""
     media = media or MediaConfig()
     if isinstance(value, Image.Image):
         return SideMedia(images=[value.convert("RGB")])
@@ -56,7 +58,7 @@ def media_side(value: Any, media: MediaConfig | None = None, array_fps: float = 
         path = Path(value)
         if path.suffix.lower() in VIDEO_SUFFIXES:
             return SideMedia(video=media.video(path))
-        return SideMedia(images=[media.image(path)])
+        return SideMedia(images=[media.image(path, final_image_size)])
     raise TypeError(f"cannot show a {type(value).__name__} as media")
 
 

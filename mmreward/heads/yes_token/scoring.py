@@ -233,14 +233,14 @@ class YesTokenRewardFunction(RewardFunction):
 
     def _candidate(self, completion: Any, images: Any, video: Any) -> SideMedia:
         if isinstance(completion, (Image.Image, VideoClip, np.ndarray)):
-            return media_side(completion, self.media, self.video_fps)
+            return media_side(completion, self.media, self.video_fps, self.final_image_size)
         return self.completion_side(completion, images, video)  # a text response with the example's media
 
     def _reference(self, i: int, value: Any) -> SideMedia:
         if value is None:
             raise RewardFunctionError(f"example {i}: the pairwise yes_token form needs a 'reference' column entry")
         try:
-            return media_side(value, self.media, self.video_fps)
+            return media_side(value, self.media, self.video_fps, self.final_image_size)
         except (TypeError, ValueError) as err:
             raise RewardFunctionError(f"example {i}: bad reference ({err})") from err
 
