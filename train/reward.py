@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
     if accelerator.is_main_process:
         (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = RewardTrainer(model, train_data, collator, train_cfg, val_data=val_data, accelerator=accelerator,
-                            log_dir=out / "logs")
+    try:
+        trainer = RewardTrainer(model, train_data, collator, train_cfg, val_data=val_data, accelerator=accelerator,
+                                log_dir=out / "logs")
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
     try:
         metrics = trainer.train()
     except NonFiniteLossError as err:

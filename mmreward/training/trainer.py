@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, send_to_device
+from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
@@ -34,7 +35,7 @@ from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.training.config import RewardTrainingConfig
 from mmreward.training.distributed import make_accelerator as make_mode_accelerator
-from mmreward.training.distributed import settle_deepspeed_config
+from mmreward.training.distributed import DistributedModeError, settle_deepspeed_config
 from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
 
 CHECKPOINT_DIR = "checkpoints"
@@ -243,6 +244,12 @@ class RewardTrainer:
         self.loss_cfg = cfg.loss()
         self.dimensions = list(model.dimensions)
         self.model = model
+        if self.accelerator.distributed_type == DistributedType.FSDP and model.token_row_embedding() is not None:
+            raise DistributedModeError(
+                "the head's tokens train in an otherwise frozen embedding matrix through a gradient hook on it, "
+                "and FSDP2 replaces that parameter by its shards (the hook would be lost and every row would "
+                "train); run this under DDP or DeepSpeed"
+            )
         self.optimizer = self._optimizer(model)
         if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
             # No DataLoader goes through prepare (the loader is built per resume position), so DeepSpeed is told
@@ -251,6 +258,10 @@ class RewardTrainer:
                                     gradient_accumulation_steps=cfg.grad_accum_steps,
                                     gradient_clipping=cfg.max_grad_norm)
         self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            # Evaluation and the reward statistics call `score`, not the module: FSDP2 gathers the root's shards
+            # only around registered forward methods.
+            register_fsdp_forward_method(self.unwrapped_model(), "score")
         # Built on the prepared optimizer: with CPU optimizer offload DeepSpeed steps its own CPU Adam, not the
         # AdamW above. Stepped by hand once per optimizer step (not prepared: accelerate would step it once per
         # process), and checkpointed with the trainer state.

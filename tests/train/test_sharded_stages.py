@@ -174,6 +174,38 @@ def test_nan_gradient_stops_on_the_last_good_weights(name, tiny, data, tmp_path)
         assert torch.equal(good[n], stopped[n]), n
 
 
+HEAD_RUNS = {  # head -> its stage arguments: RewardDance's verdict token (LM head), VideoAlign's reward tokens
+    "yes_token": ["--head", "yes_token"],
+    # LoRA: the reward tokens' rows train in the frozen embedding matrix through a gradient hook
+    "reward_token": ["--head", "reward_token", "--tuning_mode", "lora", "--lora_r", "4", "--overall", "sum",
+                     "--dimensions", "VQ", "TA"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", list(HEAD_RUNS))
+def test_other_heads_under_zero3_and_fsdp2(head, tiny, data, tmp_path):
+    """The yes-token head (reads the LM head) and the reward-token head (token rows in a frozen embedding) under
+    ZeRO-3 and FSDP2 end within ZeRO-3's tolerance of DDP. FSDP2 would drop the token-row gradient hook: refused."""
+    args = lambda out: [*_args(tiny, data, out, "--max_steps", "3", "--save_steps", "0"), *HEAD_RUNS[head]]  # noqa: E731
+    run_ddp(args(tmp_path / "ddp"))
+    ddp = saved_weights(tmp_path / "ddp")
+    for name in ("zero3", "fsdp2"):
+        out = tmp_path / name
+        if head == "reward_token" and name == "fsdp2":
+            result = _launch(MODES[name], args(out), expect_exit=1)
+            assert "FSDP2 replaces that parameter by its shards" in result.stderr
+            continue
+        _launch(MODES[name], args(out))
+        assert read_manifest(out, expect_stage="reward")["distributed"]["mode"] == MODES[name].expected["mode"]
+        ours = saved_weights(out)
+        assert ours.keys() == ddp.keys()
+        worst = max((ours[n] - ddp[n]).abs().max().item() for n in ddp)
+        print(f"{head} {name}: max |w - w_ddp| = {worst:.2e}")
+        assert worst <= MODES["zero3"].tolerance
+        assert RewardModel.from_pretrained(out).config_dict()["head"]["name"] == head
+
+
 # ---------------------------------------------------------------------------------------- VR-Thinker SFT stage
 
 SFT_SCRIPT = ROOT / "train" / "vrt_sft.py"
