@@ -175,7 +175,7 @@ def test_nan_gradient_stops_on_the_last_good_weights(name, tiny, data, tmp_path)
 
 
 HEAD_RUNS = {  # head -> its stage arguments: RewardDance's verdict token (LM head), VideoAlign's reward tokens
-    "yes_token": ["--head", "yes_token"],
+    "yes_token": ["--head", "yes_token", "--dimensions", "overall"],  # one verdict per sequence
     # LoRA: the reward tokens' rows train in the frozen embedding matrix through a gradient hook
     "reward_token": ["--head", "reward_token", "--tuning_mode", "lora", "--lora_r", "4", "--overall", "sum",
                      "--dimensions", "VQ", "TA"],
