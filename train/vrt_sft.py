@@ -120,9 +120,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfi
     args, training = parser.parse_args_and_config(argv)
     require_settings(parser, data=args.data, output_dir=training.output_dir)
     try:  # the launch's mode on CPU too (gloo): DDP, DeepSpeed or FSDP
-        training = replace(training, **hf_trainer_device_args(training.use_cpu))
+        device_args = hf_trainer_device_args(training.use_cpu)
     except DistributedModeError as err:
         parser.error(str(err))
+    if device_args:
+        training = replace(training, **device_args)
     return args, training
 
 

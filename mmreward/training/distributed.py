@@ -6,8 +6,8 @@ honours them only on accelerator devices: with `Accelerator(cpu=True)` it drops 
 trains as plain DDP. Here every mode runs on CPU too (gloo process group), which is how the tests check sharding
 on a machine without GPUs:
 
-- DeepSpeed: `Accelerator(cpu=False)` with a gloo process group. DeepSpeed picks its CPU accelerator by itself and
-  compiles its small shared-memory communication op once (cached under ~/.cache/torch_extensions).
+- DeepSpeed: `Accelerator(cpu=False)` with a gloo process group. DeepSpeed picks its CPU accelerator by itself;
+  its shared-memory communication op is skipped (`_skip_deepspeed_shm_op`), so nothing is compiled.
 - FSDP2: accelerate has no CPU path, so the state is switched to FSDP after construction with the plugin the
   launcher described; `fully_shard` then shards over a CPU device mesh.
 
@@ -24,6 +24,7 @@ import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+from torch.distributed.fsdp import CPUOffloadPolicy
 
 SINGLE, DDP, DEEPSPEED, FSDP = "single", "ddp", "deepspeed", "fsdp"
 
@@ -225,6 +226,8 @@ def describe_mode(acc: Accelerator) -> dict[str, Any]:
             fsdp_version=plugin.fsdp_version,
             state_dict_type=str(plugin.state_dict_type).rsplit(".", 1)[-1],
             reshard_after_forward=bool(plugin.reshard_after_forward),
-            offload_params=plugin.cpu_offload is not None and bool(getattr(plugin.cpu_offload, "offload_params", False)),
+            # FSDP2 takes a CPUOffloadPolicy, FSDP1 a CPUOffload(offload_params=...)
+            offload_params=isinstance(plugin.cpu_offload, CPUOffloadPolicy)
+            or bool(getattr(plugin.cpu_offload, "offload_params", False)),
         )
     return info

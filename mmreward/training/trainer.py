@@ -34,8 +34,8 @@ from mmreward.data.dataset import PreferenceDataset
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.training.config import RewardTrainingConfig
-from mmreward.training.distributed import make_accelerator as make_mode_accelerator
 from mmreward.training.distributed import DistributedModeError, settle_deepspeed_config
+from mmreward.training.distributed import make_accelerator as make_mode_accelerator
 from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
 
 CHECKPOINT_DIR = "checkpoints"

@@ -7,7 +7,7 @@ DDP's key names, a resumed run ends with bit-identical weights, and a NaN gradie
 the last good checkpoint. A mode that cannot be had is refused, naming why.
 
 Measured on the 2-core CPU machine (|weight - DDP weight|, max over all weights after 4 steps of the reward stage at
-lr 1e-3, where training moves weights by ~4e-3): ZeRO-2 0, FSDP2 0, ZeRO-3 4.5e-5 with and without offload (ZeRO-3
+lr 1e-3, where training moves weights by ~4e-3): ZeRO-2 0, FSDP2 0, ZeRO-3 3.6e-5 with and without offload (ZeRO-3
 reduces gradients in partitions, summing in another order; AdamW's first steps turn such rounding differences of
 near-zero gradients into up to one learning rate). Resumed runs are bit-identical, except with CPU optimizer
 offload (DeepSpeed's CPU Adam, see MODES: 7e-7). Each launch takes 30-60 s here; ZeRO-3 is in the default run, the
