@@ -44,13 +44,14 @@ class StandinCLIPStageConfig:
 
     output_dir: str = "runs/standin_clip"
     # training frames
-    trajectories_per_pose: int = field(default=32, metadata={"help": "perturbed trajectories into each pose"})
-    points_per_trajectory: int = 6
+    trajectories_per_pose: int = field(default=64, metadata={"help": "perturbed trajectories into each pose"})
+    points_per_trajectory: int = 4
     fall_episodes: int = 12
     scene: str = field(default="paper", metadata={"help": "scene of the frames (vlm_rm.envs.SCENES)"})
     frames_seed: int = 0
     # held-out frames (another seed: new perturbations of the same poses)
     heldout_trajectories_per_pose: int = field(default=12, metadata={"help": "0 skips the evaluation"})
+    heldout_points_per_trajectory: int = 6
     heldout_fall_episodes: int = 6
     heldout_seed: int = 1
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
@@ -65,7 +66,7 @@ class StandinCLIPStageConfig:
 def _frame_config(cfg: StandinCLIPStageConfig, heldout: bool) -> PoseFrameConfig:
     if heldout:
         return PoseFrameConfig(trajectories_per_pose=cfg.heldout_trajectories_per_pose,
-                               points_per_trajectory=cfg.points_per_trajectory,
+                               points_per_trajectory=cfg.heldout_points_per_trajectory,
                                fall_episodes=cfg.heldout_fall_episodes, scene=cfg.scene, seed=cfg.heldout_seed)
     return PoseFrameConfig(trajectories_per_pose=cfg.trajectories_per_pose,
                            points_per_trajectory=cfg.points_per_trajectory,

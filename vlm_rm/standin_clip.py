@@ -11,14 +11,17 @@ labelled by the same pose checks it is evaluated with. It shows that the pipelin
 robot kneeling" into a reward that prefers kneeling; it says nothing about what a real CLIP does.
 
 Captions: every frame is "a humanoid robot" (the paper's baseline prompt); a frame that passes pose
-checks is also each passing task's paper prompt. Training frames are mirrored left-right at random
-(the pose checks are mirror-symmetric, so a mirrored frame keeps its captions), and drawn so that
-every set of pose-check results is about equally frequent (most frames are merely standing). The loss is CLIP's symmetric cross-entropy between
+checks is also each passing task's paper prompt. The loss is CLIP's symmetric cross-entropy between
 image and caption embeddings, with soft targets because a caption is shared by many frames of a batch:
 image -> caption spreads `1 - BASELINE_SHARE` over the frame's task prompts and `BASELINE_SHARE` on the
 baseline (all of it when no check passes); caption -> image spreads evenly over the frames it describes.
 The baseline embedding thus becomes the centre of all frames, and the goal-baseline direction points
 from "any humanoid" to the task's pose, which is what the paper's projection assumes.
+
+Batches draw every set of pose-check results about equally often (most frames merely stand), and
+each frame is mirrored left-right at random (the pose checks are mirror-symmetric, so it keeps its
+captions) and shifted sideways by a few pixels: without these the model memorises its few thousand
+frames (training AUC 1.0, held-out one-leg AUC 0.79).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class StandinTrainConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
     mirror: bool = True  # flip half of each batch left-right: every pose check is mirror-symmetric
+    max_shift: int = 16  # roll each frame left or right by up to this many pixels (the sky and floor wrap seamlessly)
     balance: float = 1.0  # frames drawn with weight (1 / frames sharing their labels) ** balance; 0: uniformly
     log_every: int = 50
     seed: int = 0
@@ -144,6 +148,8 @@ def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTr
         if cfg.mirror:
             flip = rng.random(batch) < 0.5
             chosen[flip] = chosen[flip][..., ::-1]  # fancy indexing made `chosen` a copy
+        for row, shift in enumerate(rng.integers(-cfg.max_shift, cfg.max_shift + 1, batch)):
+            chosen[row] = np.roll(chosen[row], shift, axis=-1)
         image = F.normalize(model.encode_image(_pixels(chosen, mean, std)), dim=-1)
         text = F.normalize(model.encode_text(tokens), dim=-1)
         loss = soft_clip_loss(image, text, model.logit_scale, targets[pick])
