@@ -26,11 +26,12 @@ from PIL import Image
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord, label_to_int
+from mmreward.errors import MmrewardError
 
 PAIR_FORMS = ("naive", "shared_prefix", "auto")
 
 
-class CollateError(ValueError):
+class CollateError(MmrewardError, ValueError):
     """A batch that cannot be encoded as asked (the message names the record ids)."""
 
 
@@ -242,7 +243,9 @@ class PairCollator:
         prompts = [r.prompt for r in records]
         labels, mask = pair_labels(records, self.dimensions)
         if self._use_shared_prefix(records):
-            from mmreward.pair_forward import pack_pairs  # the packed form lives with its forward
+            from mmreward.pair_forward import (
+                pack_pairs,  # the packed form lives with its forward
+            )
 
             enc_a = encode_sides(self.processor, prompts, [ex.a for ex in examples], self.cfg, ids)
             enc_b = encode_sides(self.processor, prompts, [ex.b for ex in examples], self.cfg, ids)

@@ -42,12 +42,19 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmreward.backbones.vlm import (
-    LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors, unwrap_peft,
+    LoRASettings,
+    VLMLoadConfig,
+    apply_lora,
+    freeze_vision_tower,
+    load_vlm,
+    require_safetensors,
+    unwrap_peft,
     vision_tower,
 )
 from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import MediaConfig, media_side
 from mmreward.data.media import MediaError
+from mmreward.errors import MmrewardError
 from mmreward.heads import RewardHead, build_head, head_from_config
 from mmreward.pair_forward import block_attention_mask, packed_position_ids
 
@@ -69,11 +76,11 @@ _MODEL_INPUT_KEYS = (
 _DEFAULT_LORA_TARGETS = list(LoRASettings.target_modules)
 
 
-class RewardModelError(ValueError):
+class RewardModelError(MmrewardError, ValueError):
     """A checkpoint or configuration that cannot be used (the message names the file)."""
 
 
-class RewardInputError(ValueError):
+class RewardInputError(MmrewardError, ValueError):
     """Some items given to `RewardModel.reward` could not be read; the others were scored.
 
     errors: item index -> the MediaError (or TypeError) naming its file. rewards: every item's

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+from mmreward.errors import MmrewardError
+
 __all__ = [
     "RecordError",
     "Side",
@@ -58,7 +60,7 @@ def quote(value: Any, limit: int = _QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-class RecordError(ValueError):
+class RecordError(MmrewardError, ValueError):
     """A bad record; the message names the file, the line and the record id when known."""
 
     def __init__(

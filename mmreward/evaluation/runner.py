@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from mmreward.data.records import PreferenceRecord, label_to_int
-from mmreward.evaluation.scorers import RECOVERABLE_ERRORS, PairScore, Scorer, swap_record
+from mmreward.errors import MmrewardError
+from mmreward.evaluation.scorers import (
+    RECOVERABLE_ERRORS,
+    PairScore,
+    Scorer,
+    swap_record,
+)
 
 __all__ = [
     "PREDICTIONS_NAME",
@@ -64,11 +70,11 @@ RUN_CONFIG_NAME = "run_config.json"
 SHARD_DIR = "shards"
 
 
-class RunConfigError(RuntimeError):
+class RunConfigError(MmrewardError, RuntimeError):
     """The output directory holds predictions of a different evaluation."""
 
 
-class PredictionsError(ValueError):
+class PredictionsError(MmrewardError, ValueError):
     """A predictions file that cannot be read (the message names file and line)."""
 
 
