@@ -14,3 +14,14 @@ class MmrewardError(Exception):
 
 class UsageError(MmrewardError, ValueError):
     """A bad command line or settings file: an unknown or misspelled flag, a bad value, a missing setting."""
+
+
+class MissingInputError(MmrewardError, FileNotFoundError):
+    """A file, folder or model the user named does not exist (or is not what it should be)."""
+
+
+class UnknownNameError(MmrewardError, KeyError):
+    """A name that is not registered (a benchmark, a pose, ...); the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

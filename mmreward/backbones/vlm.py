@@ -17,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedM
 from transformers.integrations import is_deepspeed_zero3_enabled
 
 from mmreward.backbones.chat_template import ensure_tool_chat_template
-from mmreward.errors import UsageError
+from mmreward.errors import MissingInputError, UsageError
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -61,7 +61,7 @@ def _resolve_local_files_only(cfg: VLMLoadConfig) -> bool:
     if Path(cfg.path).expanduser().exists():
         return True if cfg.local_files_only is None else cfg.local_files_only
     if not _HUB_ID.match(cfg.path):
-        raise FileNotFoundError(f"model path {cfg.path!r} does not exist and is not a hub id ('org/name')")
+        raise MissingInputError(f"model path {cfg.path!r} does not exist and is not a hub id ('org/name')")
     return False if cfg.local_files_only is None else cfg.local_files_only
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
-from mmreward.errors import MmrewardError
+from mmreward.errors import MissingInputError, MmrewardError
 
 __all__ = [
     "RecordError",
@@ -324,7 +324,7 @@ def require_media(records: Iterable[PreferenceRecord], show: int = 5) -> None:
     referenced, missing = missing_media(records)
     if missing:
         first = "; ".join(f"id {quote(rid, 200)} {field} {path}" for rid, field, path in missing[:show])
-        raise FileNotFoundError(f"{len(missing)} of the {referenced} media files the records name do not exist; "
+        raise MissingInputError(f"{len(missing)} of the {referenced} media files the records name do not exist; "
                                 f"first {min(show, len(missing))}: {first}")
 
 

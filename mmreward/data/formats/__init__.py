@@ -25,6 +25,7 @@ from mmreward.data.formats import (
     vl_rewardbench,
 )
 from mmreward.data.records import PreferenceRecord, RecordError, quote
+from mmreward.errors import UnknownNameError
 
 Reader = Callable[..., list[PreferenceRecord]]
 
@@ -47,7 +48,7 @@ def read_benchmark(
 ) -> list[PreferenceRecord]:
     """Read benchmark ``name`` from ``src`` with the registered reader."""
     if name not in READERS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
+        raise UnknownNameError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
     records = READERS[name](src, media_root=media_root, media_out=media_out)
     if not records:
         raise RecordError(f"the {name} file holds no records", src)
