@@ -20,7 +20,7 @@ streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Varia
 * bucketed: batch size --batch-size, pairs ordered by estimated length first (the default).
 
 All variants go through the same public `RewardModelScorer`, which for Qwen2-VL, Qwen2.5-VL and
-Qwen3-VL backbones scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE
+Qwen3-VL backbones scores with `mmreward.forward.batched.batched_rewards` (vectorised M-RoPE
 positions, one attention call per window / frame length in the vision tower, each distinct image
 encoded once, length groups without attention masks, the last layer computed only at the read
 position) and encodes with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1

@@ -2,7 +2,7 @@
 
 Response pairs that share a prompt and two 448 px images: the naive form runs each side as its own
 sequence (media encoded twice); the packed form runs `[prefix | response_a | response_b]` once per
-pair with a block attention mask (`mmreward.pair_forward`). Both train the same reward model
+pair with a block attention mask (`mmreward.forward.packed`). Both train the same reward model
 (AdamW, fused on CUDA as the stage trainers use it there; full fine-tuning, vision tower included)
 on the same pre-collated batches; a step is forward, backward and optimizer update. The update costs
 the same in both forms, so the slower it is the lower the ratio: with 3.8B parameters and two pairs

@@ -68,7 +68,7 @@ def plot_overall(runs: list[dict[str, Any]], names: list[str], path: Path) -> Pa
     """Overall accuracy (without / with ties) per run with interval error bars."""
     import numpy as np
 
-    from mmreward.report import plt
+    from mmreward.html_report import plt
 
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(runs) + 2), 3.5), dpi=100)
     x = np.arange(len(runs))
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> Path:
     if len(names) != len(args.runs):
         raise UsageError(f"--names gives {len(names)} names for {len(args.runs)} runs")
     from mmreward.manifest import check_run_dir, finalize_run_dir, start_run_dir
-    from mmreward.report import Report
+    from mmreward.html_report import Report
 
     check_run_dir(args.out, STAGE, "--out")
     runs = [load_run(run) for run in args.runs]

@@ -153,7 +153,7 @@ def _table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 def _plot(metrics: dict[str, Any], path: Path) -> Path:
     import numpy as np
 
-    from mmreward.report import plt
+    from mmreward.html_report import plt
 
     keys = list(metrics["keys"])
     est = np.array([100 * metrics["keys"][k]["false_positive_rate"]["estimate"] for k in keys])
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
         run_predictions,
     )
     from mmreward.manifest import finalize_run_dir, start_run_dir
-    from mmreward.report import Report
+    from mmreward.html_report import Report
 
     state = preference.make_state(args) if state is None else state
     out = Path(args.out)

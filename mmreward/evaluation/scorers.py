@@ -275,7 +275,7 @@ class RewardModelScorer(BaseScorer):
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""
         from mmreward.collate import CollateError
-        from mmreward.pair_forward import PackError
+        from mmreward.forward.packed import PackError
 
         try:
             return self.collator(list(items))
