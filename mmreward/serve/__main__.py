@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import socket
 import sys
 from pathlib import Path
@@ -99,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            timeout_graceful_shutdown=int(config.drain_timeout_s)))
     state = app.state.server
     state.on_load_failure = lambda: setattr(server, "should_exit", True)
+    # uvicorn drains on SIGTERM / SIGINT, restores these handlers and re-raises the signal: a drained
+    # shutdown then ends here with exit code 0 instead of dying of the signal.
+    for drained in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(drained, lambda *_: None)
     host, port = sock.getsockname()[:2]
     print(f"mmreward.serve: listening on http://{f'[{host}]' if ':' in host else host}:{port} "
           f"(GET /health says when the model is loaded)", flush=True)
