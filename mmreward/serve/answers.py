@@ -55,9 +55,14 @@ class AnswerBook:
         self._journal: IO[str] | None = None
         if journal is not None:
             path = Path(journal)
+            torn = False
             if path.is_file():
                 self._replay(path)
+                with path.open("rb") as f:
+                    torn = f.seek(0, 2) > 0 and (f.seek(-1, 2), f.read(1))[1] != b"\n"
             self._journal = path.open("a", encoding="utf-8")
+            if torn:  # end the half-written line of a killed server, or the next answer would join it
+                self._journal.write("\n")
 
     def _replay(self, path: Path) -> None:
         with path.open(encoding="utf-8") as lines:

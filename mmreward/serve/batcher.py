@@ -2,8 +2,8 @@
 
 Requests put their decoded items on one queue. A worker takes the first waiting item, then more until
 `max_batch` items are taken or the first one has waited `max_wait` seconds, and scores them together
-in the model's thread (`ModelScorer`: the same encode + batched evaluation forward as
-`RewardModel.reward`), so a GPU runs few large forwards instead of many small ones. The queue is
+in the model's thread (`ModelScorer`: the same encoding and batched forward as evaluation, the
+values of `RewardModel.reward`), so a GPU runs few large forwards instead of many small ones. The queue is
 bounded: `reserve` refuses items beyond `max_queue` (the server answers 503), before any media is
 decoded.
 """
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from mmreward.data.dataset import SideMedia
+from mmreward.evaluation.tensor_processor import TensorProcessor
 from mmreward.model import RewardModel
 from mmreward.serve.metrics import ServerMetrics
 
@@ -34,16 +35,21 @@ class Job:
 
 
 class ModelScorer:
-    """Scores a batch of jobs with one forward: `model.rewards_of(model.encode(...))`, then each row
+    """Scores a batch of jobs with one forward, as evaluation does: the head's encoding through
+    `TensorProcessor` (the processor's tensors, built faster) and `model.rewards_of`; then each row
     normalised (or not) and given its "overall" as `RewardModel.reward` reports it."""
 
     def __init__(self, model: RewardModel):
         self.model = model
         self.names = model.output_dimensions
+        self.processor = TensorProcessor(model.processor)
 
     def __call__(self, jobs: Sequence[Job]) -> list[Outcome]:
+        model = self.model
         try:
-            raw = self.model.rewards_of(self.model.encode([j.prompt for j in jobs], [j.side for j in jobs]))
+            inputs = model.head.encode_sides(self.processor, [j.prompt for j in jobs], [j.side for j in jobs],
+                                             model.settings.collate)
+            raw = model.rewards_of(inputs)
         except Exception as err:  # noqa: BLE001 - reported per item, never raised into the server
             if len(jobs) == 1:
                 return [err]
@@ -52,7 +58,7 @@ class ModelScorer:
         outcomes: list[Outcome] = []
         for job, row in zip(jobs, raw):
             row = row[None]
-            reported = self.model.with_overall(self.model.normalize(row) if job.normalize else row.double())
+            reported = model.with_overall(model.normalize(row) if job.normalize else row.double())
             outcomes.append(dict(zip(self.names, reported[0].cpu().tolist())))
         return outcomes
 
