@@ -102,6 +102,15 @@ async def load(url: str, bodies: list[dict], clients: int, time_limit: float, ru
     return answers, time.perf_counter() - started
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(name: str, args: argparse.Namespace, checkpoint: Path, media: Path) -> ServerProcess:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     server = ServerProcess(["--model", str(checkpoint), "--media_root", str(media), "--port", "0",
@@ -138,6 +147,7 @@ def main() -> int:
               f"thread(s) per server", flush=True)
         servers: dict[str, ServerProcess] = {}
         rates: dict[str, list[float]] = {name: [] for name in RUNS}
+        cpu_rates: dict[str, list[float]] = {name: [] for name in RUNS}
         reference: dict[int, list] | None = None
         worst = 0.0
         try:
@@ -146,14 +156,16 @@ def main() -> int:
                 asyncio.run(load(servers[name].url, bodies[:args.clients], args.clients, args.time_limit, "warm-up"))
             for repeat in range(args.repeats):  # interleaved, so both see the same machine load
                 for name, server in servers.items():
-                    before = httpx.get(f"{server.url}/metrics").json()
+                    before, cpu = httpx.get(f"{server.url}/metrics").json(), cpu_seconds(server.proc.pid)
                     answers, wall = asyncio.run(load(server.url, bodies, args.clients, args.time_limit, f"{name}-{repeat}"))
+                    cpu = cpu_seconds(server.proc.pid) - cpu
                     after = httpx.get(f"{server.url}/metrics").json()
                     batches = check_phase(name, answers, before, after)
                     rates[name].append(len(answers) / wall)
+                    cpu_rates[name].append(len(answers) / cpu)
                     print(f"{name:>9} #{repeat}: {len(answers)}/{len(bodies)} answered once each in {wall:.2f} s = "
-                          f"{rates[name][-1]:.1f} items/s; {batches}; recent latency ms {after['latency_ms']}",
-                          flush=True)
+                          f"{rates[name][-1]:.1f} items/s ({cpu_rates[name][-1]:.0f} per server CPU-second); {batches}; "
+                          f"recent latency ms {after['latency_ms']}", flush=True)
                     reference = reference or answers
                     common = set(reference) & set(answers)
                     worst = max([worst] + [abs(reference[i][0][k] - answers[i][0][k]) for i in common for k in answers[i][0]])
@@ -167,7 +179,9 @@ def main() -> int:
     if worst > 1e-4:
         raise SystemExit(f"rewards differ between phases by {worst:.2e} > 1e-4")
     batched_rate, unbatched_rate = statistics.median(rates["batched"]), statistics.median(rates["unbatched"])
-    print(f"median items/s: batched {batched_rate:.1f}, unbatched {unbatched_rate:.1f}")
+    batched_cpu, unbatched_cpu = statistics.median(cpu_rates["batched"]), statistics.median(cpu_rates["unbatched"])
+    print(f"median items/s: batched {batched_rate:.1f}, unbatched {unbatched_rate:.1f}; items per server CPU-second: "
+          f"batched {batched_cpu:.0f}, unbatched {unbatched_cpu:.0f} (ratio {batched_cpu / unbatched_cpu:.2f})")
     print(f"RESULT reward_server ratio={batched_rate / unbatched_rate:.2f} target={TARGET:g}")
     return 0
 

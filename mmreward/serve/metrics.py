@@ -20,7 +20,8 @@ def percentiles_ms(seconds: Iterable[float]) -> dict[str, float | None]:
 
 
 class ServerMetrics:
-    """What the server did since it started. Latencies and forward times keep the last `window` values."""
+    """What the server did since it started. Request latencies and batch times (encoding + model) keep the
+    last `window` values."""
 
     def __init__(self, window: int = 4096):
         self.started = time.time()
@@ -31,7 +32,7 @@ class ServerMetrics:
         self.replayed = 0  # answers sent again for a repeated Idempotency-Key, without scoring
         self.batch_sizes: Counter[int] = Counter()
         self._latency: deque[float] = deque(maxlen=window)
-        self._forward: deque[float] = deque(maxlen=window)
+        self._batch: deque[float] = deque(maxlen=window)
 
     def request_done(self, route: str, status: int, seconds: float) -> None:
         self.responses[f"{route} {status}"] += 1
@@ -43,7 +44,7 @@ class ServerMetrics:
 
     def batch_done(self, size: int, seconds: float) -> None:
         self.batch_sizes[size] += 1
-        self._forward.append(seconds)
+        self._batch.append(seconds)
 
     def snapshot(self, queue_depth: int, in_flight: int) -> dict[str, Any]:
         batches = sum(self.batch_sizes.values())
@@ -64,5 +65,5 @@ class ServerMetrics:
                 "histogram": {str(size): count for size, count in sorted(self.batch_sizes.items())},
             },
             "latency_ms": percentiles_ms(self._latency),
-            "forward_ms": percentiles_ms(self._forward),
+            "batch_ms": percentiles_ms(self._batch),
         }

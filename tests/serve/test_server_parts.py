@@ -12,7 +12,7 @@ import pytest
 from mmreward.collate import processor_image_size
 from mmreward.data.dataset import SideMedia, media_side
 from mmreward.serve.answers import Answer, AnswerBook, KeyConflict
-from mmreward.serve.batcher import DynamicBatcher, Job, ModelScorer, QueueFull
+from mmreward.serve.batcher import DynamicBatcher, Job, ModelScorer, Prepared, QueueFull
 from mmreward.serve.metrics import ServerMetrics
 from mmreward.serve.schema import (
     ItemError, RewardItem, Upload, chat_user_text, label_media, openrlhf_items, parse_item, strip_trailing_tokens,
@@ -63,13 +63,17 @@ def test_scorer_scores_a_batch_as_direct_calls_and_isolates_a_failing_item(model
 def test_batcher_fills_batches_within_the_window_and_bounds_the_queue():
     seen: list[int] = []
 
-    def score(jobs):
-        seen.append(len(jobs))
-        return [{"r": float(len(j.prompt))} for j in jobs]
+    class Scorer:
+        def prepare(self, jobs):
+            return Prepared(jobs, {}, list(range(len(jobs))), [None] * len(jobs))
+
+        def score(self, prepared):
+            seen.append(len(prepared.jobs))
+            return [{"r": float(len(j.prompt))} for j in prepared.jobs]
 
     async def scenario():
         metrics = ServerMetrics()
-        batcher = DynamicBatcher(score, max_batch=3, max_wait_s=0.3, max_queue=5, metrics=metrics)
+        batcher = DynamicBatcher(Scorer(), max_batch=3, max_wait_s=0.3, max_queue=5, metrics=metrics)
         batcher.start()
         batcher.reserve(5)
         with pytest.raises(QueueFull):
