@@ -218,6 +218,25 @@ def test_training_checkpoint_with_a_planted_pickle_is_refused(accelerator, tmp_p
     assert not marker.exists()
 
 
+def test_planted_deepspeed_engine_file_is_refused(accelerator, tmp_path):
+    """DeepSpeed reads its engine files (model / ZeRO optimizer states) with weights_only=False: load_checkpoint
+    refuses one naming code before anything is loaded, and lets DeepSpeed's own classes through."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    _registered(accelerator)
+    path = save_checkpoint_atomically(accelerator, tmp_path, step=1, save_total_limit=1)
+    engine = path / "pytorch_model"
+    engine.mkdir()
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.weights}, engine / "optim_states.pt")
+    load_checkpoint(accelerator, path)  # DeepSpeed's own classes pass
+    marker = tmp_path / "PWNED"
+    plant(engine / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker)
+    with pytest.raises(CheckpointError, match=r"zero_pp_rank_0_mp_rank_00_optim_states.pt: refused to load.*io.open"):
+        load_checkpoint(accelerator, path)
+    assert not marker.exists()
+
+
 def test_accelerate_alone_would_run_the_planted_pickle(accelerator, tmp_path):
     """Why load_checkpoint exists: plain `load_state` unpickles registered objects with weights_only=False."""
     _registered(accelerator)

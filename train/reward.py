@@ -46,6 +46,7 @@ from mmreward.training import (
     RewardTrainer,
     RewardTrainingConfig,
 )
+from mmreward.training.distributed import DistributedModeError, describe_mode
 from mmreward.training.trainer import make_accelerator
 
 STAGE = "reward"
@@ -86,7 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(train_cfg.output_dir)
     if train_cfg.torch_threads:
         torch.set_num_threads(train_cfg.torch_threads)
-    accelerator = make_accelerator(train_cfg, out / "logs")
+    try:
+        accelerator = make_accelerator(train_cfg, out / "logs")
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
     if accelerator.is_main_process:
         start_run_dir(out)
     accelerator.wait_for_everyone()
@@ -105,8 +109,11 @@ def main(argv: list[str] | None = None) -> dict:
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
     if accelerator.is_main_process:
         (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    trainer = RewardTrainer(model, train_data, collator, train_cfg, val_data=val_data, accelerator=accelerator,
-                            log_dir=out / "logs")
+    try:
+        trainer = RewardTrainer(model, train_data, collator, train_cfg, val_data=val_data, accelerator=accelerator,
+                                log_dir=out / "logs")
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
     try:
         metrics = trainer.train()
     except NonFiniteLossError as err:
@@ -122,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.unwrapped_model().save_pretrained(out, state_dict=state)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         inputs = {"backbone": backbone, "train_file": data_args.train_file, "val_file": data_args.val_file}
-        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics, extra={"distributed": describe_mode(accelerator)})
         accelerator.print(json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/accuracy/", "steps"))}))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -31,8 +31,9 @@ from trl import TrlParser
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
+from mmreward.training.distributed import DistributedModeError
 from vr_thinker.env import VideoPairEnv
-from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records
+from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records, require_data_parallel
 from vr_thinker.rewards import RewardConfig
 from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
 from vr_thinker.stage_io import (
@@ -91,6 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(cfg.torch_threads)
     accelerator = Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), log_with="tensorboard",
                               project_dir=str(out / "logs"))
+    try:
+        require_data_parallel(accelerator)
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
     if accelerator.is_main_process:
         start_run_dir(out)
     accelerator.wait_for_everyone()

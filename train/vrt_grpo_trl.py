@@ -28,6 +28,7 @@ from trl import GRPOConfig, GRPOTrainer, TrlParser
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
+from mmreward.training.distributed import ModeCheckedTrainerMixin
 from vr_thinker.rewards import RewardConfig
 from vr_thinker.stage_io import LoRAArguments, read_judge_input, record_file, require_settings, save_trained_judge
 from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_env_config, judge_dataset, make_reward_function
@@ -46,6 +47,10 @@ class TRLBaselineArguments(LoRAArguments):
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many training pairs"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
+
+
+class ModeCheckedGRPOTrainer(ModeCheckedTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer, stopped with an error when its Accelerator is not in the launch's mode."""
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, RewardConfig, GRPOConfig]:
@@ -76,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     resolved = {**asdict(args), **asdict(reward_cfg), **training.to_dict()}
     training.output_dir = str(out / "checkpoints")
     training.max_tool_calling_iterations = training.max_tool_calling_iterations or env_config.max_tool_calls
-    trainer = GRPOTrainer(
+    trainer = ModeCheckedGRPOTrainer(
         model=model,
         reward_funcs=[make_reward_function(dimensions, reward_cfg)],
         args=training,

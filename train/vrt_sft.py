@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 from peft import PeftModel
+from torch.distributed.fsdp import FSDPModule
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
@@ -38,6 +39,13 @@ from mmreward.backbones.tiny import TINY_SPEC, tiny_backbone_once, tiny_spec_fam
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+from mmreward.training.distributed import (
+    DistributedModeError,
+    ModeCheckedTrainerMixin,
+    describe_mode,
+    hf_trainer_device_args,
+    shards_weights,
+)
 from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
 from vr_thinker.env import EnvConfig
 from vr_thinker.judge import VRThinkerJudge, score_results
@@ -93,10 +101,30 @@ class VRTSFTArguments(LoRAArguments):
         )
 
 
+class ModeCheckedSFTTrainer(ModeCheckedTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer in the launch's distributed mode (FSDP on CPU too), or an error saying why not."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if isinstance(head, FSDPModule):
+            # accelerate gives the LM head its own FSDP2 unit, and TRL's fused loss reads `lm_head.weight` without
+            # calling the head: it would get the sharded DTensor, whose `full_tensor()` backward keeps only this
+            # process's gradient (no average over processes). Unsharded first, it is the plain full weight, and
+            # FSDP reduces its gradient like every other.
+            head.unshard()
+        return super().compute_loss(model, inputs, *args, **kwargs)
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfig]:
     parser = TrlParser((VRTSFTArguments, SFTConfig))
     args, training = parser.parse_args_and_config(argv)
     require_settings(parser, data=args.data, output_dir=training.output_dir)
+    try:  # the launch's mode on CPU too (gloo): DDP, DeepSpeed or FSDP
+        device_args = hf_trainer_device_args(training.use_cpu)
+    except DistributedModeError as err:
+        parser.error(str(err))
+    if device_args:
+        training = replace(training, **device_args)
     return args, training
 
 
@@ -189,8 +217,11 @@ def main(argv: list[str] | None = None) -> dict:
     # HF Trainer's resume reads checkpoint weights by raw state-dict keys, which for Qwen-VL models saved by
     # transformers 5 do not match the live model's (nothing loads, only a warning): full fine-tuning resumes
     # from the checkpoint's weights through from_pretrained instead (optimizer, scheduler, RNG, step still
-    # come from the Trainer's resume).
-    resume_weights = training.resume_from_checkpoint if training.resume_from_checkpoint and not args.use_lora else None
+    # come from the Trainer's resume). An FSDP checkpoint holds only sharded weights (no model directory), which
+    # the Trainer loads itself by the live model's keys.
+    checkpoint = training.resume_from_checkpoint
+    holds_model = checkpoint is not None and (Path(checkpoint) / "config.json").is_file()
+    resume_weights = checkpoint if holds_model and not args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(
         path=resume_weights or model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
         freeze_vision=args.freeze_vision, lora=args.lora(), tool_chat_template=True,
@@ -203,13 +234,22 @@ def main(argv: list[str] | None = None) -> dict:
     trainer_args = replace(training, output_dir=str(out / "checkpoints"), remove_unused_columns=False,
                            assistant_only_loss=True)
     collator = VRThinkerSFTCollator(processor, max_length=training.max_length)
-    trainer = SFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(), processing_class=processor,
-                         data_collator=collator)
+    try:
+        trainer = ModeCheckedSFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(),
+                                        processing_class=processor, data_collator=collator)
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
+    sharded = shards_weights(trainer.accelerator)
+    if sharded and args.use_lora:
+        raise SystemExit("error: LoRA adapters cannot be merged from sharded weights (ZeRO-3 / FSDP); "
+                         "train LoRA under DDP or ZeRO-2")
     result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     state.wait_for_everyone()
+    full_state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None  # collective: gathers
 
     if state.is_main_process:
-        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env, dims)
+        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env, dims,
+                           state_dict=full_state)
         write_traces(out / TRACES_NAME, traces)
         write_trace_html(out / "example_trace.html", replay(traces[0]), title=traces[0].id, label=traces[0].label)
         resolved = {**asdict(args), **training.to_dict(), "model_path": model_dir}
@@ -235,7 +275,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         inputs = {"model": model_dir, "model_stage": model_manifest.get("stage"), "data": args.data}
-        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics,
+                         extra={"distributed": describe_mode(trainer.accelerator)})
         summary = {k: metrics[k] for k in ("traces", "rows", "train_loss") if k in metrics}
         for key in ("eval_before", "eval_after"):
             if key in metrics:

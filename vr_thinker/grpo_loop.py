@@ -22,8 +22,12 @@ also run on a fixed set every ``eval_steps`` (greedy or with fixed per-pair samp
 
 Checkpoints ``checkpoints/step_N`` (model, optimizer, scheduler, loop state, RNG of every process) are written
 atomically every ``save_steps``; a restarted loop resumes from the newest one, and log lines written after it by a
-killed run are dropped. Supported launches: one process (CPU or GPU) and DDP. Sharded engines (ZeRO-3, FSDP) would
-need the full weights gathered for generation, which the HF rollout engine does not do.
+killed run are dropped. Supported launches: one process (CPU or GPU) and DDP; a DeepSpeed or FSDP launch is refused
+(`require_data_parallel`): rollouts generate with the HF model on every process, which under ZeRO-3 / FSDP holds only
+a shard of the weights (generation would gather them layer by layer on every token), the frozen reference model is a
+full copy per process (sharding the policy alone would not fit a model that needs sharding), and under DeepSpeed the
+optimizer steps inside backward, after this loop's micro-batch accumulation and gradient guard would have run. For
+models that need sharding, ``train/vrt_grpo_trl.py`` runs TRL's GRPOTrainer, which handles those engines itself.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import unwrap_peft
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
+from mmreward.training.distributed import DEEPSPEED, FSDP, DistributedModeError, actual_mode, requested_mode
 from mmreward.training.trainer import (
     TrainerState,
     append_log,
@@ -72,6 +77,17 @@ from vr_thinker.rewards import RewardConfig, group_rewards
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
 
 Video = str | Path | VideoClip
+
+
+def require_data_parallel(accelerator: Accelerator) -> None:
+    """Raise `DistributedModeError` unless the launch asked for and got one process or DDP (see the module doc)."""
+    wanted, got = requested_mode(), actual_mode(accelerator)
+    if wanted in (DEEPSPEED, FSDP) or got in (DEEPSPEED, FSDP):
+        raise DistributedModeError(
+            f"the VR-Thinker GRPO loop runs on one process or DDP, not {wanted if wanted in (DEEPSPEED, FSDP) else got}: "
+            "its rollouts generate with the full model on every process and it keeps a full reference copy; "
+            "launch it with train/accelerate/ddp.yaml, or use train/vrt_grpo_trl.py for sharded training"
+        )
 
 
 @dataclass(frozen=True)
@@ -219,6 +235,7 @@ class GRPOLoop:
         self.accelerator = accelerator or Accelerator(
             cpu=config.use_cpu or not torch.cuda.is_available(), log_with="tensorboard", project_dir=str(self.log_dir)
         )
+        require_data_parallel(self.accelerator)
         self.pairs, self.eval_pairs = list(pairs), list(eval_pairs)
         self.env_config, self.dimensions = env_config, normalize_dimensions(dimensions)
         self.processor = processor

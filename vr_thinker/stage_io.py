@@ -78,12 +78,20 @@ def read_judge_input(model_path: str, stages: Sequence[str]) -> tuple[dict[str, 
     return manifest, env, dims
 
 
-def save_trained_judge(model: Any, processor: Any, out: Path, env: EnvConfig, dims: dict[str, str]) -> Any:
+def save_trained_judge(model: Any, processor: Any, out: Path, env: EnvConfig, dims: dict[str, str],
+                       state_dict: dict[str, Any] | None = None) -> Any:
     """Save a trained judge as ``VRThinkerJudge.from_pretrained`` loads it (LoRA adapters merged into the weights,
-    processor, episode settings); returns the saved (merged) model."""
+    processor, episode settings); returns the saved (merged) model.
+
+    state_dict: the full weights when the model's parameters are sharded (ZeRO-3, FSDP:
+    ``accelerator.get_state_dict(model)``, gathered on every process); a sharded LoRA model cannot be merged here.
+    """
     if isinstance(model, PeftModel):
+        if state_dict is not None:
+            raise ValueError("a LoRA model with sharded weights (ZeRO-3 / FSDP) cannot be merged and saved; "
+                             "train LoRA under DDP or ZeRO-2")
         model = model.merge_and_unload()
-    model.save_pretrained(out)
+    model.save_pretrained(out, state_dict=state_dict)
     processor.save_pretrained(out)
     save_judge_config(out, env, dims)
     return model

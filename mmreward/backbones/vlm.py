@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from mmreward.backbones.chat_template import ensure_tool_chat_template
 
@@ -143,6 +144,11 @@ def load_vlm(cfg_or_path: VLMLoadConfig | str | Path) -> tuple[torch.nn.Module, 
         device_map=cfg.device_map,
         **common,
     )
+    if is_deepspeed_zero3_enabled():
+        # Loading under ZeRO-3, transformers 5.23 records its whole key-conversion table on the model (a plain load
+        # records the renamings that matched), and save_pretrained reverses every entry: the prefix change in it
+        # writes `model.model.*`. Without the record it saves the standard names, as after a plain load.
+        model._weight_conversions = None
     processor = AutoProcessor.from_pretrained(cfg.path, **common, **cfg.processor_kwargs)
     if cfg.tool_chat_template:
         ensure_tool_chat_template(processor)

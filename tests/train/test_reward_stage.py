@@ -1,4 +1,5 @@
-"""The reward training stage end to end: outputs, DDP, SIGKILL + resume, NaN guard, learning."""
+"""The reward training stage end to end: outputs, SIGKILL + resume, NaN guard, learning (DDP and the sharded modes:
+test_sharded_stages.py)."""
 
 import importlib.util
 import json
@@ -25,7 +26,6 @@ from stage_helpers import (  # noqa: E402
     assert_non_finite_loss_stops_the_run,
     assert_same_weights,
     kill_at_checkpoint,
-    run_ddp,
     saved_weights,
 )
 
@@ -187,15 +187,6 @@ def _train_losses(out: Path) -> list[tuple[int, float]]:
 
 def _weights_of_untrained(tiny: Path) -> dict[str, torch.Tensor]:
     return load_file(tiny / "model.safetensors")
-
-
-def test_ddp_two_cpu_processes_end_with_same_weights(tiny, data, tmp_path):
-    out = tmp_path / "ddp"
-    run_ddp(_args(tiny, data, out, "--max_steps", "3", "--freeze_vision", "false"))
-    metrics = read_manifest(out, expect_stage="reward")["metrics"]
-    assert metrics["num_processes"] == 2
-    digests = metrics["replica_weight_sha256"]
-    assert len(digests) == 2 and digests[0] == digests[1]
 
 
 def _val_rows(out: Path) -> dict[int, dict]:

@@ -102,6 +102,16 @@ def test_refuses_an_unfinished_model_dir(tmp_path, judge, data):
         (judge / INCOMPLETE_MARKER).unlink()
 
 
+@pytest.mark.parametrize("flag", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_a_sharded_launch_is_refused(flag, tmp_path, judge, data, monkeypatch):
+    """The loop does not support DeepSpeed / FSDP (full-model rollouts and reference copy): a launch asking for
+    them stops before anything is written, instead of training as DDP (which accelerate falls back to on CPU)."""
+    monkeypatch.setenv(flag, "true")
+    with pytest.raises(SystemExit, match="GRPO loop runs on one process or DDP, not (deepspeed|fsdp).*vrt_grpo_trl"):
+        stage.main(_args(judge, data, tmp_path / "out", "--max_steps", "1"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_sigkill_then_resume_gives_identical_weights(straight, judge, data, tmp_path):
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train" / "vrt_grpo.py"), *_args(judge, data, killed, *SMOKE,
