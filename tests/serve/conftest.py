@@ -24,16 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory) -> Path:
-    """A saved scalar model (VQ, TA; overall = their sum) with normalisation statistics, normalising by default."""
-    from mmreward.backbones.tiny import build_tiny_vlm
-    from mmreward.model import ScoringSettings
-
-    tiny = build_tiny_vlm(tmp_path_factory.mktemp("vlm"))
-    model = RewardModel.from_backbone(tiny, dimensions=["VQ", "TA"], head_options={"init_std": 0.5},
-                                      settings=ScoringSettings(overall="sum", normalize=True))
-    model.set_reward_stats({"VQ": {"mean": 0.5, "std": 2.0}, "TA": {"mean": -1.0, "std": 0.25}})
-    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
+def checkpoint(scalar_checkpoint) -> Path:
+    """tests/conftest.py's scalar model (VQ, TA; overall = their sum, std 2 and 0.25), normalising by default."""
+    return scalar_checkpoint
 
 
 @pytest.fixture(scope="session")
