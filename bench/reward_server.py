@@ -20,7 +20,7 @@ small batches more than large ones). The client load runs on the same CPU as the
 uvloop and httptools (`uvicorn[standard]`, pinned).
 
     python bench/reward_server.py [--clients 32] [--requests 512] [--repeats 3] [--time-limit 180] [--threads 1]
-        [--model DIR]
+        [--model DIR] [--device cuda:0]
 
 Prints `RESULT reward_server ratio=<median batched items/s over median unbatched items/s> target=3`.
 """
@@ -56,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=16, help="distinct images in the media root")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the server")
     parser.add_argument("--model", default=None, help="reward model checkpoint (default: a tiny random one)")
+    parser.add_argument("--device", default=None, help="the servers' device, e.g. cuda:0 (default: theirs)")
     return parser.parse_args()
 
 
@@ -114,7 +115,8 @@ def cpu_seconds(pid: int) -> float:
 def start_server(name: str, args: argparse.Namespace, checkpoint: Path, media: Path) -> ServerProcess:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     server = ServerProcess(["--model", str(checkpoint), "--media_root", str(media), "--port", "0",
-                            "--log_level", "warning", *RUNS[name]], env=env)
+                            "--log_level", "warning", *RUNS[name], *(["--device", args.device] if args.device else [])],
+                           env=env)
     server.wait_ready()
     return server
 

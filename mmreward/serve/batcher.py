@@ -186,24 +186,34 @@ class DynamicBatcher:
 
     async def _run(self) -> None:
         slots = asyncio.Semaphore(PIPELINE_DEPTH)
+        encoder_free = asyncio.Semaphore(1)
         while True:
-            await slots.acquire()  # before taking items: while the pipeline is full, they keep gathering
+            # A batch is taken only once the pipeline has room and the encoder is free: items arriving
+            # meanwhile join it, so batches are as large as the model's pace allows.
+            await slots.acquire()
+            await encoder_free.acquire()
             batch = await self._next_batch()
             self._reserved -= len(batch)
-            task = asyncio.get_running_loop().create_task(self._process(batch, slots))
+            task = asyncio.get_running_loop().create_task(self._process(batch, slots, encoder_free))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _process(self, batch: list[tuple[Job, asyncio.Future[Outcome]]], slots: asyncio.Semaphore) -> None:
+    async def _process(self, batch: list[tuple[Job, asyncio.Future[Outcome]]], slots: asyncio.Semaphore,
+                       encoder_free: asyncio.Semaphore) -> None:
         loop = asyncio.get_running_loop()
         jobs = [job for job, _ in batch]
         started = time.perf_counter()
+        encoding = True
         try:
             prepared = await loop.run_in_executor(self._encoder, self.scorer.prepare, jobs)
+            encoder_free.release()
+            encoding = False
             outcomes = await loop.run_in_executor(self._model, self.scorer.score, prepared)
         except Exception as err:  # noqa: BLE001 - the scorer reports per item; this is a last resort
             outcomes = [err] * len(batch)
         finally:
+            if encoding:
+                encoder_free.release()
             slots.release()
         self.metrics.batch_done(len(batch), time.perf_counter() - started)
         for (_, future), outcome in zip(batch, outcomes):
