@@ -8,16 +8,20 @@ The same server (`python -m mmreward.serve`) runs as two subprocesses, started o
 * batched:   --max_batch 32 --max_wait_ms 10 (the defaults: items of concurrent requests share a forward);
 * unbatched: --max_batch 1 --max_wait_ms 0 (every item scored on its own, as it arrives).
 
-A phase: `--clients` concurrent clients (asyncio + aiohttp, the library OpenRLHF's remote reward client uses;\none connection each) send `--requests` requests of
-one image item each, with an Idempotency-Key per request, until all are answered or `--time-limit` seconds
-have passed (then they stop sending; throughput counts what was answered). Items/s = answered items / wall
-time of the phase. Phases alternate between the two servers `--repeats` times, so both see the same
-machine load; the medians are compared. Every phase must answer every request it sent exactly once with
-a 200 (the server's own response count is checked against the requests sent), and the two servers'
-rewards must agree request by request (|difference| <= 1e-4), or the benchmark fails. torch gets
-`--threads` threads in both servers (1 by default: on a shared CPU, spinning multi-threaded kernels slow
-small batches more than large ones). The client load runs on the same CPU as the server; uvicorn uses
-uvloop and httptools (`uvicorn[standard]`, pinned).
+A phase: `--clients` concurrent clients (asyncio + aiohttp, the library OpenRLHF's remote reward client
+uses; one connection each) send `--requests` requests of one image item each, with an Idempotency-Key
+per request, until all are answered or `--time-limit` seconds have passed (then they stop sending;
+throughput counts what was answered). Items/s = answered items / wall time of the phase; items per
+server CPU-second (the server process's user + system time, from /proc) are printed beside it. Phases
+alternate between the two servers `--repeats` times, so both see the same machine load; the medians are
+compared. Every phase must answer every request it sent exactly once with a 200 (the server's own
+response count is checked against the requests sent), and the servers' rewards must agree request by
+request (|difference| <= 1e-4), or the benchmark fails. torch gets `--threads` threads in both servers
+(1 by default: on a shared CPU, spinning multi-threaded kernels slow small batches more than large
+ones). The client load runs on the same CPU as the servers; uvicorn uses uvloop and httptools (pinned).
+
+On an oversubscribed CPU the wall-clock ratio falls below the CPU-time one: the unbatched server, busy
+all the time, takes a larger share of the machine, while the batched one waits on thread wake-ups.
 
     python bench/reward_server.py [--clients 32] [--requests 512] [--repeats 3] [--time-limit 180] [--threads 1]
         [--model DIR] [--device cuda:0]
@@ -44,7 +48,8 @@ from PIL import Image
 from mmreward.serve.process import ServerProcess
 
 TARGET = 3.0
-RUNS = {"batched": ["--max_batch", "32", "--max_wait_ms", "10"], "unbatched": ["--max_batch", "1", "--max_wait_ms", "0"]}
+RUNS = {"batched": ["--max_batch", "32", "--max_wait_ms", "10"],
+        "unbatched": ["--max_batch", "1", "--max_wait_ms", "0"]}
 
 
 def parse_args() -> argparse.Namespace:
@@ -90,7 +95,8 @@ async def load(url: str, bodies: list[dict], clients: int, time_limit: float, ru
         for index in pending:
             if time.monotonic() > deadline:
                 return
-            async with http.post(f"{url}/reward", json=bodies[index], headers={"Idempotency-Key": f"{run}-{index}"}) as response:
+            headers = {"Idempotency-Key": f"{run}-{index}"}
+            async with http.post(f"{url}/reward", json=bodies[index], headers=headers) as response:
                 body = await response.json()
                 if response.status != 200:
                     raise RuntimeError(f"request {index}: {response.status} {body}")
@@ -130,9 +136,11 @@ def check_phase(name: str, answers: dict[int, list], before: dict, after: dict) 
     if twice or served != sent or set(after["responses"]) != {"/reward 200"}:
         raise SystemExit(f"{name}: {sent} requests answered, the server counted {served} ({after['responses']}); "
                          f"answered more than once: {twice[:10]}")
-    sizes = {int(k): n - before["batch_size"]["histogram"].get(k, 0) for k, n in after["batch_size"]["histogram"].items()}
+    earlier = before["batch_size"]["histogram"]
+    sizes = {int(k): n - earlier.get(k, 0) for k, n in after["batch_size"]["histogram"].items()}
     batches = sum(sizes.values())
-    return f"{batches} forwards, mean batch {sum(k * n for k, n in sizes.items()) / batches:.1f}, max {max(k for k, n in sizes.items() if n)}"
+    mean = sum(k * n for k, n in sizes.items()) / batches
+    return f"{batches} forwards, mean batch {mean:.1f}, max {max(k for k, n in sizes.items() if n)}"
 
 
 def main() -> int:
@@ -159,18 +167,21 @@ def main() -> int:
             for repeat in range(args.repeats):  # interleaved, so both see the same machine load
                 for name, server in servers.items():
                     before, cpu = httpx.get(f"{server.url}/metrics").json(), cpu_seconds(server.proc.pid)
-                    answers, wall = asyncio.run(load(server.url, bodies, args.clients, args.time_limit, f"{name}-{repeat}"))
+                    answers, wall = asyncio.run(load(server.url, bodies, args.clients, args.time_limit,
+                                                     f"{name}-{repeat}"))
                     cpu = cpu_seconds(server.proc.pid) - cpu
                     after = httpx.get(f"{server.url}/metrics").json()
                     batches = check_phase(name, answers, before, after)
                     rates[name].append(len(answers) / wall)
                     cpu_rates[name].append(len(answers) / cpu)
                     print(f"{name:>9} #{repeat}: {len(answers)}/{len(bodies)} answered once each in {wall:.2f} s = "
-                          f"{rates[name][-1]:.1f} items/s ({cpu_rates[name][-1]:.0f} per server CPU-second); {batches}; "
+                          f"{rates[name][-1]:.1f} items/s ({cpu_rates[name][-1]:.0f} per server CPU-second); "
+                          f"{batches}; "
                           f"recent latency ms {after['latency_ms']}", flush=True)
                     reference = reference or answers
                     common = set(reference) & set(answers)
-                    worst = max([worst] + [abs(reference[i][0][k] - answers[i][0][k]) for i in common for k in answers[i][0]])
+                    worst = max([worst] + [abs(reference[i][0][k] - answers[i][0][k])
+                                           for i in common for k in answers[i][0]])
             for name, server in servers.items():
                 if server.terminate() != 0:
                     raise SystemExit(f"{name}: the server did not exit cleanly:\n{server.log()[-2000:]}")

@@ -31,20 +31,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      allow_abbrev=False)
     parser.add_argument("--model", required=True, help="reward model checkpoint directory (mmreward or VideoAlign)")
     parser.add_argument("--backbone", default=None, help="base backbone for LoRA / head-only / VideoAlign checkpoints")
-    parser.add_argument("--dtype", default=defaults.dtype, help="float32 | bfloat16 | float16 | auto (the checkpoint's)")
+    parser.add_argument("--dtype", default=defaults.dtype,
+                        help="float32 | bfloat16 | float16 | auto (the checkpoint's)")
     parser.add_argument("--device", default=None, help="e.g. cuda:0 (default: cuda if available, else cpu)")
     parser.add_argument("--host", default=defaults.host, help="address to listen on (default: this machine only)")
     parser.add_argument("--port", type=int, default=defaults.port, help="TCP port (0: any free port)")
     parser.add_argument("--media_root", default=None, help="folder media paths in requests are resolved in "
                                                            "(default: none; media must be uploaded)")
-    parser.add_argument("--max_batch", type=int, default=defaults.max_batch, help="most items per forward (1: no batching)")
+    parser.add_argument("--max_batch", type=int, default=defaults.max_batch,
+                        help="most items per forward (1: no batching)")
     parser.add_argument("--max_wait_ms", type=float, default=defaults.max_wait_ms,
                         help="how long a batch's first item waits for more")
     parser.add_argument("--max_queue", type=int, default=defaults.max_queue,
                         help="most items waiting; beyond it requests get 503 + Retry-After")
     parser.add_argument("--retry_after_s", type=int, default=defaults.retry_after_s, help="Retry-After of a 503")
     parser.add_argument("--token_file", default=None, help=f"file holding the bearer token (default: ${TOKEN_ENV})")
-    parser.add_argument("--dimension", default=None, help="the reward /get_reward returns (default: overall or the first)")
+    parser.add_argument("--dimension", default=None,
+                        help="the reward /get_reward returns (default: overall or the first)")
     norm = parser.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_true", default=None,
                       help="report z-normalised rewards by default")

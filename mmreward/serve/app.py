@@ -64,8 +64,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def error_answer(status: int, errors: Sequence[ItemError], total: int | None = None, headers: dict[str, str] | None = None,
-                 **body: Any) -> Answer:
+def error_answer(status: int, errors: Sequence[ItemError], total: int | None = None,
+                 headers: dict[str, str] | None = None, **body: Any) -> Answer:
     """A non-200 answer: a one-line "error" naming the first few bad fields, and every error in "errors"."""
     shown = "; ".join((f"item {e.index} ({e.field})" if e.index is not None else e.field) + f": {e.message}"
                       for e in errors[:SHOWN_ERRORS])
@@ -141,10 +141,12 @@ class ServerState:
                             headers={"WWW-Authenticate": "Bearer"})
 
     def unavailable(self) -> Answer:
-        message = "the model is still loading" if self.status == "loading" else f"the model failed to load: {self.error}"
+        message = ("the model is still loading" if self.status == "loading"
+                   else f"the model failed to load: {self.error}")
         return Answer(503, {"error": message}, {"Retry-After": str(self.config.retry_after_s)})
 
-    async def respond(self, request: Request, route: str, compute: Callable[[bytes], Awaitable[Answer]]) -> JSONResponse:
+    async def respond(self, request: Request, route: str,
+                      compute: Callable[[bytes], Awaitable[Answer]]) -> JSONResponse:
         """Authenticate, read the body, answer once per Idempotency-Key, count and time it."""
         started = time.perf_counter()
         denied = self.denied(request)
@@ -214,7 +216,8 @@ class ServerState:
         for (i, _), outcome in zip(jobs, outcomes):
             if isinstance(outcome, Exception):
                 input_fault = isinstance(outcome, (ValueError, TypeError))
-                errors.append(ItemError(i, "item", f"{type(outcome).__name__}: {outcome}", server_fault=not input_fault))
+                errors.append(ItemError(i, "item", f"{type(outcome).__name__}: {outcome}",
+                                        server_fault=not input_fault))
             else:
                 results[i] = outcome
         self.metrics.items_done(sum(r is not None for r in results), len(errors))

@@ -195,5 +195,6 @@ def _error_of(response: httpx.Response, offset: int) -> str:
     errors = body.get("errors") if isinstance(body, dict) else None
     if not errors:
         return str(body.get("error", body) if isinstance(body, dict) else body)[:500]
-    return "; ".join((f"item {e['index'] + offset} ({e['field']})" if e.get("index") is not None else str(e.get("field")))
-                     + f": {e.get('message')}" for e in errors)
+    named = [f"item {e['index'] + offset} ({e['field']})" if e.get("index") is not None else str(e.get("field"))
+             for e in errors]
+    return "; ".join(f"{name}: {e.get('message')}" for name, e in zip(named, errors))

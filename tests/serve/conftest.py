@@ -36,7 +36,8 @@ def model(checkpoint) -> RewardModel:
 
 @pytest.fixture(scope="session")
 def media_root(tmp_path_factory) -> Path:
-    """root/{a.png, b.mp4, c.jpg, sub/d.png, broken.mp4}, root/inner.png -> a.png (inside), root/escape.png -> a file outside."""
+    """root/{a.png, b.mp4, c.jpg, sub/d.png, broken.mp4}, root/inner.png -> a.png (inside),
+    root/escape.png -> a file outside."""
     base = tmp_path_factory.mktemp("served")
     root, outside = base / "media", base / "outside"
     (root / "sub").mkdir(parents=True)

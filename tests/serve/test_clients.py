@@ -103,8 +103,10 @@ def test_verl_custom_reward_function_example(start_server, model, media_root, mo
     spec.loader.exec_module(example)
     server = start_server()
     expected = RewardFunction(model)([PROMPT, "a bouncing ball"], ["an answer", "another"],
-                                     images=[[str(media_root / "a.png")], None], videos=[None, str(media_root / "b.mp4")])
-    one = example.compute_score("gen_images", "an answer", None, {"prompt": PROMPT, "image": "a.png"}, urls=[server.url])
+                                     images=[[str(media_root / "a.png")], None],
+                                     videos=[None, str(media_root / "b.mp4")])
+    one = example.compute_score("gen_images", "an answer", None, {"prompt": PROMPT, "image": "a.png"},
+                                urls=[server.url])
     assert one["score"] == pytest.approx(expected[0], abs=1e-4)
     assert set(one) == {"score", "reward_VQ", "reward_TA", "reward_overall"}
     monkeypatch.setenv(example.URLS_ENV, server.url)

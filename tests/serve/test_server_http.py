@@ -109,7 +109,8 @@ def test_request_level_errors_name_the_field(start_server):
     for body, field in cases:
         response = httpx.post(f"{server.url}/reward", content=body, headers={"Content-Type": "application/json"})
         assert response.status_code == 400, body
-        assert response.json()["errors"] == [{"index": None, "field": field, "message": response.json()["errors"][0]["message"]}]
+        (error,) = response.json()["errors"]
+        assert error["index"] is None and error["field"] == field and error["message"]
         assert response.json()["error"].startswith(field)
 
 
@@ -136,12 +137,15 @@ def test_media_stays_inside_the_root(start_server, model, media_root, tmp_path):
     no_root = start_server(media_root=None)
     response = post(no_root.url, [{"prompt": PROMPT, "image": "a.png"}])
     assert response.status_code == 400 and "no media root" in response.json()["errors"][0]["message"]
-    uploads = [{"prompt": PROMPT, "image": {"base64": base64.b64encode((media_root / "a.png").read_bytes()).decode()}},
-               {"prompt": "a bouncing ball", "video": {"base64": base64.b64encode((media_root / "b.mp4").read_bytes()).decode()}}]
+    def upload(name: str) -> dict[str, str]:
+        return {"base64": base64.b64encode((media_root / name).read_bytes()).decode()}
+
+    uploads = [{"prompt": PROMPT, "image": upload("a.png")}, {"prompt": "a bouncing ball", "video": upload("b.mp4")}]
     response = post(no_root.url, uploads)
     assert response.status_code == 200, response.text
     assert response.json()["rewards"][0] == pytest.approx(direct(model, media_root / "a.png"), abs=1e-4)
-    assert response.json()["rewards"][1] == pytest.approx(direct(model, media_root / "b.mp4", "a bouncing ball"), abs=1e-4)
+    assert response.json()["rewards"][1] == pytest.approx(direct(model, media_root / "b.mp4", "a bouncing ball"),
+                                                           abs=1e-4)
 
 
 def test_a_full_queue_answers_503_with_retry_after(start_server):

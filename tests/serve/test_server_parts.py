@@ -25,7 +25,8 @@ CHATML = ("<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\n<|v
 def test_openrlhf_fields_map_onto_items():
     assert chat_user_text(CHATML) == "Describe the picture."
     assert chat_user_text("plain prompt") == "plain prompt"
-    assert strip_trailing_tokens("A cat.<|im_end|><|endoftext|><|endoftext|>", ["<|im_end|>", "<|endoftext|>"]) == "A cat."
+    ends = ["<|im_end|>", "<|endoftext|>"]
+    assert strip_trailing_tokens("A cat.<|im_end|><|endoftext|><|endoftext|>", ends) == "A cat."
     assert label_media("clips/x.MP4") == {"video": "clips/x.MP4"} and label_media("x.png") == {"image": "x.png"}
     assert label_media(None) == {} and label_media('{"images": ["a.png", "b.png"]}') == {"images": ["a.png", "b.png"]}
     with pytest.raises(ValueError, match="unknown media field 'audio'"):
