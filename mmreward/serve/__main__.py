@@ -105,13 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     state.on_load_failure = lambda: setattr(server, "should_exit", True)
     # uvicorn drains on SIGTERM / SIGINT, restores these handlers and re-raises the signal: a drained
     # shutdown then ends here with exit code 0 instead of dying of the signal.
-    for drained in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(drained, lambda *_: None)
+    previous = {drained: signal.signal(drained, lambda *_: None) for drained in (signal.SIGTERM, signal.SIGINT)}
     host, port = sock.getsockname()[:2]
     print(f"mmreward.serve: listening on http://{f'[{host}]' if ':' in host else host}:{port} "
           f"(GET /health says when the model is loaded)", flush=True)
-    server.run(sockets=[sock])
-    return 2 if state.status == "failed" else 0
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for drained, handler in previous.items():
+            signal.signal(drained, handler)
+    if state.status == "failed":
+        print(f"error: {state.error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import hmac
 import logging
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from fastapi import FastAPI, Request
@@ -277,7 +278,8 @@ class ServerState:
             answer = self.unavailable()
             return JSONResponse({"status": self.status, **answer.body}, 503, headers=answer.headers)
         assert self.model is not None
-        return JSONResponse({"status": "ready", "model": self.config.model, "dimensions": self.model.output_dimensions,
+        return JSONResponse({"status": "ready", "model": Path(self.config.model).name,
+                             "dimensions": self.model.output_dimensions,
                              "dimension": self.dimension, "normalized": self.normalize})
 
     def metrics_report(self) -> dict[str, Any]:

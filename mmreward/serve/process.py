@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -24,8 +25,8 @@ _LISTENING = re.compile(r"listening on (http://\S+)")
 class ServerProcess:
     """A reward server subprocess. args: the CLI's arguments; env: its environment (default: this one's).
 
-    Its first stdout line gives the URL (`--port 0` picks a free port); stderr goes to a temporary file
-    shown when it fails (`log()`).
+    Its first stdout line gives the URL (`--port 0` picks a free port), within `start_timeout` seconds;
+    stderr goes to a temporary file shown when it fails (`log()`).
     """
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str] | None = None, start_timeout: float = 120.0):
@@ -33,11 +34,13 @@ class ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "mmreward.serve", *args], stdout=subprocess.PIPE,
                                      stderr=self._stderr, env=dict(env if env is not None else os.environ), text=True)
         assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()  # printed as soon as the socket is bound, before the model loads
+        # The first line comes once the socket is bound, before the model loads.
+        ready, _, _ = select.select([self.proc.stdout], [], [], start_timeout)
+        line = self.proc.stdout.readline() if ready else ""
         found = _LISTENING.search(line)
         if found is None:
             self.proc.kill()
-            self.proc.wait(start_timeout)
+            self.proc.wait()
             raise RuntimeError(f"the reward server did not start (exit {self.proc.returncode}): {line}\n{self.log()}")
         self.url = found.group(1)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mmreward.serve.__main__ import parse_args
+from mmreward.serve.__main__ import main, parse_args
 from mmreward.serve.config import ServerConfig
 from mmreward.serve.media import open_in_root
 
@@ -236,8 +236,12 @@ def test_an_idempotency_key_is_answered_once(start_server, tmp_path):
     assert [json.loads(line)["key"] for line in journal.read_text().splitlines()] == ["req-1", "req-2"]
 
 
-def test_binds_the_loopback_address_unless_told():
+def test_cli_binds_the_loopback_address_and_exits_2_on_a_bad_model_or_setting(tmp_path, capsys):
     assert parse_args(["--model", "m"]).host == "127.0.0.1" and ServerConfig(model="m").is_loopback
     assert not ServerConfig(model="m", host="0.0.0.0").is_loopback
-    with pytest.raises(ValueError, match="max_batch"):
-        ServerConfig(model="m", max_batch=0)
+    assert main(["--model", str(tmp_path), "--max_batch", "0"]) == 2
+    assert "max_batch must be >= 1" in capsys.readouterr().err
+    # Listens (on 127.0.0.1), fails to load the model, stops by itself.
+    assert main(["--model", str(tmp_path / "missing"), "--port", "0", "--log_level", "error"]) == 2
+    captured = capsys.readouterr()
+    assert "listening on http://127.0.0.1:" in captured.out and "missing" in captured.err
