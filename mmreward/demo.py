@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mmreward.backbones.clip import build_tiny_clip
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
-from mmreward.report import Report, plot_lines
+from mmreward.html_report import Report, plot_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -260,9 +260,9 @@ def test_master_key_needs_text_responses():
 def test_shipped_configs_parse(config):
     required = ["--model", "m", "--data", "d", "--out", "o"]
     if config.name == "master_key.yaml":
-        from trl import TrlParser
+        from mmreward.cli import ScriptParser
 
-        (args,) = TrlParser([master_key.MasterKeyArguments]).parse_args_and_config(["--config", str(config), *required])
+        (args,) = ScriptParser([master_key.MasterKeyArguments]).parse(["--config", str(config), *required])
         assert args.keys[4] == "Thought process:" and args.criterion in master_key.CRITERIA
     else:
         args = preference.parse_args(["--config", str(config), *required])
