@@ -1,10 +1,9 @@
 """Multi-turn VR-Thinker rollouts: KV cache kept across turns vs re-prefilling the whole context every turn.
 
 Setup (all built here, offline): the tiny random Qwen2.5-VL from ``mmreward.backbones.tiny`` in fp32; a batch of
-``--batch`` episodes, each on two random 32-frame videos of 112x112 px (16 visual tokens per frame);
-``EnvConfig(initial_frames=8, max_frames_per_call=8, memory_window=1, max_tool_calls=3, max_turns=4)``: 8 initial
-frames per video, every call shows 8 pool indices of both videos (16 images), only the last tool turn keeps its
-images.
+``--batch`` episodes, each on two random 32-frame videos of 112x112 px (16 visual tokens per frame), in the
+released ``vr-thinker`` protocol (its system and first-turn texts, 8 initial frames as one video, 8 frames per call,
+at most 3 calls, memory window 1) with frame pools of 32 per video (frames 1-64) instead of 48.
 
 Episodes: a random model does not produce tool calls, so turns 1-3 are teacher-forced tool calls (8 distinct
 indices each, scripted text; its tokens are fed one by one through the same decode loop) and turn 4 is generated
@@ -47,13 +46,12 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmreward.backbones.tiny import build_tiny_vlm
-from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.env import VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.presets import load_preset
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
 
 POOL, SIZE, TOOL_CALLS, TOL = 32, 112, 3, 1e-5
-CONFIG = EnvConfig(
-    pool_frames=POOL, initial_frames=8, max_frames_per_call=8, memory_window=1, max_tool_calls=TOOL_CALLS, max_turns=4
-)
+PRESET = load_preset("vr-thinker", [f"frames.per_video={POOL}"])
 
 
 def make_envs(batch: int) -> list[VideoPairEnv]:
@@ -61,19 +59,20 @@ def make_envs(batch: int) -> list[VideoPairEnv]:
     envs = []
     for i in range(batch):
         videos = [frame_pool_from_arrays(rng.integers(0, 256, (POOL, SIZE, SIZE, 3), dtype=np.uint8)) for _ in "12"]
-        envs.append(VideoPairEnv(f"a red ball rolling, take {i}", *videos, config=CONFIG))
+        envs.append(VideoPairEnv(f"a red ball rolling, take {i}", *videos, PRESET))
     return envs
 
 
 def scripts(batch: int) -> list[list[str | None]]:
-    """Three tool calls of 8 distinct pool indices per episode (different per call and episode), then generate."""
+    """Three tool calls of 8 distinct frame numbers per episode (different per call and episode), then generate."""
     out: list[list[str | None]] = []
     for i in range(batch):
         turns: list[str | None] = []
         for call in range(TOOL_CALLS):
-            frames = [(i + call + 4 * k) % POOL for k in range(8)]
+            frames = [(i + call + 8 * k) % (2 * POOL) + 1 for k in range(8)]
             turns.append(
-                f"<think>Call {call + 1}: I need a closer look at these moments.</think>\n"
+                f"<synthesis>Call {call + 1}.</synthesis>\n<think>I need a closer look at these moments.</think>\n"
+                "<recommend answer>TA=1, VQ=1, MQ=0, OA=1, CF=2</recommend answer>\n"
                 f'<tool_call>\n{{"name": "select_frames", "arguments": {{"target_frames": {frames}}}}}\n</tool_call>'
             )
         out.append(turns + [None])
