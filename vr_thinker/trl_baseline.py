@@ -14,8 +14,9 @@ Pieces:
   environment's.
 - :func:`judge_dataset`: one row per pair (system prompt, empty user turn the reset fills, pair fields).
 - :func:`make_reward_function`: the preset's reward of each completion. TRL hands over completions as parsed
-  messages (``content``, ``tool_calls``, a ``reasoning_content`` TRL split off); each assistant message is put back
-  into the protocol layout and checked strictly, so the format term follows :mod:`vr_thinker.protocol`. Groups for
+  messages (``content``, ``tool_calls``, the ``<think>`` block as ``reasoning_content``; TRL's parser drops the
+  ``<synthesis>`` block before it); each assistant message is put back into the protocol layout and checked
+  strictly, so the format term follows :mod:`vr_thinker.protocol` (the synthesis aside). Groups for
   the curiosity / exploration terms are the completions of one pair in the process's batch. TRL answers a tool call
   in its own tool-role layout, not the preset's user-turn replies: a difference of this baseline only.
 """
@@ -114,18 +115,18 @@ def judge_dataset(records: Sequence[PreferenceRecord], preset: ProtocolPreset,
 
 
 def assistant_text(message: Mapping[str, Any], preset: ProtocolPreset) -> str:
-    """A parsed assistant message back in the protocol layout: its text (a reasoning TRL split off goes back into
-    the think block after the synthesis), then its tool call."""
+    """A parsed assistant message back in the protocol layout. TRL's Qwen response parser keeps the ``<think>`` block
+    as ``reasoning_content`` and drops the text before it, the ``<synthesis>`` block: that one is put back empty, so
+    the baseline's format term cannot check the synthesis (a limitation of this baseline only)."""
+    tags = preset.answer
     content = message.get("content") or ""
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
     content = content.strip()
     reasoning = message.get("reasoning_content")
     if reasoning is not None:
-        think = f"<{preset.answer.think_tag}>{reasoning}</{preset.answer.think_tag}>"
-        closing = f"</{preset.answer.synthesis_tag}>"
-        at = content.find(closing)
-        content = content[: at + len(closing)] + think + content[at + len(closing):] if at >= 0 else think + content
+        content = (f"<{tags.synthesis_tag}></{tags.synthesis_tag}><{tags.think_tag}>{reasoning}</{tags.think_tag}>"
+                   + content)
     parts = [content] if content else []
     for call in message.get("tool_calls") or []:
         function = call.get("function", call)
