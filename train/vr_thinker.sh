@@ -76,9 +76,10 @@ for stage in ("sft", "sft2"):
             m = metrics[key]
             rows.append((f"{stage}:{key}", m["format_valid_rate"], m["overall_accuracy"], m["mean_accuracy_reward"]))
 grpo = json.loads((runs / "grpo" / "metrics.json").read_text())
+overall = json.loads((runs / "grpo" / "vr_thinker.json").read_text())["preset"]["answer"]["overall_key"]
 for key in ("eval_start", "eval_end"):
     m = grpo[key]
-    rows.append((f"grpo:{key}", m["eval/format_valid"], m["eval/accuracy/overall"], m["eval/reward"]))
+    rows.append((f"grpo:{key}", m["eval/format_valid"], m[f"eval/accuracy/{overall}"], m["eval/reward"]))
 print(f"{'stage':18s} {'format':>7s} {'overall':>8s} {'reward':>7s}")
 for name, fmt, acc, reward in rows:
     print(f"{name:18s} {fmt:7.3f} {acc:8.3f} {reward:7.3f}")

@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
         summary = {"steps": metrics["steps"]}
         for key in ("eval_start", "eval_end"):
             if metrics.get(key):
-                summary[key] = {k: metrics[key][k] for k in ("eval/reward", "eval/accuracy/overall")}
+                overall = f"eval/accuracy/{preset.answer.overall_key}"
+                summary[key] = {k: metrics[key][k] for k in ("eval/reward", overall)}
         print(json.dumps(summary))
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -46,7 +46,7 @@ def judge(tmp_path_factory, data):
 def _args(judge, data, out, *extra):
     return [
         "--model_path", str(judge), "--data", str(data), "--output_dir", str(out), "--use_cpu", "true",
-        "--torch_threads", "1", "--max_new_tokens", "48", "--learning_rate", "1e-3", "--seed", "5", *extra,
+        "--torch_threads", "1", "--max_new_tokens", "64", "--learning_rate", "1e-3", "--seed", "5", *extra,
     ]
 
 
@@ -152,7 +152,7 @@ def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypa
 def _learning_run(judge, data, out, steps: int) -> list[dict]:
     target = relabelled(data / "videos" / "train.jsonl", "a", "always_a.jsonl")
     stage.main(_args(judge, str(target), out, "--max_steps", str(steps), "--pairs_per_step", "2", "--group_size", "8",
-                     "--micro_batch_rows", "16", "--kl_coef", "0", "--temperature", "0.7", "--learning_rate", "1.5e-3",
+                     "--micro_batch_rows", "16", "--kl_coef", "0", "--temperature", "0.7",
                      "--eval_records", str(target), "--eval_pairs", "4", "--eval_samples", "4",
                      "--eval_greedy", "false"))
     return _log(out)
@@ -161,8 +161,9 @@ def _learning_run(judge, data, out, steps: int) -> list[dict]:
 def test_grpo_raises_the_reward_on_a_fixed_set(judge, data, tmp_path):
     """The tiny judge answers in format with random verdicts; rewarding 'Video 1' on every pair must move it there
     within a few steps: the fixed set's reward (same sampling seed each time) and the smoothed training reward rise.
-    Measured: fixed-set reward 0.875 -> 1.31, mean training reward of the first / last 3 steps 0.93 -> 1.31 (10 steps,
-    about 10 s on 2 idle CPU cores)."""
+    The reward is the preset's official one (accuracy only, as no trace calls the tool). Measured: fixed-set reward
+    0.375 -> 0.94, mean training reward of the first / last 3 steps 0.46 -> 0.83 (10 steps, about 2.5 minutes on 2
+    busy CPU cores)."""
     log = _learning_run(judge, data, tmp_path / "learn", 10)
     evals = [row["eval/reward"] for row in log if "eval/reward" in row]
     rewards = [row["reward/mean"] for row in log if "reward/mean" in row]

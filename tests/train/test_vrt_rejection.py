@@ -34,7 +34,7 @@ def judge(tmp_path_factory, data):
 
 def _args(judge, data, out, *extra):
     return ["--model_path", str(judge), "--data", str(data), "--output_dir", str(out), "--samples_per_pair", "6",
-            "--pairs_per_batch", "2", "--max_new_tokens", "48", "--use_cpu", "true", "--torch_threads", "1",
+            "--pairs_per_batch", "2", "--max_new_tokens", "64", "--use_cpu", "true", "--torch_threads", "1",
             "--seed", "3", "--dtype", "float32", *extra]
 
 
