@@ -77,7 +77,8 @@ class TraceError(ValueError):
 class EpisodeTrace:
     """One recorded episode. ``turns``: assistant texts in order; ``frames``: per tool call, the frame numbers
     (1-based) it showed (empty for a call answered with a notice or an error); ``label``: record label or None;
-    ``seed``: the episode's tool seed."""
+    ``dimensions``: the judged dimensions (None: the preset's default set; (): the overall verdict only); ``seed``: the
+    episode's tool seed."""
 
     id: str
     prompt: str
@@ -86,14 +87,14 @@ class EpisodeTrace:
     turns: list[str]
     frames: list[list[int]]
     preset: ProtocolPreset = field(default_factory=load_preset)
-    dimensions: tuple[DimensionSpec, ...] = ()
+    dimensions: tuple[DimensionSpec, ...] | None = None
     label: dict[str, str] | None = None
     seed: int = 0
     source: str = ""
 
     def __post_init__(self) -> None:
-        if not self.dimensions:
-            self.dimensions = tuple(self.preset.dimensions())
+        # None: the preset's default set; () judges the overall verdict only.
+        self.dimensions = tuple(self.preset.dimensions()) if self.dimensions is None else tuple(self.dimensions)
 
     @property
     def num_tool_calls(self) -> int:
