@@ -59,6 +59,10 @@ class EvalArguments:
     out: str = field(metadata={"help": "output directory (reused to resume an interrupted run)"})
     scorer: str = field(default="auto", metadata={"help": "auto | reward_model | clip | FILE.py:FUNCTION"})
     judge: str | None = field(default=None, metadata={"help": "named judge adapter: " + ", ".join(sorted(JUDGES))})
+    judge_preset: str | None = field(default=None, metadata={
+        "help": "VR-Thinker: protocol preset of a released checkpoint (vr-thinker | vrthinker | a file)"})
+    judge_dimensions: str | None = field(default=None, metadata={
+        "help": "VR-Thinker: dimension set of the preset matching the benchmark's labels"})
     media_root: str | None = field(default=None, metadata={"help": "folder a benchmark's relative media paths start from"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N pairs (smoke runs)"})
     title: str | None = field(default=None, metadata={"help": "report title (default: model and data names)"})
