@@ -23,13 +23,19 @@ from typing import Any
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, InitProcessGroupKwargs
+from accelerate.utils import (
+    DistributedType,
+    FullyShardedDataParallelPlugin,
+    InitProcessGroupKwargs,
+)
 from torch.distributed.fsdp import CPUOffloadPolicy
+
+from mmreward.errors import MmrewardError
 
 SINGLE, DDP, DEEPSPEED, FSDP = "single", "ddp", "deepspeed", "fsdp"
 
 
-class DistributedModeError(RuntimeError):
+class DistributedModeError(MmrewardError, RuntimeError):
     """The launch asked for a distributed mode this process cannot have (the message says why)."""
 
 

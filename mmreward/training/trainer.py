@@ -31,11 +31,13 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import vision_tower
 from mmreward.collate import PairCollator
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.errors import MmrewardError
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.training.config import RewardTrainingConfig
 from mmreward.training.distributed import DistributedModeError, settle_deepspeed_config
 from mmreward.training.distributed import make_accelerator as make_mode_accelerator
+from mmreward.training.progress import Progress
 from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
 
 CHECKPOINT_DIR = "checkpoints"
@@ -88,7 +90,7 @@ def save_checkpoint_atomically(acc: Accelerator, output_dir: Path, step: int, sa
     return final
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MmrewardError, RuntimeError):
     """A training checkpoint that cannot be loaded safely (the message names the file)."""
 
 
@@ -481,6 +483,7 @@ class RewardTrainer:
         window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
         started, start_step = time.perf_counter(), self.state.step
         last_loss = math.nan
+        progress = Progress(cfg.max_steps, initial=self.state.step, enabled=acc.is_main_process)
         while self.state.step < cfg.max_steps:
             self.model.train()
             phase = self.schedule.phase_name(self.state.step * cfg.grad_accum_steps)
@@ -506,10 +509,13 @@ class RewardTrainer:
                         values[f"train/accuracy/{dim}"] = (correct_all[j] / count_all[j]).item()
                 self._log(values)
                 window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
+            logged = step % cfg.logging_steps == 0 or step == cfg.max_steps
+            progress.update(step, None if math.isnan(last_loss) else last_loss, logged=logged)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
                 self._log(self.evaluate())
             if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self.save_checkpoint()
+        progress.close()
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {
             "steps": self.state.step,

@@ -307,10 +307,13 @@ def test_learning_check_video(tiny, tmp_path):
     assert metrics["val/accuracy/VQ"] >= 0.75
 
 
-def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
-    with pytest.raises(SystemExit, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
-        stage.resolve_backbone("tiny:qwen9", tmp_path, accelerator=None)
-    assert not (tmp_path / "tiny_backbone").exists()
+def test_unknown_tiny_family_is_refused_naming_the_option(tiny, data, tmp_path):
+    from mmreward.errors import UsageError
+
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
+        stage.main(_args(tiny, data, out, "--backbone", "tiny:qwen9"))
+    assert not out.exists()
 
 
 def test_basereward_paper_config_has_the_recipe_and_runs(tiny, data, tmp_path):

@@ -287,14 +287,14 @@ def test_a_mode_that_cannot_be_had_is_refused(tiny, data, tmp_path, monkeypatch)
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(SystemExit, match=r"asked for fsdp but the Accelerator runs as single .*no process group"):
+    with pytest.raises(distributed.DistributedModeError, match=r"asked for fsdp but the Accelerator runs as single .*no process group"):
         stage.main(_args(tiny, data, tmp_path / "fsdp"))
     assert not (tmp_path / "fsdp").exists()
     AcceleratorState._reset_state(reset_partial_state=True)
     monkeypatch.delenv("ACCELERATE_USE_FSDP")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed -> ImportError
-    with pytest.raises(SystemExit, match=r"asked for DeepSpeed but DeepSpeed is not installed .*\.\[deepspeed\]"):
+    with pytest.raises(distributed.DistributedModeError, match=r"asked for DeepSpeed but DeepSpeed is not installed .*\.\[deepspeed\]"):
         stage.main(_args(tiny, data, tmp_path / "deepspeed"))
 
 
