@@ -27,21 +27,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from mmreward.cli import ScriptParser, run
+from mmreward.errors import UsageError
 
-import numpy as np
-from trl import TrlParser
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first GL context
 
-from mmreward.backbones.clip import build_tiny_clip
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from vlm_rm.envs import SCENES, TexturedHumanoidEnv
-from vlm_rm.pose_frames import PoseFrameConfig, PoseFrameSet, render_pose_frames, scripted_trajectories
-from vlm_rm.poses import PAPER_BASELINE_PROMPT, REFERENCE_POSES
-from vlm_rm.reward_eval import evaluate_tasks, load_task_rewards, task_rewards
+if TYPE_CHECKING:
+    from vlm_rm.pose_frames import PoseFrameSet
 
 STAGE = "humanoid_reward_curve"
 TINY = "tiny"
@@ -49,13 +45,16 @@ TINY = "tiny"
 
 @dataclass
 class RewardCurveConfig:
+    """Settings of the reward-curve evaluation."""
+
     output_dir: str = "runs/humanoid_reward_curve"
     clip_model: str = field(default=TINY, metadata={"help": "open_clip name, local model dir, or 'tiny' (random)"})
     clip_pretrained: str | None = field(default=None, metadata={"help": "pretrained tag or local weights file"})
     tasks: list[str] = field(default_factory=lambda: ["kneeling"], metadata={"help": "poses of vlm_rm.poses"})
     goal_prompts: list[str] | None = field(default=None, metadata={
         "help": "goal prompts of a single task (default: each task's paper prompt)"})
-    baseline_prompts: list[str] = field(default_factory=lambda: [PAPER_BASELINE_PROMPT])
+    baseline_prompts: list[str] | None = field(default=None, metadata={
+        "help": "baseline prompts (default: the paper's, vlm_rm.poses.PAPER_BASELINE_PROMPT)"})
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     renormalize_means: bool = False
     start_pose: str = "standing"
@@ -69,23 +68,38 @@ class RewardCurveConfig:
     seed: int = 0
 
     def validate(self) -> None:
+        from vlm_rm.envs import SCENES
+        from vlm_rm.poses import REFERENCE_POSES
+
         for pose in [self.start_pose, *self.tasks]:
             if pose not in REFERENCE_POSES:
-                raise ValueError(f"unknown pose {pose!r}; known: {', '.join(REFERENCE_POSES)}")
+                raise UsageError(f"unknown pose {pose!r}; known: {', '.join(REFERENCE_POSES)}")
         if not self.tasks:
-            raise ValueError("no tasks given")
+            raise UsageError("no tasks given")
         if self.goal_prompts is not None and len(self.tasks) != 1:
-            raise ValueError(f"--goal_prompts applies to a single task, got tasks {self.tasks}")
+            raise UsageError(f"--goal_prompts applies to a single task, got tasks {self.tasks}")
         if self.num_points < 2:
-            raise ValueError(f"num_points must be at least 2, got {self.num_points}")
+            raise UsageError(f"num_points must be at least 2, got {self.num_points}")
         if self.scene not in SCENES:
-            raise ValueError(f"scene must be one of {SCENES}, got {self.scene!r}")
+            raise UsageError(f"scene must be one of {SCENES}, got {self.scene!r}")
+
+
+def check_inputs(cfg: RewardCurveConfig) -> None:
+    """Settings, the CLIP model and the output folder, before any model is loaded or frame rendered."""
+    from mmreward.backbones.clip import check_clip_source
+    from mmreward.manifest import check_run_dir
+
+    cfg.validate()
+    if cfg.clip_model != TINY:
+        check_clip_source(cfg.clip_model, cfg.clip_pretrained)
+    check_run_dir(cfg.output_dir, STAGE)
 
 
 def plot_curves(scripted: PoseFrameSet, tasks: list[str], rewards: dict, measures: dict, path: Path,
                 title: str) -> None:
     """One panel per task: reward along its trajectory per alpha (min-max scaled), success shaded."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -119,6 +133,7 @@ def plot_curves(scripted: PoseFrameSet, tasks: list[str], rewards: dict, measure
 
 def save_strips(scripted: PoseFrameSet, path: Path, count: int = 6) -> None:
     """One row of `count` frames along each trajectory."""
+    import numpy as np
     from PIL import Image
 
     rows = []
@@ -129,15 +144,25 @@ def save_strips(scripted: PoseFrameSet, path: Path, count: int = 6) -> None:
     Image.fromarray(np.concatenate(rows, axis=0)).save(path)
 
 
-def run(cfg: RewardCurveConfig) -> dict:
-    cfg.validate()
-    out = start_run_dir(cfg.output_dir)
+def evaluate(cfg: RewardCurveConfig) -> dict:
+    """Render, score and measure; returns the manifest."""
+    import numpy as np
+
+    from mmreward.backbones.clip import build_tiny_clip
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vlm_rm.envs import TexturedHumanoidEnv
+    from vlm_rm.pose_frames import PoseFrameConfig, render_pose_frames, scripted_trajectories
+    from vlm_rm.poses import PAPER_BASELINE_PROMPT
+    from vlm_rm.reward_eval import evaluate_tasks, load_task_rewards, task_rewards
+
+    baseline_prompts = cfg.baseline_prompts or [PAPER_BASELINE_PROMPT]
+    out = start_run_dir(cfg.output_dir, STAGE)
     model_name, pretrained = cfg.clip_model, cfg.clip_pretrained
     if model_name == TINY:
         model_name, pretrained = str(build_tiny_clip(out / "tiny_clip", seed=cfg.seed)), None
     goal_prompts = {cfg.tasks[0]: cfg.goal_prompts} if cfg.goal_prompts else None
     rewards_by_task = load_task_rewards(model_name, cfg.tasks, pretrained=pretrained, goal_prompts=goal_prompts,
-                                        baseline_prompts=cfg.baseline_prompts, device=cfg.device,
+                                        baseline_prompts=baseline_prompts, device=cfg.device,
                                         renormalize_means=cfg.renormalize_means)
     size = cfg.render_size or next(iter(rewards_by_task.values())).image_size[0]
     env = TexturedHumanoidEnv(render_size=size, scene=cfg.scene)
@@ -181,16 +206,24 @@ def run(cfg: RewardCurveConfig) -> dict:
     (out / "reward_curve.json").write_text(json.dumps(result, indent=2) + "\n")
     extra = {"note": "tiny CLIP with RANDOM weights: the curves carry no meaning"} if tiny else None
     inputs = {"clip_model": cfg.clip_model, "clip_pretrained": cfg.clip_pretrained, "tasks": cfg.tasks,
-              "baseline_prompts": cfg.baseline_prompts, "measured_on": measured_on}
+              "baseline_prompts": baseline_prompts, "measured_on": measured_on}
     return finalize_run_dir(out, stage=STAGE, inputs=inputs, metrics=metrics, extra=extra)
 
 
+def summary(out: Path, metrics: dict, tasks: list[str]) -> str:
+    """The run's last words: where the figures are and the AUC of each task at alpha 0."""
+    aucs = ", ".join(f"{task} {metrics[f'{task}/auc_alpha_0']:.2f}" for task in tasks
+                     if f"{task}/auc_alpha_0" in metrics)
+    return f"done: AUC at alpha 0: {aucs or 'n/a'}; {out}/reward_curves.png, {out}/frames.png, {out}/reward_curve.json"
+
+
 def main(argv: list[str] | None = None) -> dict:
-    (cfg,) = TrlParser(dataclass_types=[RewardCurveConfig]).parse_args_and_config(argv)
-    manifest = run(cfg)
-    print(json.dumps(manifest["metrics"], indent=2))
+    (cfg,) = ScriptParser([RewardCurveConfig], __doc__).parse(argv)
+    check_inputs(cfg)
+    manifest = evaluate(cfg)
+    print(summary(Path(cfg.output_dir), manifest["metrics"], cfg.tasks))
     return manifest
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

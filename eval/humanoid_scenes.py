@@ -12,33 +12,46 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from mmreward.cli import ScriptParser, run
+from mmreward.errors import UsageError
 
-import numpy as np
-from PIL import Image
-from trl import TrlParser
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first GL context
 
-from vlm_rm.envs import TexturedHumanoidEnv
-from vlm_rm.poses import reference_qpos
+if TYPE_CHECKING:
+    import numpy as np
 
 ROWS = (("paper", "direct"), ("paper", "paper"), ("procedural", "direct"), ("plain", "direct"))
 
 
 @dataclass
 class ScenesConfig:
+    """Settings of the scene comparison."""
+
     output_dir: str = "runs/humanoid_scenes"
     poses: list[str] = field(default_factory=lambda: ["standing", "kneeling", "arms_raised", "lotus"])
     render_size: int = 224
     repeats: int = field(default=5, metadata={"help": "timed renders per frame (after one warm-up)"})
 
+    def __post_init__(self) -> None:
+        if not self.poses:
+            raise UsageError("--poses: give at least one pose")
+        if self.render_size <= 0 or self.repeats <= 0:
+            raise UsageError(f"--render_size and --repeats must be positive, got {self.render_size}, {self.repeats}")
+
 
 def render_rows(cfg: ScenesConfig) -> tuple[np.ndarray, list[dict]]:
     """The frame grid [rows * S, poses * S, 3] and, per row, its scene, path and ms per frame."""
+    import time
+
+    import numpy as np
+
+    from vlm_rm.envs import TexturedHumanoidEnv
+    from vlm_rm.poses import reference_qpos
+
     rows, timings = [], []
     for scene, path in ROWS:
         env = TexturedHumanoidEnv(render_size=cfg.render_size, scene=scene, render_path=path)
@@ -58,16 +71,33 @@ def render_rows(cfg: ScenesConfig) -> tuple[np.ndarray, list[dict]]:
     return np.concatenate(rows, axis=0), timings
 
 
+def check_inputs(cfg: ScenesConfig) -> None:
+    """The poses and the output folder, before any rendering."""
+    from vlm_rm.poses import REFERENCE_POSES
+
+    unknown = [pose for pose in cfg.poses if pose not in REFERENCE_POSES]
+    if unknown:
+        raise UsageError(f"--poses: unknown {unknown}; known: {', '.join(REFERENCE_POSES)}")
+    out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output_dir {out}: is a file, not a folder")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
-    (cfg,) = TrlParser(dataclass_types=[ScenesConfig]).parse_args_and_config(argv)
+    (cfg,) = ScriptParser([ScenesConfig], __doc__).parse(argv)
+    check_inputs(cfg)
+    from PIL import Image
+
+    grid, timings = render_rows(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    grid, timings = render_rows(cfg)
     Image.fromarray(grid).save(out / "scenes.png")
     (out / "scenes.json").write_text(json.dumps({"poses": cfg.poses, "rows": timings}, indent=2) + "\n")
-    print(json.dumps(timings, indent=2))
+    speeds = ", ".join(f"{t['scene']}/{t['render_path']} {t['ms_per_frame']} ms" for t in timings)
+    print(f"done: {len(cfg.poses)} poses in {len(timings)} scene rows ({speeds} per frame); {out}/scenes.png, "
+          f"{out}/scenes.json")
     return timings
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

@@ -19,21 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from mmreward.cli import ScriptParser, run
+from mmreward.errors import UsageError
 
-import torch
-import yaml
-from trl import TrlParser
-
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from vlm_rm.pose_frames import PoseFrameConfig, render_pose_frames
-from vlm_rm.poses import POSE_NAMES
-from vlm_rm.reward_eval import evaluate_tasks, load_task_rewards, task_rewards
-from vlm_rm.standin_clip import NOTE, StandinTrainConfig, train_standin_clip
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first GL context
 
 STAGE = "standin_clip"
 
@@ -59,11 +52,14 @@ class StandinCLIPStageConfig:
     steps: int = 800
     batch_size: int = 64
     learning_rate: float = 1e-3
+    max_shift: int = field(default=16, metadata={"help": "random sideways shift of training frames, in pixels"})
     seed: int = 0
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 keeps torch's default"})
 
 
-def _frame_config(cfg: StandinCLIPStageConfig, heldout: bool) -> PoseFrameConfig:
+def _frame_config(cfg: StandinCLIPStageConfig, heldout: bool):
+    from vlm_rm.pose_frames import PoseFrameConfig
+
     if heldout:
         return PoseFrameConfig(trajectories_per_pose=cfg.heldout_trajectories_per_pose,
                                points_per_trajectory=cfg.heldout_points_per_trajectory,
@@ -73,11 +69,36 @@ def _frame_config(cfg: StandinCLIPStageConfig, heldout: bool) -> PoseFrameConfig
                            fall_episodes=cfg.fall_episodes, scene=cfg.scene, seed=cfg.frames_seed)
 
 
-def run(cfg: StandinCLIPStageConfig) -> dict:
+def check_inputs(cfg: StandinCLIPStageConfig) -> None:
+    """Settings and the output folder, before any frame is rendered."""
+    from mmreward.manifest import check_run_dir
+    from vlm_rm.envs import SCENES
+
     if cfg.frames_seed == cfg.heldout_seed:
-        raise ValueError(f"frames_seed and heldout_seed are both {cfg.frames_seed}: held-out frames would repeat "
-                         "the training perturbations")
-    out = start_run_dir(cfg.output_dir)
+        raise UsageError(f"--frames_seed and --heldout_seed are both {cfg.frames_seed}: held-out frames would "
+                         "repeat the training perturbations")
+    if cfg.scene not in SCENES:
+        raise UsageError(f"--scene {cfg.scene!r}: known scenes are {', '.join(SCENES)}")
+    for name in ("trajectories_per_pose", "points_per_trajectory", "steps", "batch_size"):
+        if getattr(cfg, name) <= 0:
+            raise UsageError(f"--{name} must be positive, got {getattr(cfg, name)}")
+    if cfg.max_shift < 0:
+        raise UsageError(f"--max_shift must be 0 or more, got {cfg.max_shift}")
+    check_run_dir(cfg.output_dir, STAGE)
+
+
+def train_and_evaluate(cfg: StandinCLIPStageConfig) -> dict:
+    """Render the frames, train, save, evaluate on held-out frames; returns the manifest."""
+    import torch
+    import yaml
+
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vlm_rm.pose_frames import render_pose_frames
+    from vlm_rm.poses import POSE_NAMES
+    from vlm_rm.reward_eval import evaluate_tasks, load_task_rewards, task_rewards
+    from vlm_rm.standin_clip import NOTE, StandinTrainConfig, train_standin_clip
+
+    out = start_run_dir(cfg.output_dir, STAGE)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     if cfg.torch_threads > 0:
         torch.set_num_threads(cfg.torch_threads)
@@ -85,14 +106,18 @@ def run(cfg: StandinCLIPStageConfig) -> dict:
     started = time.perf_counter()
     frames = render_pose_frames(_frame_config(cfg, heldout=False))
     render_seconds = time.perf_counter() - started
+    cpu_started = time.process_time()
     trained = train_standin_clip(frames, out, StandinTrainConfig(
-        steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, seed=cfg.seed))
+        steps=cfg.steps, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate, max_shift=cfg.max_shift,
+        seed=cfg.seed))
+    train_cpu_seconds = time.process_time() - cpu_started
     with open(out / "train_log.jsonl", "w") as log:
         for step, loss in trained["loss"]:
             log.write(json.dumps({"step": step, "loss": loss}) + "\n")
 
     metrics = {"train_frames": len(frames), "render_seconds": round(render_seconds, 2),
-               "train_seconds": trained["train_seconds"], "final_loss": trained["loss"][-1][1]}
+               "train_seconds": trained["train_seconds"], "train_cpu_seconds": round(train_cpu_seconds, 2),
+               "final_loss": trained["loss"][-1][1]}
     if cfg.heldout_trajectories_per_pose > 0:
         heldout = render_pose_frames(_frame_config(cfg, heldout=True))
         rewards = task_rewards(load_task_rewards(out, POSE_NAMES), heldout.frames, cfg.alphas)
@@ -107,12 +132,22 @@ def run(cfg: StandinCLIPStageConfig) -> dict:
     return finalize_run_dir(out, stage=STAGE, inputs=inputs, metrics=metrics, extra={"note": NOTE})
 
 
+def summary(out: Path, metrics: dict) -> str:
+    """The run's last words: where the model is and its main figures."""
+    auc = metrics.get("min_auc")
+    held_out = (", ".join(f"alpha {a} {v:.3f}" for a, v in auc.items()) if auc else "not measured")
+    return (f"done: {metrics['train_frames']} frames, trained in {metrics['train_seconds']:.0f} s; lowest held-out "
+            f"task AUC {held_out}; stand-in CLIP (NOT zero-shot) in {out} (load it by path, e.g. --clip_model "
+            f"{out}), heldout_metrics.json there")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    (cfg,) = TrlParser(dataclass_types=[StandinCLIPStageConfig]).parse_args_and_config(argv)
-    manifest = run(cfg)
-    print(json.dumps(manifest["metrics"], indent=2))
+    (cfg,) = ScriptParser([StandinCLIPStageConfig], __doc__).parse(argv)
+    check_inputs(cfg)
+    manifest = train_and_evaluate(cfg)
+    print(summary(Path(cfg.output_dir), manifest["metrics"]))
     return manifest
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

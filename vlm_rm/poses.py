@@ -29,6 +29,8 @@ from typing import Callable, Mapping
 import mujoco
 import numpy as np
 
+from mmreward.errors import UnknownNameError
+
 # Shared thresholds (metres unless noted).
 UPRIGHT_STRICT = 0.9  # cos of torso tilt: within ~25° of vertical
 UPRIGHT = 0.7  # within ~45°
@@ -184,7 +186,7 @@ PAPER_BASELINE_PROMPT = "a humanoid robot"
 def check_pose(name: str, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
     """Whether the state in `data` shows pose `name` (one of POSE_NAMES)."""
     if name not in POSE_CHECKS:
-        raise KeyError(f"unknown pose {name!r}; known: {', '.join(POSE_NAMES)}")
+        raise UnknownNameError(f"unknown pose {name!r}; known: {', '.join(POSE_NAMES)}")
     return POSE_CHECKS[name](pose_features(model, data))
 
 
@@ -255,7 +257,7 @@ def grounded(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
 def reference_qpos(model: mujoco.MjModel, name: str) -> np.ndarray:
     """qpos of constructed pose `name`, root lowered so the lowest body point touches the floor."""
     if name not in REFERENCE_POSES:
-        raise KeyError(f"unknown reference pose {name!r}; known: {', '.join(REFERENCE_POSES)}")
+        raise UnknownNameError(f"unknown reference pose {name!r}; known: {', '.join(REFERENCE_POSES)}")
     qpos = model.qpos0.copy()
     for joint, degrees in REFERENCE_POSES[name].items():
         qpos[model.joint(joint).qposadr[0]] = np.deg2rad(degrees)

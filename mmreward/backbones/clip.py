@@ -68,6 +68,34 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or Path(value).suffix in {".bin", ".pt", ".pth", ".safetensors"}
 
 
+def check_clip_source(model_name: str | Path, pretrained: str | Path | None = None
+                      ) -> tuple[str, Path | None, Path | None]:
+    """Check a CLIP model naming (see `load_clip`) without loading anything: the model directory or
+    built-in name, and the weights file when `pretrained` is a path. Returns (open_clip name, local
+    directory or None, weights file or None); raises `CLIPLoadError` naming what is wrong."""
+    import open_clip
+
+    name, local_dir = _resolve_name(model_name)
+    weights_file: Path | None = None
+    if pretrained is not None:
+        pretrained = str(pretrained)
+        if Path(pretrained).is_file():
+            weights_file = Path(pretrained)
+        elif _looks_like_path(pretrained):
+            raise CLIPLoadError(f"{pretrained}: CLIP weights file not found")
+        elif local_dir is not None:
+            raise CLIPLoadError(
+                f"{model_name}: a local model directory takes its weights from the directory or from a "
+                f"weights file, not from the pretrained tag {pretrained!r}"
+            )
+    if local_dir is None:
+        known = set(open_clip.list_models())
+        if name.replace("/", "-") not in known and not name.startswith("hf-hub:"):
+            what = "no such model directory, nor" if _looks_like_path(name) else "unknown"
+            raise CLIPLoadError(f"{model_name}: {what} open_clip model name (see open_clip.list_models())")
+    return name, local_dir, weights_file
+
+
 def load_clip(
     model_name: str | Path,
     pretrained: str | Path | None = None,
@@ -89,24 +117,8 @@ def load_clip(
     """
     import open_clip  # deferred: importing open_clip pulls timm and takes seconds
 
-    name, local_dir = _resolve_name(model_name)
-    weights_file: Path | None = None
-    if pretrained is not None:
-        pretrained = str(pretrained)
-        if Path(pretrained).is_file():
-            weights_file = Path(pretrained)
-        elif _looks_like_path(pretrained):
-            raise CLIPLoadError(f"{pretrained}: CLIP weights file not found")
-        elif local_dir is not None:
-            raise CLIPLoadError(
-                f"{model_name}: a local model directory takes its weights from the directory or from a "
-                f"weights file, not from the pretrained tag {pretrained!r}"
-            )
-
-    if local_dir is None:
-        known = set(open_clip.list_models())
-        if name.replace("/", "-") not in known and not name.startswith("hf-hub:"):
-            raise CLIPLoadError(f"{model_name}: unknown open_clip model name (see open_clip.list_models())")
+    name, local_dir, weights_file = check_clip_source(model_name, pretrained)
+    pretrained = None if pretrained is None else str(pretrained)
     try:
         if local_dir is not None:
             model, _, preprocess = open_clip.create_model_and_transforms(
