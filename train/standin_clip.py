@@ -72,19 +72,20 @@ def _frame_config(cfg: StandinCLIPStageConfig, heldout: bool):
 def check_inputs(cfg: StandinCLIPStageConfig) -> None:
     """Settings and the output folder, before any frame is rendered."""
     from mmreward.manifest import check_run_dir
-    from vlm_rm.envs import SCENES
 
     if cfg.frames_seed == cfg.heldout_seed:
         raise UsageError(f"--frames_seed and --heldout_seed are both {cfg.frames_seed}: held-out frames would "
                          "repeat the training perturbations")
-    if cfg.scene not in SCENES:
-        raise UsageError(f"--scene {cfg.scene!r}: known scenes are {', '.join(SCENES)}")
     for name in ("trajectories_per_pose", "points_per_trajectory", "steps", "batch_size"):
         if getattr(cfg, name) <= 0:
             raise UsageError(f"--{name} must be positive, got {getattr(cfg, name)}")
     if cfg.max_shift < 0:
         raise UsageError(f"--max_shift must be 0 or more, got {cfg.max_shift}")
     check_run_dir(cfg.output_dir, STAGE)
+    from vlm_rm.envs import SCENES  # imports MuJoCo and torch: after the cheap checks
+
+    if cfg.scene not in SCENES:
+        raise UsageError(f"--scene {cfg.scene!r}: known scenes are {', '.join(SCENES)}")
 
 
 def train_and_evaluate(cfg: StandinCLIPStageConfig) -> dict:
