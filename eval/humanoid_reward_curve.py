@@ -212,8 +212,8 @@ def evaluate(cfg: RewardCurveConfig) -> dict:
 
 def summary(out: Path, metrics: dict, tasks: list[str]) -> str:
     """The run's last words: where the figures are and the AUC of each task at alpha 0."""
-    aucs = ", ".join(f"{task} {metrics[f'{task}/auc_alpha_0']:.2f}" for task in tasks
-                     if f"{task}/auc_alpha_0" in metrics)
+    values = {task: metrics.get(f"{task}/auc_alpha_0") for task in tasks}
+    aucs = ", ".join(f"{task} {'n/a' if v is None else f'{v:.2f}'}" for task, v in values.items())
     return f"done: AUC at alpha 0: {aucs or 'n/a'}; {out}/reward_curves.png, {out}/frames.png, {out}/reward_curve.json"
 
 

@@ -242,7 +242,8 @@ def step_humanoid(ctx: DemoContext) -> None:
     standin = json.loads((ctx.paths["standin_clip"] / "manifest.json").read_text())["metrics"]
     ctx.report.text("Stand-in CLIP training (frames rendered in the paper's scene; seconds on one core):")
     ctx.report.table([{key: standin[key] for key in
-                       ("train_frames", "render_seconds", "train_seconds", "final_loss", "heldout_frames")}])
+                       ("train_frames", "render_seconds", "train_seconds", "train_cpu_seconds", "final_loss",
+                        "heldout_frames") if key in standin}])
     curves = json.loads((ctx.paths["vlmrm_curves"] / "reward_curve.json").read_text())
     rows = []
     for task, result in curves["tasks"].items():

@@ -26,6 +26,7 @@ frames (training AUC 1.0, held-out one-leg AUC 0.79).
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,20 +36,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmreward.backbones.clip import create_clip_dir, save_clip_weights
+from mmreward.backbones.clip import TINY_CLIP_CONFIG, create_clip_dir, save_clip_weights
 from vlm_rm.pose_frames import PoseFrameSet
 from vlm_rm.poses import PAPER_BASELINE_PROMPT, PAPER_PROMPTS, POSE_NAMES
 
 CAPTIONS: tuple[str, ...] = tuple(PAPER_PROMPTS[pose] for pose in POSE_NAMES) + (PAPER_BASELINE_PROMPT,)
 BASELINE_SHARE = 0.5  # image -> caption target mass on the baseline caption for a frame in some pose
 
-# A ViT image tower (7 x 7 patches of the 224 px frame) and a causal text tower, a few hundred thousand
-# trained parameters. 224 px so the env renders the frames a ViT-bigG-14 run would see.
-STANDIN_CLIP_CONFIG: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 224, "layers": 2, "width": 64, "head_width": 32, "patch_size": 32},
-    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
+# The tiny CLIP's architecture (a ViT image tower of 7 x 7 patches of the 224 px frame and a causal text
+# tower, a few hundred thousand trained parameters). 224 px so the env renders the frames a ViT-bigG-14 run
+# would see. A copy, so that editing one dict at run time leaves the other alone.
+STANDIN_CLIP_CONFIG: dict[str, Any] = copy.deepcopy(TINY_CLIP_CONFIG)
 # OpenAI's mean/std, as the real open_clip checkpoints use.
 STANDIN_PREPROCESS_CFG: dict[str, Any] = {
     "mean": [0.48145466, 0.4578275, 0.40821073],
