@@ -51,7 +51,7 @@ class StandinCLIPStageConfig:
     # optimisation
     steps: int = 800
     batch_size: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     max_shift: int = field(default=16, metadata={"help": "random sideways shift of training frames, in pixels"})
     seed: int = 0
     torch_threads: int = field(default=0, metadata={"help": "torch CPU threads; 0 keeps torch's default"})

@@ -20,8 +20,10 @@ from "any humanoid" to the task's pose, which is what the paper's projection ass
 
 Batches draw every set of pose-check results about equally often (most frames merely stand), and
 each frame is mirrored left-right at random (the pose checks are mirror-symmetric, so it keeps its
-captions) and shifted sideways by a few pixels: without these the model memorises its few thousand
-frames (training AUC 1.0, held-out one-leg AUC 0.79).
+captions) and rolled sideways by up to 16 pixels (the sky and the tiled floor wrap around): without
+these the model memorises its few thousand frames (training AUC 1.0, held-out one-leg AUC 0.79). One
+leg lifted towards the camera is the hardest pose to see; on the same frames and settings, its held-out
+AUC was 0.85 without the shift, 0.90 with it, 0.91 with it and the peak learning rate doubled.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class StandinTrainConfig:
 
     steps: int = 800
     batch_size: int = 64
-    learning_rate: float = 1e-3  # peak of a one-cycle schedule
+    learning_rate: float = 2e-3  # peak of a one-cycle schedule (held-out one-leg AUC 0.912 vs 0.898 at 1e-3)
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
     mirror: bool = True  # flip half of each batch left-right: every pose check is mirror-symmetric
@@ -107,8 +109,9 @@ def soft_clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.T
     return (image_to_text + text_to_image) / 2
 
 
-def _pixels(frames_chw: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (torch.from_numpy(frames_chw).float().div_(255.0) - mean) / std
+def _pixels(frames_chw: np.ndarray, scale: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """(frames / 255 - mean) / std as frames * scale - offset, in place on one float copy."""
+    return torch.from_numpy(frames_chw).float().mul_(scale).sub_(offset)
 
 
 def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTrainConfig | None = None) -> dict:
@@ -130,6 +133,7 @@ def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTr
     tokens = open_clip.tokenize(list(CAPTIONS), context_length=STANDIN_CLIP_CONFIG["text_cfg"]["context_length"])
     mean = torch.tensor(STANDIN_PREPROCESS_CFG["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(STANDIN_PREPROCESS_CFG["std"]).view(1, 3, 1, 1)
+    scale, offset = 1.0 / (255.0 * std), mean / std
     images = np.ascontiguousarray(frames.frames.transpose(0, 3, 1, 2))  # once, not per batch
     targets = torch.from_numpy(caption_targets(frames.success))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -148,7 +152,7 @@ def train_standin_clip(frames: PoseFrameSet, out_dir: str | Path, cfg: StandinTr
             chosen[flip] = chosen[flip][..., ::-1]  # fancy indexing made `chosen` a copy
         for row, shift in enumerate(rng.integers(-cfg.max_shift, cfg.max_shift + 1, batch)):
             chosen[row] = np.roll(chosen[row], shift, axis=-1)
-        image = F.normalize(model.encode_image(_pixels(chosen, mean, std)), dim=-1)
+        image = F.normalize(model.encode_image(_pixels(chosen, scale, offset)), dim=-1)
         text = F.normalize(model.encode_text(tokens), dim=-1)
         loss = soft_clip_loss(image, text, model.logit_scale, targets[pick])
         optimizer.zero_grad(set_to_none=True)
