@@ -20,7 +20,7 @@ from "any humanoid" to the task's pose, which is what the paper's projection ass
 
 Batches draw every set of pose-check results about equally often (most frames merely stand), and
 each frame is mirrored left-right at random (the pose checks are mirror-symmetric, so it keeps its
-captions) and rolled sideways by up to 16 pixels (the sky and the tiled floor wrap around): without
+captions) and rolled sideways by up to 16 pixels (the sky and the tiled floor run on across the seam): without
 these the model memorises its few thousand frames (training AUC 1.0, held-out one-leg AUC 0.79). One
 leg lifted towards the camera is the hardest pose to see; on the same frames and settings, its held-out
 AUC was 0.85 without the shift, 0.90 with it, 0.91 with it and the peak learning rate doubled.
@@ -70,7 +70,7 @@ class StandinTrainConfig:
     warmup_fraction: float = 0.1
     weight_decay: float = 0.05
     mirror: bool = True  # flip half of each batch left-right: every pose check is mirror-symmetric
-    max_shift: int = 16  # roll each frame left or right by up to this many pixels (the sky and floor wrap seamlessly)
+    max_shift: int = 16  # roll each frame sideways by up to this many pixels (sky and floor run on across the seam)
     balance: float = 1.0  # frames drawn with weight (1 / frames sharing their labels) ** balance; 0: uniformly
     log_every: int = 50
     seed: int = 0
