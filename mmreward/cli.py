@@ -186,17 +186,18 @@ class ArgParser(argparse.ArgumentParser):
 
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a script's `main(argv)` and exit: 0 on success, 2 with one line for the project's own errors."""
+    """Run a script's `main(argv)` and exit: with the int `main` returns (0 for anything else), or with 2 and
+    one line for the project's own errors."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     try:
-        main(args)
+        code = main(args)
     except MmrewardError as err:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def module_names(package: str, exclude: Iterable[str] = ()) -> list[str]:
