@@ -38,7 +38,8 @@ TINY: dict[str, list[str]] = {
     "train/standin_clip.py": ["--steps", "3", "--batch_size", "8", "--trajectories_per_pose", "1",
                               "--points_per_trajectory", "3", "--fall_episodes", "1",
                               "--heldout_trajectories_per_pose", "1", "--heldout_fall_episodes", "0"],
-    "eval/humanoid_reward_curve.py": ["--num_points", "3", "--alphas", "0", "1", "--heldout_trajectories_per_pose", "1"],
+    "eval/humanoid_reward_curve.py": ["--num_points", "3", "--alphas", "0", "1",
+                                      "--heldout_trajectories_per_pose", "1"],
 }
 # The scripts whose docstrings show commands, in the order a user follows them (each needs the outputs of the
 # ones before it); a docstring's own commands keep their order.
