@@ -46,7 +46,6 @@ from vr_thinker.grpo_config import ADVANTAGE_SCALES, KL_PLACES, LOSS_AGGREGATION
 from vr_thinker.rollout import RolloutTrace
 
 
-
 @dataclass(frozen=True)
 class GRPOLossConfig:
     """Weights of the GRPO objective.

@@ -56,7 +56,14 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import unwrap_peft
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
-from mmreward.training.distributed import DEEPSPEED, FSDP, DistributedModeError, actual_mode, requested_mode
+from mmreward.training.distributed import (
+    DEEPSPEED,
+    FSDP,
+    DistributedModeError,
+    actual_mode,
+    requested_mode,
+)
+from mmreward.training.progress import Progress
 from mmreward.training.trainer import (
     TrainerState,
     append_log,
@@ -65,7 +72,6 @@ from mmreward.training.trainer import (
     use_fused_adamw,
 )
 from vr_thinker.env import VideoPairEnv
-from vr_thinker.grpo_config import GRPOConfig
 from vr_thinker.grpo import (
     PolicyRow,
     PolicyRowCollator,
@@ -77,10 +83,16 @@ from vr_thinker.grpo import (
     token_logprobs,
     token_weights,
 )
+from vr_thinker.grpo_config import GRPOConfig
 from vr_thinker.presets import DimensionSpec, ProtocolPreset
 from vr_thinker.protocol import label_verdicts
 from vr_thinker.rewards import RewardTerms, group_rewards
-from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
+from vr_thinker.rollout import (
+    HFRolloutEngine,
+    RolloutTrace,
+    SamplingConfig,
+    episode_seed,
+)
 
 Video = str | Path | VideoClip
 
@@ -411,16 +423,24 @@ class GRPOLoop:
         if first_eval:
             self._log(first_eval)
         window: list[dict[str, float]] = []
+        progress = Progress(cfg.max_steps, initial=start_step, enabled=acc.is_main_process, desc="GRPO",
+                            value_name="reward")
+        reward = None
         while self.state.step < cfg.max_steps:
             window.append(self.train_step())
             step = self.state.step
-            if step % cfg.logging_steps == 0 or step == cfg.max_steps:
-                self._log(self._reduce(window))
+            logged = step % cfg.logging_steps == 0 or step == cfg.max_steps
+            if logged:
+                reduced = self._reduce(window)
+                self._log(reduced)
+                reward = reduced.get("reward/mean", reward)
                 window = []
+            progress.update(step, reward, logged=logged)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
                 self._log(self.evaluate())
             if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self.save_checkpoint()
+        progress.close()
         final_eval = self.evaluate()
         if final_eval:
             self._log(final_eval)
