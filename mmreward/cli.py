@@ -26,6 +26,7 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -172,17 +173,17 @@ def parse_with_trl(dataclass_types: Sequence[type], trl_config: str, doc: str | 
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a != DEBUG_FLAG]
     if "-h" in args or "--help" in args:
         named = ", ".join(f"--{name}" for name in common)
-        epilog = (f"Every field of TRL's {trl_config} is accepted as well, on the command line and in --config"
-                  + (f" (for example {named})" if named else "")
-                  + f"; python -c \"import trl; help(trl.{trl_config})\" lists them.")
+        epilog = textwrap.fill(f"Every field of TRL's {trl_config} is accepted as well, on the command line and in "
+                               f"--config" + (f" (for example {named})" if named else "")
+                               + f"; python -c \"import trl; help(trl.{trl_config})\" lists them.", width=100)
         ScriptParser(dataclass_types, doc, epilog).parse(["--help"])  # prints the help and exits
-    config_path = None
+    config_path, config = None, {}
     if "--config" in args:
         at = args.index("--config")
         if at + 1 >= len(args):
             raise UsageError("--config needs a YAML file")
         config_path = args[at + 1]
-        ScriptParser._read_config(config_path)  # a missing or malformed file: one line, before TRL loads
+        config = ScriptParser._read_config(config_path)  # a missing or malformed file: one line, before TRL loads
 
     import trl
 
@@ -191,17 +192,22 @@ def parse_with_trl(dataclass_types: Sequence[type], trl_config: str, doc: str | 
             raise UsageError(one_line(message))
 
     parser = Parser((*dataclass_types, getattr(trl, trl_config)), allow_abbrev=False)
+    # Unknown names first: building the dataclasses runs their checks, whose complaints would hide a typo.
+    known = parser._option_string_actions
+    dests = {action.dest for action in parser._actions} | {"env"}  # TRL's config files may set environment variables
+    problems = [f"--config {config_path}: " + unknown_flag(f"--{key}", known, "setting")
+                for key in config if key not in dests]
+    problems += [unknown_flag(arg, known) for arg in args
+                 if arg.startswith("--") and arg != "--config" and arg.split("=", 1)[0] not in known]
+    if problems:
+        raise UsageError("; ".join(problems))
     try:
         *parsed, from_config, from_flags = parser.parse_args_and_config(
             args, return_remaining_strings=True, separate_remaining_strings=True)
     except ValueError as err:  # the dataclasses' own checks (TrainingArguments.__post_init__, ...)
         raise UsageError(one_line(err)) from err
-    known = parser._option_string_actions
-    problems = [f"--config {config_path}: " + unknown_flag(key, known, "setting")
-                for key in from_config[::2]]
-    problems += [unknown_flag(flag, known) for flag in from_flags if flag.startswith("-")]
-    if problems or from_flags:
-        raise UsageError("; ".join(problems) or f"unexpected arguments {from_flags}")
+    if from_config or from_flags:  # what the checks above let through (e.g. a stray value)
+        raise UsageError(f"unexpected arguments {[*from_config, *from_flags]}")
     return tuple(parsed)
 
 
