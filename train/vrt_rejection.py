@@ -117,8 +117,8 @@ def check_inputs(args: VRTRejectionArguments) -> StageInputs:
         missing = [k for k in [*(d.label for d in dims), OVERALL] if k not in record.label]
         if missing:
             raise RecordError(f"has no label for {missing}", path, record_id=record.id)
-    check_run_dir(args.output_dir, STAGE)
     check_settings(Path(args.output_dir), args, model_manifest, write=False)
+    check_run_dir(args.output_dir, STAGE)
     return StageInputs(model_manifest, preset, dims, path, records)
 
 

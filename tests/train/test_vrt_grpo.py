@@ -15,6 +15,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from mmreward.manifest import INCOMPLETE_MARKER, RunDirError, read_manifest
+from mmreward.training.distributed import DistributedModeError
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
@@ -115,7 +116,7 @@ def test_a_sharded_launch_is_refused(flag, tmp_path, judge, data, monkeypatch):
     """The loop does not support DeepSpeed / FSDP (full-model rollouts and reference copy): a launch asking for
     them stops before anything is written, instead of training as DDP (which accelerate falls back to on CPU)."""
     monkeypatch.setenv(flag, "true")
-    with pytest.raises(SystemExit, match="GRPO loop runs on one process or DDP, not (deepspeed|fsdp).*vrt_grpo_trl"):
+    with pytest.raises(DistributedModeError, match="GRPO loop runs on one process or DDP, not (deepspeed|fsdp).*vrt_grpo_trl"):
         stage.main(_args(judge, data, tmp_path / "out", "--max_steps", "1"))
     assert not (tmp_path / "out").exists()
 

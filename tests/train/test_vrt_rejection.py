@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from mmreward.errors import UsageError
 from mmreward.manifest import read_manifest
 from vr_thinker.cold_start import read_traces
 from vr_thinker.rollout import HFRolloutEngine
@@ -17,7 +18,6 @@ import vrt_rejection as stage  # noqa: E402  (train/vrt_rejection.py, the script
 import vrt_sft  # noqa: E402  (the next stage reads the output)
 from stage_helpers import run_ddp, subprocess_env  # noqa: E402
 from vrt_tiny_judge import synthetic_videos, tiny_judge  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -109,7 +109,7 @@ def test_refuses_to_resume_shards_sampled_otherwise(straight, judge, data, tmp_p
 
     out = tmp_path / "other"
     shutil.copytree(straight[0] / "shards", out / "shards")
-    with pytest.raises(SystemExit, match="samples_per_pair"):
+    with pytest.raises(UsageError, match="samples_per_pair"):
         stage.main(_args(judge, data, out, "--samples_per_pair", "3"))
 
 

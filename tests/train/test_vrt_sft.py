@@ -204,6 +204,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
 
 
 def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
-    with pytest.raises(SystemExit, match="--model_path tiny:qwen9: unknown tiny family 'qwen9'"):
+    from mmreward.errors import UsageError
+
+    with pytest.raises(UsageError, match="--model_path tiny:qwen9: unknown tiny family 'qwen9'"):
         stage.resolve_model("tiny:qwen9", tmp_path, state=None)
     assert not (tmp_path / "tiny_backbone").exists()
