@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 from mmreward.errors import MissingInputError, UsageError
 from mmreward.manifest import read_manifest
-from vr_thinker.presets import DimensionSpec, PresetError, ProtocolPreset, load_preset
+from vr_thinker.presets import (
+    PRESET_NAMES,
+    DimensionSpec,
+    PresetError,
+    ProtocolPreset,
+    load_preset,
+)
 
 if TYPE_CHECKING:
     from mmreward.backbones.vlm import LoRASettings
@@ -30,7 +36,8 @@ class PresetArguments:
     preset_overrides: dotted ``key=value`` changes recorded with the run (e.g. ``frames.per_video=8`` for tiny
     CPU runs); dimensions: a dimension set of the preset (default: its default set)."""
 
-    preset: str = field(default="vr-thinker", metadata={"help": "protocol preset name or YAML file"})
+    preset: str = field(default="vr-thinker", metadata={"help": f"protocol preset: a name ({', '.join(PRESET_NAMES)}) "
+                                                                "or a YAML file"})
     preset_overrides: list[str] = field(default_factory=list, metadata={"help": "preset changes, key=value"})
     dimensions: str | None = field(default=None, metadata={"help": "dimension set of the preset"})
 

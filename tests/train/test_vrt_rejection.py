@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mmreward.errors import UsageError
-from mmreward.manifest import read_manifest
+from mmreward.manifest import read_manifest, start_run_dir
 from vr_thinker.cold_start import read_traces
 from vr_thinker.rollout import HFRolloutEngine
 
@@ -87,6 +87,7 @@ def test_resume_skips_done_pairs_and_ends_with_the_same_output(straight, judge, 
     shard = next((out / "shards").glob("shard-*.jsonl"))
     complete = shard.read_text().splitlines(keepends=True)
     resumed = tmp_path / "resumed"
+    start_run_dir(resumed, stage.STAGE)  # what the killed run left: its marker and a shard with a cut last line
     (resumed / "shards").mkdir(parents=True)
     (resumed / "shards" / shard.name).write_text("".join(complete[:2]) + complete[2][: len(complete[2]) // 2])
     rolled = []
