@@ -1,5 +1,7 @@
 """The VR-Thinker GRPO stage end to end: outputs and logs, SIGKILL + resume, and the reward rising while it trains."""
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -65,10 +67,26 @@ def _log(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, judge, data):
+    """The smoke run; what it printed is kept next to its folder (console.txt: stderr, then stdout)."""
     out = tmp_path_factory.mktemp("grpo") / "straight"
-    metrics = stage.main(_args(judge, data, out, *SMOKE, "--eval_pairs", "2"))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        metrics = stage.main(_args(judge, data, out, *SMOKE, "--eval_pairs", "2"))
+    (out.parent / "console.txt").write_text(stderr.getvalue() + stdout.getvalue())
     AcceleratorState._reset_state(reset_partial_state=True)
     return out, metrics
+
+
+def test_progress_lines_and_the_closing_summary(straight):
+    """Not a terminal here: a plain progress line per logged step (with the mean reward), and a last line naming the
+    output folder and the fixed eval set's figures."""
+    out, metrics = straight
+    lines = (out.parent / "console.txt").read_text().splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["1/3", "2/3", "3/3"]
+    assert all(" reward " in line and "steps/s" in line for line in steps)
+    assert lines[-1].startswith(f"done: {metrics['steps']} GRPO steps") and str(out) in lines[-1]
+    assert "eval end: reward" in lines[-1] and "overall accuracy" in lines[-1]
 
 
 def test_stage_outputs_logs_and_reloads(straight, judge):

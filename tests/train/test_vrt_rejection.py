@@ -1,5 +1,7 @@
 """Rejection sampling end to end: kept traces are right and replayable, statistics add up, shards resume."""
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
@@ -40,8 +42,26 @@ def _args(judge, data, out, *extra):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, judge, data):
+    """The plain run; what it printed is kept next to its folder (console.txt: stderr, then stdout)."""
     out = tmp_path_factory.mktemp("rejection") / "straight"
-    return out, stage.main(_args(judge, data, out))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        metrics = stage.main(_args(judge, data, out))
+    (out.parent / "console.txt").write_text(stderr.getvalue() + stdout.getvalue())
+    return out, metrics
+
+
+def test_progress_lines_and_the_closing_summary(straight):
+    """Not a terminal here: a plain line per batch of pairs (with the acceptance so far), and a last line naming the
+    kept traces' file and the acceptance rate."""
+    out, metrics = straight
+    lines = (out.parent / "console.txt").read_text().splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["2/4", "4/4"]  # 4 pairs, 2 per batch
+    assert all(" accepted " in line for line in steps)
+    assert lines[-1] == (f"done: {metrics['samples']} samples of 4 pairs, {metrics['acceptance_rate']:.1%} accepted, "
+                         f"format-valid {metrics['format_valid_rate']:.1%}; {metrics['kept_traces']} kept traces in "
+                         f"{out / 'traces.jsonl'} (train on them with train/vrt_sft.py --data {out})")
 
 
 def test_kept_traces_are_right_and_feed_the_next_sft(straight, data):
