@@ -163,7 +163,7 @@ def test_sigkill_then_resume_gives_identical_weights(straight, judge, data, tmp_
     assert steps == [1, 2, 3]  # lines a killed run wrote after its last checkpoint are not duplicated
 
 
-def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypatch):
+def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypatch, capsys):
     import vrt_grpo_trl as baseline
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -176,6 +176,8 @@ def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypa
     assert manifest["metrics"]["steps"] == 2 and len(metrics["log"]) == 2
     assert all(np.isfinite(row["reward"]) for row in metrics["log"])
     assert json.loads((out / "vr_thinker.json").read_text())["preset"]["limits"]["memory_window"] is None
+    last = capsys.readouterr().out.splitlines()[-1]  # the closing summary names the folder and the rewards
+    assert last.startswith("done: 2 GRPO steps") and "mean reward" in last and str(out) in last
 
 
 def _learning_run(judge, data, out, steps: int) -> list[dict]:
