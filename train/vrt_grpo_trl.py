@@ -26,6 +26,7 @@ from mmreward.data.records import RecordError, read_records
 from mmreward.manifest import check_run_dir
 from vr_thinker.stage_io import (
     LoRAArguments,
+    check_resume_checkpoint,
     read_judge_input,
     record_file,
     require_settings,
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     records = list(read_records(records_path))[: args.max_pairs]
     if not records:
         raise RecordError("no records", records_path)
+    check_resume_checkpoint(training.resume_from_checkpoint)
     check_run_dir(training.output_dir, STAGE)
 
     import yaml

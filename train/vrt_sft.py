@@ -44,6 +44,7 @@ from vr_thinker.presets import DimensionSpec, ProtocolPreset
 from vr_thinker.stage_io import (
     LoRAArguments,
     PresetArguments,
+    check_resume_checkpoint,
     eval_record_file,
     require_settings,
 )
@@ -56,6 +57,7 @@ if TYPE_CHECKING:  # TRL, torch and transformers are imported after parsing: --h
 
 STAGE = "vrt_sft"
 TRACES_NAME = "traces.jsonl"
+MODEL_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")  # stage folders that hold a judge to train further
 TINY_DEFAULT = "tiny"  # a tiny random model (mmreward.backbones.tiny.TINY_SPEC)
 COMMON_TRL_FLAGS = ("output_dir", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
                     "gradient_accumulation_steps", "max_length", "bf16", "logging_steps", "save_steps", "report_to",
@@ -116,7 +118,7 @@ def check_model_spec(spec: str) -> tuple[str | None, dict]:
         return family, {}
     path = Path(spec)
     if (path / MANIFEST_NAME).exists() or (path / INCOMPLETE_MARKER).exists():
-        return None, read_manifest(path)
+        return None, read_manifest(path, expect_stage=MODEL_STAGES)
     check_model_path(spec, "--model_path")
     return None, {}
 
@@ -215,6 +217,7 @@ def check_inputs(args: VRTSFTArguments, training: SFTConfig) -> StageInputs:
     """Everything checked before a model loads or the output folder is touched: ``--model_path``, the output folder,
     the training traces (written by the teacher or read and replayed) and the held-out records."""
     _, model_manifest = check_model_spec(args.model_path)
+    check_resume_checkpoint(training.resume_from_checkpoint)
     check_run_dir(training.output_dir, STAGE)
     started = time.perf_counter()
     traces, source = load_traces(args)

@@ -49,8 +49,8 @@ from typing import Any, overload
 import numpy as np
 
 from mmreward.data.media import MediaError
-from mmreward.errors import MmrewardError
 from mmreward.data.records import PreferenceRecord
+from mmreward.errors import MmrewardError
 from vr_thinker.env import EpisodeStatus, VideoPairEnv
 from vr_thinker.presets import DimensionSpec, PresetError, ProtocolPreset, load_preset
 from vr_thinker.protocol import OVERALL, TOOL_NAME, label_verdicts

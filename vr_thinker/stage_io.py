@@ -77,6 +77,12 @@ def require_settings(**values: Any) -> None:
         raise UsageError(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
 
 
+def check_resume_checkpoint(checkpoint: str | None) -> None:
+    """A MissingInputError naming ``--resume_from_checkpoint`` when it names no folder (TRL stages)."""
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise MissingInputError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder")
+
+
 def record_file(data: str, split: str) -> Path:
     """A record JSONL, or the split's video records of a synthetic data directory (``videos/<split>.jsonl``)."""
     path = Path(data)

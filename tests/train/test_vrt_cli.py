@@ -177,3 +177,27 @@ def test_help_is_fast_and_shows_config_and_purpose(name):
     if name in ("vrt_sft", "vrt_grpo_trl"):
         config = "SFTConfig" if name == "vrt_sft" else "GRPOConfig"
         assert f"Every field of TRL's {config} is accepted" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("name", ["vrt_sft", "vrt_grpo_trl"])
+def test_a_missing_checkpoint_to_resume_is_named(name, inputs, capsys):
+    out = inputs["root"] / f"{name}_resume"
+    missing = inputs["root"] / "checkpoint-9"
+    line = fails(name, [*valid(name, inputs, out), "--resume_from_checkpoint", str(missing)], capsys)
+    assert line == f"error: --resume_from_checkpoint {missing}: no such checkpoint folder"
+    assert not out.exists()
+
+
+def test_an_sft_model_path_of_another_stage_is_refused(inputs, capsys):
+    other = inputs["other_run"]
+    line = fails("vrt_sft", [*valid("vrt_sft", inputs, inputs["root"] / "sft_other"), "--model_path", str(other)],
+                 capsys)
+    assert line == f"error: {other}/manifest.json: stage is 'reward', expected one of {vrt_sft.MODEL_STAGES}"
+
+
+def test_debug_keeps_the_traceback(inputs):
+    """With --debug the project's error is raised as it is (its traceback shown), not cut to one line."""
+    from mmreward.errors import UsageError
+
+    with pytest.raises(UsageError, match="unknown option --max_step "):
+        run(vrt_grpo.main, [*valid("vrt_grpo", inputs, inputs["root"] / "debug"), "--max_step", "3", "--debug"])
