@@ -111,6 +111,7 @@ class ScriptParser(argparse.ArgumentParser):
                 raise UsageError("--config needs a YAML file")
             self._apply_config(args[at + 1])
             del args[at:at + 2]
+        reject_unknown_flags(self, args)
         namespace, unknown = self.parse_known_args(args)
         flags = [a for a in unknown if a.startswith("-")]
         if unknown:
@@ -151,13 +152,20 @@ class ScriptParser(argparse.ArgumentParser):
         return config
 
     def _unknown(self, flag: str, what: str = "option") -> str:
-        return unknown_flag(flag, self._option_string_actions, what)
+        return unknown_flag(self, flag, what)
 
 
-def unknown_flag(flag: str, known: Iterable[str], what: str = "option") -> str:
-    """'unknown option --x (did you mean --y?)': `flag` is not among the `known` option strings."""
+def reject_unknown_flags(parser: argparse.ArgumentParser, args: Sequence[str]) -> None:
+    """Raise a `UsageError` naming every unknown `--flag` of `args` (before argparse complains of a missing one)."""
+    unknown = [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in parser._option_string_actions]
+    if unknown:
+        raise UsageError("; ".join(unknown_flag(parser, flag) for flag in unknown))
+
+
+def unknown_flag(parser: argparse.ArgumentParser, flag: str, what: str = "option") -> str:
+    """'unknown option --flag', with the closest known flag when one is close."""
     name = flag.split("=", 1)[0]
-    close = difflib.get_close_matches(name, [s for s in known if s.startswith("--")], n=1)
+    close = difflib.get_close_matches(name, [s for s in parser._option_string_actions if s.startswith("--")], n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"unknown {what} {name}{hint}"
 
@@ -195,9 +203,9 @@ def parse_with_trl(dataclass_types: Sequence[type], trl_config: str, doc: str | 
     # Unknown names first: building the dataclasses runs their checks, whose complaints would hide a typo.
     known = parser._option_string_actions
     dests = {action.dest for action in parser._actions} | {"env"}  # TRL's config files may set environment variables
-    problems = [f"--config {config_path}: " + unknown_flag(f"--{key}", known, "setting")
+    problems = [f"--config {config_path}: " + unknown_flag(parser, f"--{key}", "setting")
                 for key in config if key not in dests]
-    problems += [unknown_flag(arg, known) for arg in args
+    problems += [unknown_flag(parser, arg) for arg in args
                  if arg.startswith("--") and arg != "--config" and arg.split("=", 1)[0] not in known]
     if problems:
         raise UsageError("; ".join(problems))
@@ -227,19 +235,28 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(one_line(message))
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        reject_unknown_flags(self, sys.argv[1:] if args is None else args)
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [a for a in unknown if a.startswith("-")]
+            raise UsageError("; ".join(unknown_flag(self, f) for f in flags) or f"unexpected arguments {unknown}")
+        return parsed
+
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a script's `main(argv)` and exit: 0 on success, 2 with one line for the project's own errors."""
+    """Run a script's `main(argv)` and exit: with the int `main` returns (0 for anything else), or with 2 and
+    one line for the project's own errors."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     try:
-        main(args)
+        code = main(args)
     except MmrewardError as err:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def module_names(package: str, exclude: Iterable[str] = ()) -> list[str]:
