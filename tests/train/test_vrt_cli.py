@@ -201,3 +201,20 @@ def test_debug_keeps_the_traceback(inputs):
 
     with pytest.raises(UsageError, match="unknown option --max_step "):
         run(vrt_grpo.main, [*valid("vrt_grpo", inputs, inputs["root"] / "debug"), "--max_step", "3", "--debug"])
+
+
+@pytest.mark.parametrize("name", FROM_STAGE)
+def test_a_broken_judge_config_is_named(name, inputs, capsys):
+    """The starting judge's protocol file is read before anything loads; a broken one is named."""
+    import shutil
+
+    broken = inputs["root"] / f"{name}_broken_judge"
+    shutil.copytree(inputs["judge"], broken)
+    start_run_dir(broken)
+    (broken / "vr_thinker.json").write_text("{}")
+    finalize_run_dir(broken, "vrt_sft", inputs={}, metrics={})  # checksummed as it is: only its content is wrong
+    args = valid(name, inputs, inputs["root"] / f"{name}_broken_out")
+    args[1] = str(broken)
+    line = fails(name, args, capsys)
+    assert line.startswith(f"error: {broken}/vr_thinker.json: not a valid judge config")
+    assert not (inputs["root"] / f"{name}_broken_out").exists()
