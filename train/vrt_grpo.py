@@ -1,7 +1,9 @@
 """VR-Thinker GRPO: multi-turn tool rollouts, rule rewards, per-turn rows with the exact windowed context.
 
-    python train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path runs/vrt_sft2 --data runs/synthetic
+    python train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path runs/vrt_sft --data runs/synthetic
     accelerate launch --config_file train/accelerate/ddp.yaml train/vrt_grpo.py --config ...      # many GPUs (DDP)
+
+(The full recipe starts GRPO from the SFT on rejection-sampled traces: ``train/vr_thinker.sh``.)
 
 Inputs:
 - ``--model_path``: a finished VR-Thinker stage directory (``vrt_sft`` or ``vrt_grpo``; checked through its

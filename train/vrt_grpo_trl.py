@@ -1,6 +1,6 @@
 """Baseline VR-Thinker GRPO with plain TRL ``GRPOTrainer`` (``environment_factory``, no memory window).
 
-    python train/vrt_grpo_trl.py --config train/configs/vrt_grpo_trl_baseline.yaml --model_path runs/vrt_sft2 \\
+    python train/vrt_grpo_trl.py --config train/configs/vrt_grpo_trl_baseline.yaml --model_path runs/vrt_sft \\
         --data runs/synthetic --output_dir runs/vrt_grpo_trl
 
 Same inputs as ``train/vrt_grpo.py`` (a ``vrt_sft`` / ``vrt_grpo`` stage directory whose ``vr_thinker.json`` gives the
