@@ -49,7 +49,7 @@ class StandinCLIPStageConfig:
     heldout_seed: int = 1
     alphas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
     # optimisation
-    steps: int = 800
+    steps: int = 1200
     batch_size: int = 64
     learning_rate: float = 2e-3
     max_shift: int = field(default=16, metadata={"help": "random sideways shift of training frames, in pixels"})
