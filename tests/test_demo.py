@@ -1,48 +1,54 @@
 """The end-to-end demo as `make demo` runs it (minutes on CPU, so `slow`), and its progress readers (fast)."""
 
 import html
+import importlib.util
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
-from mmreward.demo import (
-    BackgroundStages,
-    check_same_pairs,
-    line_count_progress,
-    log_progress,
-    main,
-    train_log_progress,
-)
+
+def _load_demo():
+    """demo/run.py, loaded by path (the demo is a script of the checkout, not a module of the library)."""
+    spec = importlib.util.spec_from_file_location("demo_run", Path(__file__).resolve().parents[1] / "demo" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
 
 
 def test_log_progress_reads_the_last_tqdm_count(tmp_path):
     log = tmp_path / "stage.log"
-    assert log_progress(log)() is None  # not written yet
+    assert demo.log_progress(log)() is None  # not written yet
     log.write_text("Loading weights: 100%|##| 57/57 [00:00<00:00]\n")
-    assert log_progress(log)() == (57, 57)
+    assert demo.log_progress(log)() == (57, 57)
     with log.open("a") as handle:
         handle.write("  3%|#  | 18/600 [00:09<04:51,  2.0it/s]\r  3%|#  | 19/600 [00:10<04:50,  2.0it/s]")
-    assert log_progress(log)() == (19, 600)
+    assert demo.log_progress(log)() == (19, 600)
 
 
 def test_train_log_progress_reads_the_last_step(tmp_path):
     path = tmp_path / "train_log.jsonl"
-    assert train_log_progress(path, 10)() is None
+    assert demo.train_log_progress(path, 10)() is None
     path.write_text(json.dumps({"step": 0, "eval/reward": 0.1}) + "\n" + json.dumps({"step": 3, "loss": 1.0}) + "\n")
-    assert train_log_progress(path, 10)() == (3, 10)
+    assert demo.train_log_progress(path, 10)() == (3, 10)
     with path.open("a") as handle:
         handle.write('{"step": 4, "lo')  # a line being written is not read
-    assert train_log_progress(path, 10)() == (3, 10)
+    assert demo.train_log_progress(path, 10)() == (3, 10)
 
 
 def test_line_count_progress_counts_complete_lines_of_all_shards(tmp_path):
-    assert line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (0, 16)
+    assert demo.line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (0, 16)
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "shard-00000-of-00002.jsonl").write_text("{}\n{}\n")
     (tmp_path / "shards" / "shard-00001-of-00002.jsonl").write_text("{}\n{\"cut")
     (tmp_path / "shards" / "settings.json").write_text("{}\n")
-    assert line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (3, 16)
+    assert demo.line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (3, 16)
 
 
 def test_check_same_pairs_refuses_other_pairs(tmp_path):
@@ -53,17 +59,16 @@ def test_check_same_pairs_refuses_other_pairs(tmp_path):
         return path
 
     reference = write("main.jsonl", [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")])
-    check_same_pairs(reference, write("same.jsonl", [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")]))
+    same = [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")]
+    demo.check_same_pairs(reference, write("same.jsonl", same))
     for name, rows in {"label.jsonl": [("p0", "one red circle", "a"), ("p1", "two blue squares", "b")],
                        "fewer.jsonl": [("p0", "one red circle", "a")],
                        "order.jsonl": [("p1", "two blue squares", "tie"), ("p0", "one red circle", "a")]}.items():
         with pytest.raises(RuntimeError, match=name):
-            check_same_pairs(reference, write(name, rows))
+            demo.check_same_pairs(reference, write(name, rows))
 
 
 def test_main_times_each_step_and_leaves_out_vr_thinker_when_asked(tmp_path, monkeypatch, capsys):
-    import mmreward.demo as demo
-
     ran = []
 
     def fake(name):
@@ -74,18 +79,18 @@ def test_main_times_each_step_and_leaves_out_vr_thinker_when_asked(tmp_path, mon
 
     monkeypatch.setattr(demo, "step_vr_thinker", fake("vr_thinker"))
     monkeypatch.setattr(demo, "STEPS", [("data", fake("data")), ("VR-Thinker chain", demo.step_vr_thinker)])
-    report = html.unescape(main(["--out", str(tmp_path / "off"), "--vr-thinker", "off"]).read_text())
+    report = html.unescape(demo.main(["--out", str(tmp_path / "off"), "--vr-thinker", "off"]).read_text())
     assert ran == ["data"]
     timings = _table_after(report, "Timings")
     assert "<td>data</td>" in timings and "<td>total</td>" in timings and "VR-Thinker" not in timings
-    main(["--out", str(tmp_path / "demo")])
+    demo.main(["--out", str(tmp_path / "demo")])
     assert ran == ["data", "data", "vr_thinker"]
     assert "VR-Thinker chain: 0 s wall, 0 s CPU" in capsys.readouterr().out
 
 
 def test_background_stages_run_in_order_and_hand_over_a_failure(tmp_path):
     scenes = tmp_path / "scenes"
-    chain = BackgroundStages([
+    chain = demo.BackgroundStages([
         ("eval/humanoid_scenes.py", ["--output_dir", str(scenes), "--poses", "standing", "--repeats", "1",
                                      "--render_size", "32"], tmp_path / "logs" / "scenes.log"),
         ("eval/humanoid_scenes.py", ["--no_such_flag", "1"], tmp_path / "logs" / "bad.log"),
@@ -99,7 +104,7 @@ def test_background_stages_run_in_order_and_hand_over_a_failure(tmp_path):
 
 
 def test_stopping_background_stages_kills_the_running_stage(tmp_path):
-    chain = BackgroundStages([("train/standin_clip.py", ["--output_dir", str(tmp_path / "standin")],
+    chain = demo.BackgroundStages([("train/standin_clip.py", ["--output_dir", str(tmp_path / "standin")],
                                tmp_path / "standin.log")])
     chain.stop()
     assert isinstance(chain.error, RuntimeError) and "stopped before it finished" in str(chain.error)
@@ -115,7 +120,7 @@ def _table_after(report: str, heading: str) -> str:
 @pytest.mark.slow
 def test_demo_writes_a_report_with_every_section(tmp_path):
     out = tmp_path / "demo"
-    main(["--out", str(out)])
+    demo.main(["--out", str(out)])
     check_report(out)
 
 

@@ -1,6 +1,6 @@
 """End-to-end demo on the embedded default: synthetic data + tiny offline models, CPU only.
 
-`python -m mmreward.demo --out runs/demo` (what `make demo` runs) generates the synthetic preference
+`python demo/run.py --out runs/demo` (what `make demo` runs) generates the synthetic preference
 set, builds tiny random backbones, runs each training / evaluation stage as the user would (the
 stage scripts under train/ and eval/, as subprocesses, chained by their output directories):
 BaseReward, RewardDance, a demo-sized VR-Thinker chain (train/configs/vrt_*_demo.yaml; `--vr-thinker
@@ -8,12 +8,12 @@ full` runs train/vr_thinker.sh instead, `off` skips it), the evaluation of every
 video pairs and a humanoid SAC run with a CLIP reward. It prints the wall and CPU time of each step and
 writes `report.html` with tables and plots computed in this run.
 
-The library never imports the stage scripts (DESIGN.md); the demo runs them from the checkout.
+The demo lives outside the library, as the scripts do: the packages never run or import a script
+(DESIGN.md; tests/test_layout.py), and the demo runs them from the checkout.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -29,8 +29,7 @@ from typing import Callable
 import yaml
 from tqdm.auto import tqdm
 
-from mmreward.backbones.clip import build_tiny_clip
-from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward import cli
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.html_report import Report, plot_lines
 
@@ -142,6 +141,9 @@ def step_data(ctx: DemoContext) -> None:
 
 
 def step_backbones(ctx: DemoContext) -> None:
+    from mmreward.backbones.clip import build_tiny_clip  # torch, transformers, open_clip: after parsing
+    from mmreward.backbones.tiny import build_tiny_vlm
+
     ctx.paths["vlm"] = build_tiny_vlm(ctx.out / "models" / "tiny-qwen2_5_vl", family="qwen2_5_vl", seed=ctx.seed)
     ctx.paths["clip"] = build_tiny_clip(ctx.out / "models" / "tiny-clip", seed=ctx.seed)
     ctx.report.heading("Backbones")
@@ -254,8 +256,8 @@ def step_humanoid(ctx: DemoContext) -> None:
                      "rise a=0": result["rewards"]["0"][-1] - result["rewards"]["0"][0]})
     ctx.report.text(
         f"Per paper task, on {curves['frames_measured']} held-out frames of new random perturbations "
-        "(another seed than the training frames and the stand-in's own validation frames): the AUC of the goal-baseline reward ranking frames that pass the "
-        "task's pose check above the others, and the EPIC distance between that reward and the 0/1 success "
+        "(another seed than the training frames and the stand-in's own validation frames): the AUC of the "
+        "goal-baseline reward ranking frames that pass the task's pose check above the others, and the EPIC distance between that reward and the 0/1 success "
         "indicator (0: the same up to shaping and positive scale; 0.71: uncorrelated), for alpha 0, 0.5 and 1; "
         "'rise' is the alpha-0 reward gained along the scripted trajectory from standing into the pose. "
         "Baseline prompt: 'a humanoid robot'.")
@@ -375,6 +377,8 @@ def step_vr_thinker(ctx: DemoContext) -> None:
     data = runs / "synthetic"
     generate_synthetic(data, seed=ctx.seed, config=VRT_DATA)
     check_same_pairs(ctx.out / "data" / "videos" / "test.jsonl", data / "videos" / "test.jsonl")
+    from mmreward.backbones.tiny import build_tiny_vlm
+
     base = build_tiny_vlm(runs / "base", seed=ctx.seed, num_heads=8, num_kv_heads=4)
     val = data / "videos" / "val.jsonl"
 
@@ -412,7 +416,7 @@ def step_vr_thinker(ctx: DemoContext) -> None:
         f"{_config_value(VRT_CONFIGS['grpo'], 'max_steps')} GRPO steps (settings: train/configs/vrt_*_demo.yaml), "
         "each judged greedily on a few held-out pairs. Every figure below was measured in this run, on so few "
         "pairs that one pair moves a rate by 0.125 or more. The full CPU chain (more rejection samples, longer "
-        "GRPO, 8 eval pairs per stage) is `bash train/vr_thinker.sh` or `python -m mmreward.demo --vr-thinker "
+        "GRPO, 8 eval pairs per stage) is `bash train/vr_thinker.sh` or `python demo/run.py --vr-thinker "
         "full`; its measured figures are in that script's header.",
         note=True,
     )
@@ -575,7 +579,7 @@ def _cpu_seconds() -> float:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = cli.ArgParser(__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output directory")
     parser.add_argument("--seed", type=int, default=0, help="seed for data and models")
     parser.add_argument("--vr-thinker", choices=("demo", "full", "off"), default="demo",
@@ -618,4 +622,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)
