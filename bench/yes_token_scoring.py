@@ -34,7 +34,8 @@ from PIL import Image
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.dataset import SideMedia
 from mmreward.model import RewardModel, TuningConfig
-from mmreward.yes_token_scoring import YesTokenScorer, frames_clip
+from mmreward.data.dataset import frames_clip
+from mmreward.heads.yes_token.scoring import YesTokenScorer
 
 TARGET = 3
 PROMPT = "two red circles on a light grey background"

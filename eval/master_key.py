@@ -85,8 +85,8 @@ def probe_records(records: list[PreferenceRecord], keys: list[str]) -> list[Pref
     """Key-vs-reference pairs: side a = the key (reference's media), side b = the reference."""
     probes = []
     for record in records:
-        winner = record.label["overall"]
-        if winner == "tie":
+        winner = record.label.get("overall")
+        if winner not in ("a", "b"):  # a tie or a missing overall label has no preferred side
             continue
         reference = record.a if winner == "a" else record.b
         if reference.response is None:

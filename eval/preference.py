@@ -2,13 +2,18 @@
 
     python eval/preference.py --model runs/basereward --data runs/synthetic/videos/test.jsonl --out runs/eval/br
     python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \
-        --media_root DATA/videos --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
+        --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
     accelerate launch --num_processes 4 eval/preference.py --model DIR --data FILE --out OUT   # data-parallel
     python eval/preference.py --judge vr_thinker --model runs/vrt_grpo --data FILE --out OUT
 
 `--data` is a records JSONL (mmreward schema) or `BENCHMARK:SRC` with BENCHMARK one of
-`mmreward.data.formats.READERS` (read from the benchmark's own files). What scores the pairs:
-`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json) or an open_clip model
+`mmreward.data.formats.READERS` (read from the benchmark's own files; its relative media paths
+start at `--media_root`, by default SRC's folder or the benchmark's media subfolder of it, e.g.
+MJ-Bench-Video's `videos/`: VideoGen-RewardBench's `videos/<model>/...` paths need no flag when
+the CSV sits next to `videos/`). Every media file must exist before anything is scored: a run
+with missing files stops at once, naming how many and the first few. What scores the pairs:
+`--scorer auto` picks a `RewardModel` checkpoint (reward_config.json, or a VideoAlign checkpoint's
+model_config.json) or an open_clip model
 directory (open_clip_config.json) from `--model`; `--scorer clip` also takes an open_clip name
 with `--clip_pretrained` weights; `--judge NAME` loads a judge adapter from `JUDGES`;
 `--scorer FILE.py:FUNCTION` calls `FUNCTION(args, device)` for any other `Scorer`.
@@ -23,12 +28,12 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mmreward.data.formats import READERS, read_benchmark
-from mmreward.data.records import PreferenceRecord, read_records
+from mmreward.data.formats import READERS, describe_missing_labels, read_benchmark
+from mmreward.data.records import PreferenceRecord, read_records, require_media
 from mmreward.evaluation.report import compute_metrics, write_report
 from mmreward.evaluation.runner import (
     RunnerConfig,
@@ -37,7 +42,8 @@ from mmreward.evaluation.runner import (
     run_identity,
     run_predictions,
 )
-from mmreward.evaluation.scorers import ClipScorer, MediaConfig, RewardModelScorer, Scorer
+from mmreward.data.media import MediaConfig
+from mmreward.evaluation.scorers import ClipScorer, RewardModelScorer, Scorer
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
 
 HERE = Path(__file__).resolve().parent
@@ -67,19 +73,26 @@ class EvalArguments:
     retry_errors: bool = field(default=False, metadata={"help": "rescore pairs whose earlier attempt failed"})
     overwrite: bool = field(default=False, metadata={"help": "discard predictions of a different earlier run in --out"})
     progress: bool = field(default=True, metadata={"help": "progress bar on the main process"})
-    # media
-    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video"})
+    # media and prompt: None = the reward model's own settings (recorded in its checkpoint)
+    num_frames: int | None = field(default=None, metadata={"help": "frames sampled per video (default: the model's; CLIP: 8)"})
     fps: float | None = field(default=None, metadata={"help": "sample videos at this rate instead (wins over num_frames)"})
     max_pixels: int | None = field(default=None, metadata={"help": "downscale larger images to this many pixels"})
+    video_sampling: str | None = field(default=None, metadata={
+        "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules; see mmreward.data.qwen_video)"})
     # model
+    backbone: str | None = field(default=None, metadata={
+        "help": "base backbone of a LoRA / head-only / VideoAlign checkpoint (default: the one it records)"})
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     cpu: bool = field(default=False, metadata={"help": "run on CPU even when a GPU is present"})
     barrier_timeout_minutes: int = field(default=180, metadata={
         "help": "how long processes wait for each other (a fast process waits at the end for the slowest)"})
-    overall: str = field(default="sum", metadata={"help": "'overall' of a model without that head: sum | DIMENSION"})
-    prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is the record's prompt"})
+    normalize: bool | None = field(default=None, metadata={
+        "help": "z-normalise rewards with the checkpoint's statistics (default: the checkpoint's choice)"})
+    overall: str | None = field(default=None, metadata={
+        "help": "'overall' of a model without that dimension: the checkpoint's (sum of its dimensions) or DIMENSION"})
+    prompt_template: str | None = field(default=None, metadata={"help": "user text; {prompt} is the record's prompt"})
     system_prompt: str | None = field(default=None, metadata={"help": "system turn before the user turn"})
-    pair_form: str = field(default="naive", metadata={"help": "naive | shared_prefix | auto (see mmreward.collate)"})
+    pair_form: str | None = field(default=None, metadata={"help": "naive | shared_prefix | auto (see mmreward.collate)"})
     clip_pretrained: str | None = field(default=None, metadata={"help": "CLIP weights: a local file (or a tag, downloads)"})
     clip_dimensions: list[str] = field(default_factory=lambda: ["overall"],
                                        metadata={"help": "label dimensions the CLIP similarity is reported under"})
@@ -103,7 +116,11 @@ def load_data(spec: str, media_root: str | None, media_out: Path) -> list[Prefer
     """Records of a JSONL file, or of a benchmark given as `NAME:SRC`."""
     name, sep, src = spec.partition(":")
     if sep and name in READERS:
-        return read_benchmark(name, src, media_root=media_root, media_out=media_out)
+        records = read_benchmark(name, src, media_root=media_root, media_out=media_out)
+        missing_labels = describe_missing_labels(records)
+        if missing_labels is not None:
+            print(f"{name}: {missing_labels}", file=sys.stderr)
+        return records
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -151,9 +168,36 @@ def _checked(scorer: Any, spec: str) -> Scorer:
     return scorer
 
 
+def _media(args: EvalArguments, base: MediaConfig) -> MediaConfig:
+    """`base` with the media options the command line sets."""
+    given = {name: getattr(args, name) for name in ("num_frames", "fps", "max_pixels", "video_sampling")
+             if getattr(args, name) is not None}
+    if "fps" in given and "num_frames" not in given:
+        given["num_frames"] = None
+    return replace(base, **given)
+
+
+def _reward_model_scorer(args: EvalArguments, model: Path, device: Any) -> RewardModelScorer:
+    """A reward model scored as its checkpoint says, except for what the command line overrides."""
+    from mmreward.model import RewardModel
+
+    reward_model = RewardModel.from_pretrained(model, backbone_path=args.backbone, dtype=args.dtype).to(device)
+    settings = reward_model.settings
+    collate = replace(settings.collate, **{name: getattr(args, name) for name in
+                                           ("prompt_template", "system_prompt", "pair_form")
+                                           if getattr(args, name) is not None})
+    return RewardModelScorer(reward_model, collate=collate, media=_media(args, settings.media),
+                             normalize=args.normalize, overall=args.overall, source=str(model))
+
+
+def _is_reward_model(model: Path) -> bool:
+    from mmreward.videoalign import is_videoalign_checkpoint
+
+    return (model / "reward_config.json").is_file() or is_videoalign_checkpoint(model)
+
+
 def build_scorer(args: EvalArguments, device: Any) -> Scorer:
     """The scorer that `args` asks for (see the module docstring)."""
-    media = MediaConfig(num_frames=args.num_frames, fps=args.fps, max_pixels=args.max_pixels)
     model = Path(args.model)
     if model.is_dir():
         _check_model_dir(model)
@@ -165,25 +209,20 @@ def build_scorer(args: EvalArguments, device: Any) -> Scorer:
         return _load_factory(JUDGES[args.judge], HERE)(args, device)
     kind = args.scorer
     if kind == "auto":
-        if (model / "reward_config.json").is_file():
+        if _is_reward_model(model):
             kind = "reward_model"
         elif (model / "open_clip_config.json").is_file() or args.clip_pretrained is not None:
             kind = "clip"
         else:
             raise ValueError(
-                f"--model {args.model}: cannot tell what it is (no reward_config.json or open_clip_config.json); "
-                "pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
+                f"--model {args.model}: cannot tell what it is (no reward_config.json, VideoAlign model_config.json "
+                "or open_clip_config.json); pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
             )
     if kind == "reward_model":
-        from mmreward.collate import CollateConfig
-
-        collate = CollateConfig(prompt_template=args.prompt_template, system_prompt=args.system_prompt,
-                                pair_form=args.pair_form)
-        return RewardModelScorer.from_pretrained(model, dtype=args.dtype, device=device, collate=collate,
-                                                 media=media, overall=args.overall)
+        return _reward_model_scorer(args, model, device)
     if kind == "clip":
-        return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device), media=media,
-                                          dimensions=args.clip_dimensions)
+        return ClipScorer.from_pretrained(args.model, args.clip_pretrained, device=str(device),
+                                          media=_media(args, MediaConfig()), dimensions=args.clip_dimensions)
     if ":" in kind:
         return _checked(_load_factory(kind)(args, device), kind)
     raise ValueError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
@@ -229,6 +268,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:
         records = records[: args.limit]
+    require_media(records)  # fail now, not pair by pair after hours of scoring
     scorer = build_scorer(args, state.device)
     cfg = _runner_config(args)
     identity = {"model": args.model, "data": args.data, "limit": args.limit}
@@ -258,7 +298,7 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     title = args.title or f"{scorer.name}: {Path(args.model).name} on {data_name}"
     write_report(out, rows, metrics, title, info)
     finalize_run_dir(out, STAGE, inputs={"model": args.model, "data": args.data}, metrics=_headline_metrics(metrics),
-                     extra={"args": asdict(args)})
+                     extra={"args": asdict(args), "scorer": scorer.describe()})
     print(f"wrote {out / 'report.html'}; overall accuracy w/o ties: "
           f"{_headline_metrics(metrics).get('overall/accuracy')}", file=sys.stderr)
     return metrics

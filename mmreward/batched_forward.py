@@ -17,13 +17,14 @@ masked (slower) kernel. `batched_rewards` does the same computation with:
   end, causal attention alone keeps real tokens from seeing padding, so the language model takes
   its unmasked causal kernel. Left-padded rows are shifted to the right first;
 - rows run in length groups (`length_groups`), each padded only to its own longest row;
-- the last decoder layer computes query, attention and MLP only at the read position (keys and
-  values still for every token): no other position's output reaches the reward;
+- the last decoder layer computes queries, attention and MLP only at the head's read positions
+  (keys and values still for every token): no other position's output reaches the reward;
 - Qwen3-VL's deepstack features are added to the media tokens' hidden states after the first
   layers, as its language model does.
 
 Positions are always passed to the language model explicitly (a forward from `inputs_embeds`
-alone would fall back to plain 1-D positions for the media tokens).
+alone would fall back to plain 1-D positions for the media tokens); a model whose settings ask for
+"sequential" positions (VideoAlign's checkpoints) gets exactly those.
 
 Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones qualify (`supports_batched_rewards`); the evaluation
 scorer uses `RewardModel.score` for the others.
@@ -39,6 +40,7 @@ import torch.nn.functional as F
 
 from mmreward.backbones.vlm import unwrap_peft
 from mmreward.batched_vision import supports_batched_vision, vision_outputs
+from mmreward.model import sequential_positions
 
 __all__ = ["supports_batched_rewards", "rope_positions", "right_align", "length_groups", "CALL_COST_TOKENS",
            "unique_media", "batched_rewards"]
@@ -180,14 +182,14 @@ def length_groups(lengths: list[int], call_cost: float = CALL_COST_TOKENS) -> li
 
 
 def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, positions: torch.Tensor,
-                 last: torch.Tensor, deepstack: list[torch.Tensor] = ()) -> torch.Tensor:
-    """Final (normed) hidden state `[n, H]` at index `last` of each right-padded row.
+                 read: torch.Tensor, deepstack: list[torch.Tensor] = ()) -> torch.Tensor:
+    """Final (normed) hidden states `[n, r, H]` at the indices `read` `[n, r]` of each right-padded row.
 
     Every layer but the last runs as transformers runs it, without a mask (right padding: causal
-    attention alone keeps real tokens from seeing padding). The reward reads one position, so the
-    last layer computes keys and values for every token but query, attention output and MLP only
-    at that position. `deepstack[i]` (`embeds`' shape, zero outside media tokens) is added after
-    layer i (Qwen3-VL).
+    attention alone keeps real tokens from seeing padding). The reward reads r positions per row,
+    so the last layer computes keys and values for every token but queries, attention outputs and
+    MLP only at those positions. `deepstack[i]` (`embeds`' shape, zero outside media tokens) is
+    added after layer i (Qwen3-VL).
     """
     attn = language_model.layers[-1].self_attn
     family = importlib.import_module(type(attn).__module__)  # the backbone's own rotary and repeat_kv
@@ -200,26 +202,27 @@ def _read_hidden(language_model: torch.nn.Module, embeds: torch.Tensor, position
         hidden = layer(hidden, attention_mask=None, position_embeddings=(cos, sin), use_cache=False)
         if number < len(deepstack):
             hidden = hidden + deepstack[number]
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
     normed = final.input_layernorm(hidden)
     batch, length, _ = normed.shape
+    reads = read.shape[1]
     # Qwen3 normalises each head's query and key before the rotation; the others do not.
     q_norm, k_norm = getattr(attn, "q_norm", torch.nn.Identity()), getattr(attn, "k_norm", torch.nn.Identity())
     key = k_norm(attn.k_proj(normed).view(batch, length, -1, attn.head_dim)).transpose(1, 2)
     value = attn.v_proj(normed).view(batch, length, -1, attn.head_dim).transpose(1, 2)
-    query = q_norm(attn.q_proj(normed[rows, last][:, None]).view(batch, 1, -1, attn.head_dim)).transpose(1, 2)
-    query, _ = apply_rotary_pos_emb(query, query, cos[rows, last][:, None], sin[rows, last][:, None])
+    query = q_norm(attn.q_proj(normed[rows, read]).view(batch, reads, -1, attn.head_dim)).transpose(1, 2)
+    query, _ = apply_rotary_pos_emb(query, query, cos[rows, read], sin[rows, read])
     _, key = apply_rotary_pos_emb(key, key, cos, sin)
-    visible = torch.arange(length, device=hidden.device)[None, :] <= last[:, None]  # causal, one query
+    visible = torch.arange(length, device=hidden.device)[None, None, :] <= read[:, :, None]  # causal, per query
     out = F.scaled_dot_product_attention(query, repeat_kv(key, attn.num_key_value_groups),
                                          repeat_kv(value, attn.num_key_value_groups),
-                                         attn_mask=visible[:, None, None, :], scale=attn.scaling)
-    out = attn.o_proj(out.transpose(1, 2).reshape(batch, 1, -1))
-    state = hidden[rows, last][:, None] + out
+                                         attn_mask=visible[:, None], scale=attn.scaling)
+    out = attn.o_proj(out.transpose(1, 2).reshape(batch, reads, -1))
+    state = hidden[rows, read] + out
     state = state + final.mlp(final.post_attention_layernorm(state))
     if len(layers) < len(deepstack):  # a deepstack feature after the last layer too
-        state = state + deepstack[len(layers)][rows, last][:, None]
-    return language_model.norm(state[:, 0])
+        state = state + deepstack[len(layers)][rows, read]
+    return language_model.norm(state)
 
 
 def unique_media(pixels: torch.Tensor, grid_thw: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -321,11 +324,14 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
     if mm_types is None:  # as RewardModel does: without types every token is positioned as text
         mm_types = torch.zeros_like(input_ids)
     config = inner.config
-    tokens_per_second, seconds, video_grid = _rope_video_args(inner, inputs)
-    positions = rope_positions(
-        input_ids, mm_types, mask, config.vision_config.spatial_merge_size, tokens_per_second,
-        inputs.get("image_grid_thw"), video_grid, seconds,
-    )
+    if model.settings.positions == "sequential":
+        positions = sequential_positions(mask)
+    else:
+        tokens_per_second, seconds, video_grid = _rope_video_args(inner, inputs)
+        positions = rope_positions(
+            input_ids, mm_types, mask, config.vision_config.spatial_merge_size, tokens_per_second,
+            inputs.get("image_grid_thw"), video_grid, seconds,
+        )
     embeds = inner.get_input_embeddings()(input_ids)
     deepstack: list[torch.Tensor] = []  # per deepstack layer: `embeds`' shape, zero outside media tokens
     for pixels_key, grid_key, token_id in (("pixel_values", "image_grid_thw", config.image_token_id),
@@ -340,14 +346,15 @@ def batched_rewards(model: Any, inputs: Mapping[str, torch.Tensor]) -> torch.Ten
         if not deepstack:
             deepstack = [torch.zeros_like(embeds) for _ in extra]
         deepstack = [d.masked_scatter(slots, x.to(d.dtype)) for d, x in zip(deepstack, extra)]
+    head = model.head
+    read = head.read_positions(input_ids, mask)
     lengths = mask.sum(dim=1)
     row_lengths = lengths.tolist()  # one read-back; group widths come from this list
-    read = embeds.new_empty(len(row_lengths), embeds.shape[-1])
+    hidden = embeds.new_empty(len(row_lengths), read.shape[1], embeds.shape[-1])
     for rows in length_groups(row_lengths):
         index = torch.tensor(rows, device=embeds.device)
         width = max(row_lengths[r] for r in rows)
-        read[index] = _read_hidden(inner.language_model, embeds[index, :width], positions[:, index, :width],
-                                   lengths[index] - 1, [d[index, :width] for d in deepstack])
-    head = model.head
+        hidden[index] = _read_hidden(inner.language_model, embeds[index, :width], positions[:, index, :width],
+                                     read[index], [d[index, :width] for d in deepstack])
     lm_head = unwrap_peft(model.backbone).get_output_embeddings() if head.uses_lm_head else None
-    return head.to_reward(head(read, lm_head))
+    return head.to_reward(head(hidden, lm_head))

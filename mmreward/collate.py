@@ -111,6 +111,36 @@ def processor_media(images: Sequence[Any], clips: Sequence[VideoClip]) -> dict[s
     return kwargs
 
 
+@dataclass(frozen=True)
+class QwenImageSize:
+    """The size a Qwen-VL image processor resizes an image to (its `smart_resize`: both sides
+    multiples of `factor`, pixels within [min_pixels, max_pixels]); a `SizeRule` for `load_image`,
+    so images arrive at that size and the processor's own resize does nothing."""
+
+    factor: int
+    min_pixels: int
+    max_pixels: int
+
+    def __call__(self, width: int, height: int) -> tuple[int, int]:
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        new_h, new_w = smart_resize(height, width, factor=self.factor, min_pixels=self.min_pixels,
+                                    max_pixels=self.max_pixels)
+        return new_w, new_h
+
+
+def processor_image_size(processor: Any) -> QwenImageSize | None:
+    """The image size rule of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL processor (None for others)."""
+    image_processor = getattr(processor, "image_processor", None)
+    patch = getattr(image_processor, "patch_size", None)
+    merge = getattr(image_processor, "merge_size", None)
+    size = getattr(image_processor, "size", None)
+    low, high = getattr(size, "shortest_edge", None), getattr(size, "longest_edge", None)
+    if not (patch and merge and low and high) or not callable(getattr(image_processor, "resize", None)):
+        return None
+    return QwenImageSize(factor=patch * merge, min_pixels=low, max_pixels=high)
+
+
 def _frames_tensor(frames: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():
         # Frame-pool clips are read-only arrays shared between callers; the processor only reads

@@ -21,9 +21,11 @@ The three probabilities sum to one (Rao & Kupper 1967). Decisive pairs minimise
 ``-log P(winner)`` (with the optional margin added to ``log theta``), tied pairs minimise
 ``-log P(tie)``, which pulls their rewards together.
 
-Reward centering adds ``center_coef * mean((r_a + r_b)^2)`` so that the (shift-invariant)
-preference loss does not let rewards drift; it keeps scores near zero as in the BaseReward
-recipe.
+Reward centering adds ``center_coef * mean((r_a + r_b)^2)``, which keeps the (shift-invariant)
+preference loss from letting rewards drift (the auxiliary term of Eisenstein et al. 2023, TRL's
+``center_rewards_coefficient``). It is off by default: the BaseReward paper's ablation found such
+regularisation (zero-mean rewards, length normalisation) unnecessary, and its recipe trains with
+the plain Bradley-Terry loss.
 
 Every term is a mean over the entries that take part (mask = 1, and for BT a decisive label),
 so a batch where a dimension is unlabeled neither contributes to nor dilutes that loss.

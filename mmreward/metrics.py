@@ -46,12 +46,17 @@ def pair_correct(delta: ArrayLike, labels: ArrayLike) -> np.ndarray:
 def pair_accuracy(delta: ArrayLike, labels: ArrayLike, with_ties: bool = False) -> float:
     """Pairwise accuracy; ``with_ties`` selects the tie-calibrated accuracy of :func:`tie_calibration`."""
     if with_ties:
-        return tie_calibration(delta, labels)[0]
+        return accuracy_with_ties(delta, labels)
     d, y = _as_pairs(delta, labels)
     decisive = y != 0
     if not decisive.any():
         raise ValueError("accuracy without ties needs at least one pair labelled 1 or -1")
     return float(np.mean(np.sign(d[decisive]) == y[decisive]))
+
+
+def accuracy_with_ties(delta: ArrayLike, labels: ArrayLike) -> float:
+    """The tie-calibrated three-way accuracy (VideoGen-RewardBench "w/ ties"; see :func:`tie_calibration`)."""
+    return tie_calibration(delta, labels)[0]
 
 
 def tie_calibration(delta: ArrayLike, labels: ArrayLike) -> tuple[float, float]:
@@ -168,6 +173,10 @@ def bootstrap_ci(
     are then resampled, and in each resample that array holds the draw number, so a group drawn
     twice counts as two groups. Resamples where the metric is undefined (it raises
     ``ValueError``, e.g. no decisive pair drawn) are skipped.
+
+    :func:`pair_accuracy`, :func:`accuracy_with_ties` and :func:`acc_plus` (grouped by its item
+    ids) are evaluated from how often each pair or group was drawn, without building the resampled
+    arrays or sorting again: the same values as the general path, at O(n) per resample.
     """
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
@@ -178,25 +187,28 @@ def bootstrap_ci(
         raise ValueError("bootstrap_ci needs one or more arrays of equal length")
     if group_by is not None and not 0 <= group_by < len(cols):
         raise ValueError(f"group_by={group_by} does not name one of the {len(cols)} arrays")
-    n = cols[0].size
     estimate = float(metric(*cols))
     rng = np.random.default_rng(seed)
 
     if group_by is None:
-        members = [np.array([i]) for i in range(n)]
+        group_of = None
+        sizes = np.ones(cols[0].size, dtype=np.int64)
     else:
-        _, inverse = np.unique(cols[group_by], return_inverse=True)
-        members = [np.flatnonzero(inverse == k) for k in range(inverse.max() + 1)]
+        _, group_of = np.unique(cols[group_by], return_inverse=True)
+        group_of = group_of.reshape(-1)
+        sizes = np.bincount(group_of)
+    from_counts = _counts_form(metric, cols, group_of, group_by)
+    if from_counts is None:
+        resample = _Gather(cols, group_of, sizes, group_by)
 
     values = []
     for _ in range(n_resamples):
-        picks = rng.integers(0, len(members), size=len(members))
-        idx = np.concatenate([members[k] for k in picks])
-        sample = [c[idx] for c in cols]
-        if group_by is not None:
-            sample[group_by] = np.repeat(np.arange(picks.size), [members[k].size for k in picks])
+        picks = rng.integers(0, sizes.size, size=sizes.size)
         try:
-            values.append(float(metric(*sample)))
+            if from_counts is not None:
+                values.append(from_counts(np.bincount(picks, minlength=sizes.size)))
+            else:
+                values.append(float(metric(*resample(picks))))
         except ValueError:
             continue
     if not values:
@@ -204,3 +216,91 @@ def bootstrap_ci(
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return ConfidenceInterval(estimate, float(low), float(high), confidence)
+
+
+class _Gather:
+    """The resampled arrays for drawn units (pairs, or groups in group order), built without a
+    Python loop over the draws: each group's pairs in file order, groups in draw order."""
+
+    def __init__(self, cols: list[np.ndarray], group_of: np.ndarray | None, sizes: np.ndarray, group_by: int | None):
+        self.cols, self.sizes, self.group_by = cols, sizes, group_by
+        if group_of is not None:
+            self.members = np.argsort(group_of, kind="stable")  # pairs of group 0, then of group 1, ...
+            self.starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+
+    def __call__(self, picks: np.ndarray) -> list[np.ndarray]:
+        if self.group_by is None:
+            return [c[picks] for c in self.cols]
+        lengths = self.sizes[picks]
+        # Position of every resampled pair inside `members`: its group's start plus its rank in the group.
+        first = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        idx = self.members[np.repeat(self.starts[picks], lengths) + np.arange(first.size) - first]
+        sample = [c[idx] for c in self.cols]
+        sample[self.group_by] = np.repeat(np.arange(picks.size), lengths)
+        return sample
+
+
+def _count_ratio(hits: np.ndarray, units: np.ndarray, undefined: str) -> Callable[[np.ndarray], float]:
+    """Draw counts -> (counts @ hits) / (counts @ units), in integers as the metric counts them;
+    ``ValueError(undefined)`` when no unit that counts was drawn."""
+
+    def value(counts: np.ndarray) -> float:
+        n = int(counts @ units)
+        if n == 0:
+            raise ValueError(undefined)
+        return int(counts @ hits) / n
+
+    return value
+
+
+def _accuracy_from_counts(delta: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], float]:
+    """:func:`pair_accuracy` of a resample, given how often each pair was drawn."""
+    d, y = _as_pairs(delta, labels)
+    decisive = (y != 0).astype(np.int64)
+    return _count_ratio(decisive * (np.sign(d) == y), decisive,
+                        "accuracy without ties needs at least one pair labelled 1 or -1")
+
+
+def _ties_from_counts(delta: np.ndarray, labels: np.ndarray) -> Callable[[np.ndarray], float]:
+    """:func:`accuracy_with_ties` of a resample, given how often each pair was drawn.
+
+    The pairs are sorted by |delta| once. At the end of each run of equal |delta| the count right is
+    (sign hits of all pairs) + (tie hits - sign hits up to there); a run missing from a resample
+    repeats the previous count, which cannot change the maximum."""
+    d, y = _as_pairs(delta, labels)
+    order = np.argsort(np.abs(d), kind="stable")
+    mag_sorted = np.abs(d)[order]
+    last_of_run = np.append(mag_sorted[1:] != mag_sorted[:-1], True)
+    right_if_sign = (np.sign(d[order]) == y[order]).astype(np.int64)
+    tie_gain = (y[order] == 0).astype(np.int64) - right_if_sign
+
+    def value(counts: np.ndarray) -> float:
+        w = counts[order]
+        best_gain = int(np.cumsum(w * tie_gain)[last_of_run].max())
+        return (int(w @ right_if_sign) + max(0, best_gain)) / int(w.sum())
+
+    return value
+
+
+def _acc_plus_from_counts(delta: np.ndarray, labels: np.ndarray, group_of: np.ndarray) -> Callable[[np.ndarray], float]:
+    """:func:`acc_plus` of a resample of whole items, given how often each item was drawn: every
+    drawn copy is one item, so Acc+ = sum(copies * all right) / sum(copies * has a decisive pair)."""
+    correct = pair_correct(delta, labels)
+    decisive = np.asarray(labels).reshape(-1) != 0
+    groups = int(group_of.max()) + 1
+    has_decisive = np.bincount(group_of, weights=decisive, minlength=groups) > 0
+    all_right = has_decisive & (np.bincount(group_of, weights=decisive & ~correct, minlength=groups) == 0)
+    return _count_ratio(all_right.astype(np.int64), has_decisive.astype(np.int64),
+                        "Acc+ needs at least one pair labelled 1 or -1")
+
+
+def _counts_form(
+    metric: Callable[..., float], cols: list[np.ndarray], group_of: np.ndarray | None, group_by: int | None
+) -> Callable[[np.ndarray], float] | None:
+    """The draw-count form of a built-in metric, or None where only the general path is exact (the
+    general path hands the metric draw numbers in place of the grouping array)."""
+    if metric in (pair_accuracy, accuracy_with_ties) and len(cols) == 2 and group_by is None:
+        return (_accuracy_from_counts if metric is pair_accuracy else _ties_from_counts)(*cols)
+    if metric is acc_plus and len(cols) == 3 and group_by == 2:
+        return _acc_plus_from_counts(cols[0], cols[1], group_of)
+    return None

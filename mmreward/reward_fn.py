@@ -15,12 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 from PIL import Image
 
-from mmreward.collate import CollateConfig
+from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import SideMedia
-from mmreward.data.media import load_image, read_video
+from mmreward.data.media import MediaConfig
 from mmreward.model import RewardModel
 
 
@@ -77,25 +76,30 @@ class RewardFunction:
     """Score completions with a trained reward model, one float per completion.
 
     model: the reward model (its processor encodes the inputs).
-    dimension: which reward column to return (default: "overall" if present, else the first).
+    dimension: which reward to return, one of `model.output_dimensions` (default: "overall" if
+        reported, else the first).
     batch_size: completions per forward pass.
-    collate: prompt formatting; use the training run's settings (default: `CollateConfig()`).
-    num_frames: frames sampled from video paths.
+    collate / media: prompt formatting and media decoding (default: the model's own settings, i.e.
+        the training run's).
+    normalize: z-normalise with the checkpoint's statistics (default: the checkpoint's choice).
     """
 
     def __init__(self, model: RewardModel, dimension: str | None = None, batch_size: int = 16,
-                 collate: CollateConfig | None = None, num_frames: int = 8):
+                 collate: CollateConfig | None = None, media: MediaConfig | None = None,
+                 normalize: bool | None = None):
         if model.processor is None:
             raise RewardFunctionError("the reward model has no processor; load it with RewardModel.from_pretrained")
-        dims = model.dimensions
+        dims = model.output_dimensions
         self.dimension = dimension or ("overall" if "overall" in dims else dims[0])
         if self.dimension not in dims:
             raise RewardFunctionError(f"dimension {self.dimension!r} not among the model's {dims}")
         self.model = model
         self.column = dims.index(self.dimension)
         self.batch_size = batch_size
-        self.collate = collate or CollateConfig()
-        self.num_frames = num_frames
+        self.collate = collate or model.settings.collate
+        self.media = media or model.settings.media
+        self.normalize = model.settings.normalize if normalize is None else normalize
+        self.final_image_size = processor_image_size(model.processor)  # images decoded to what the model sees
         self.__name__ = f"reward_model_{self.dimension}"  # TRL names reward columns after it
 
     def completion_side(self, completion: Any, images: Any, video: Any) -> SideMedia:
@@ -104,8 +108,9 @@ class RewardFunction:
             images = []
         elif isinstance(images, (Image.Image, str, Path)):
             images = [images]
-        loaded = [img.convert("RGB") if isinstance(img, Image.Image) else load_image(img) for img in images]
-        clip = read_video(video, num_frames=self.num_frames) if video is not None else None
+        loaded = [img.convert("RGB") if isinstance(img, Image.Image) else self.media.image(img, self.final_image_size)
+                  for img in images]
+        clip = self.media.video(video) if video is not None else None
         return SideMedia(images=loaded, video=clip, response=completion_text(completion))
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
@@ -113,12 +118,12 @@ class RewardFunction:
         n = len(prompts)
         texts = [prompt_text(p) for p in prompts]
         sides = [self.completion_side(c, images[i], videos[i]) for i, c in enumerate(completions)]
-        device = next(self.model.parameters()).device
         rewards: list[float] = []
         for start in range(0, n, self.batch_size):
             stop = start + self.batch_size
             batch = self.model.head.encode_sides(self.model.processor, texts[start:stop], sides[start:stop],
                                                  self.collate)  # the head's prompt (e.g. yes_token's question)
-            batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            rewards.extend(self.model.score(batch)[:, self.column].float().cpu().tolist())
+            raw = self.model.rewards_of(batch)
+            reported = self.model.with_overall(self.model.normalize(raw) if self.normalize else raw.double())
+            rewards.extend(reported[:, self.column].float().cpu().tolist())
         return rewards

@@ -17,11 +17,12 @@ from mmreward.collate import (
     encode_sides,
     last_token_index,
     pair_labels,
+    processor_image_size,
     processor_media,
     shares_prefix,
 )
 from mmreward.data.dataset import PreferenceExample, SideMedia
-from mmreward.data.media import VideoClip
+from mmreward.data.media import VideoClip, load_image
 from mmreward.data.records import PreferenceRecord, Side
 
 
@@ -171,6 +172,42 @@ def test_shared_prefix_selection(processor):
     strict = PairCollator(processor, ["overall"], CollateConfig(pair_form="shared_prefix"))
     with pytest.raises(CollateError, match=r"\['r1'\]"):
         strict([response_pair, image_pair])
+
+
+def test_shared_prefix_needs_every_media_file_equal(tmp_path):
+    """Sides that differ only in their video are not a response pair (the video must not be dropped)."""
+    image, v1, v2 = tmp_path / "i.png", tmp_path / "1.mp4", tmp_path / "2.mp4"
+
+    def record(video_b, images_b=()):
+        return PreferenceRecord("r", "p", Side(image=image, video=v1, response="x"),
+                                Side(image=image, images=list(images_b), video=video_b, response="y"), {"overall": "a"})
+
+    assert shares_prefix(record(v1))
+    assert not shares_prefix(record(v2))
+    assert not shares_prefix(record(None))
+    assert not shares_prefix(record(v1, images_b=[image]))
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"])
+def test_images_arrive_at_the_processors_size(family, tmp_path):
+    """With the processor's size rule, load_image resizes once to the size the processor would give
+    the capped image: the processor's resize is then the identity, the grid is the one the old
+    two-resize path gave, and the pixels match it closely."""
+    processor = AutoProcessor.from_pretrained(build_tiny_vlm(tmp_path / "m", family=family))
+    rule = processor_image_size(processor)
+    coarse = np.random.default_rng(1).integers(0, 256, (21, 28, 3), dtype=np.uint8)
+    Image.fromarray(coarse).resize((896, 672), Image.Resampling.BICUBIC).save(tmp_path / "p.jpg", quality=95)
+    cap = 336 * 252
+    once = load_image(tmp_path / "p.jpg", max_pixels=cap, final_size=rule)
+    assert rule(*once.size) == once.size  # a fixed point: the processor leaves it as it is
+    twice = load_image(tmp_path / "p.jpg", max_pixels=cap)  # the old path: the processor resizes again
+    encode = lambda img: processor.image_processor(images=[img], return_tensors="pt")  # noqa: E731
+    new, old = encode(once), encode(twice)
+    assert new["image_grid_thw"].tolist() == old["image_grid_thw"].tolist()
+    patch = processor.image_processor.patch_size
+    assert new["image_grid_thw"][0, 1:].tolist() == [once.size[1] // patch, once.size[0] // patch]
+    assert (new["pixel_values"] - old["pixel_values"]).abs().mean() < 0.05
+    assert processor_image_size(object()) is None
 
 
 def test_max_length_names_records(processor):

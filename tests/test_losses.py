@@ -143,3 +143,37 @@ def test_bad_inputs_raise():
         preference_loss(r, torch.zeros(2, 2), torch.zeros(2, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="mask"):
         preference_loss(r, r, torch.ones(2, 1, dtype=torch.long), torch.full((2, 1), 2))
+
+
+def test_btt_margin_widens_the_decisive_gap_only():
+    # Decisive, a wins by 1, theta 5, margin 0.5: -log sigmoid(1 - ln 5 - 0.5) = log(1 + 5 e^-0.5)
+    # = 1.3944245460573657; a margin of the other sign would give log(1 + 5 e^-1.5) = 0.749362472372778.
+    cfg = PreferenceLossConfig(kind="btt", tie_theta=5.0, margin=0.5)
+    loss, _ = preference_loss(t([[1.0]]), t([[0.0]]), torch.tensor([[1]]), cfg=cfg)
+    assert loss.item() == pytest.approx(math.log(1 + 5 * math.exp(-0.5)), abs=1e-12)
+    assert loss.item() == pytest.approx(1.3944245460573657, abs=1e-12)
+    # b wins by 2 (r_a - r_b = -2): -log sigmoid(2 - ln 5 - 0.5) = log(1 + 5 e^-1.5) (not log(1 + 5 e^-2.5)).
+    loss, _ = preference_loss(t([[0.0]]), t([[2.0]]), torch.tensor([[-1]]), cfg=cfg)
+    assert loss.item() == pytest.approx(0.749362472372778, abs=1e-12)
+    # The tie term does not see the margin: log 1.5 at equal rewards, as without it.
+    loss, _ = preference_loss(t([[0.3]]), t([[0.3]]), torch.tensor([[0]]), cfg=cfg)
+    assert loss.item() == pytest.approx(math.log(1.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["bt", "btt"])
+def test_float_labels_must_be_whole_numbers(kind):
+    r = torch.zeros(2, 1)
+    cfg = PreferenceLossConfig(kind=kind)
+    with pytest.raises(ValueError, match="labels must be integers"):
+        preference_loss(r, r, torch.tensor([[0.5], [1.0]]), cfg=cfg)
+    # Whole-number floats are accepted and mean what the integers mean.
+    as_float, _ = preference_loss(t([[1.0], [0.0]]), t([[0.0], [0.0]]), torch.tensor([[1.0], [-1.0]]), cfg=cfg)
+    as_int, _ = preference_loss(t([[1.0], [0.0]]), t([[0.0], [0.0]]), torch.tensor([[1], [-1]]), cfg=cfg)
+    assert as_float.item() == as_int.item()
+
+
+@pytest.mark.parametrize("shape", [(2,), (1, 1), (2, 2), (1, 2)])
+def test_mask_of_the_wrong_shape_is_refused(shape):
+    r = torch.zeros(2, 1)
+    with pytest.raises(ValueError, match=r"mask must have the rewards' shape \(2, 1\)"):
+        preference_loss(r, r, torch.ones(2, 1, dtype=torch.long), torch.ones(shape))

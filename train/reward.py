@@ -1,4 +1,5 @@
-"""Train a scalar reward model (BaseReward / VideoAlign style) on preference pairs.
+"""Train a reward model on preference pairs: BaseReward's scalar head, VideoAlign's reward tokens or
+RewardDance's yes-token (`--head`).
 
     python train/reward.py --config train/configs/reward_image.yaml            # CPU, tiny model
     python train/reward.py --config train/configs/reward_image.yaml --backbone /models/Qwen2.5-VL-7B-Instruct \\
@@ -11,7 +12,9 @@ Rerunning the same command resumes from the newest checkpoint in the output dire
 
 The output directory gets the reward model (`reward_config.json`, `head.safetensors`, `backbone/`
 or `adapter/`, processor files; load it with `RewardModel.from_pretrained(dir)`),
-`resolved_config.yaml` (every setting; usable as `--config`), `metrics.json`, `logs/`
+`resolved_config.yaml` (every setting; usable as `--config`), `metrics.json` (with the normalisation
+statistics the checkpoint stores: the mean and std of each dimension's rewards on the training
+pairs, unless `--reward_stats false`), `logs/`
 (TensorBoard + `train_log.jsonl`), `checkpoints/` and `manifest.json`. A NaN/inf loss stops the run
 with exit code 2, leaves the directory marked incomplete and keeps the last good checkpoint.
 """
@@ -30,7 +33,9 @@ from accelerate.utils import set_seed
 from trl import TrlParser
 
 from mmreward.backbones.tiny import tiny_backbone_once, tiny_spec_family
+from mmreward.collate import processor_image_size
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import SizeRule
 from mmreward.data.records import RecordSet, read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
 from mmreward.model import RewardModel
@@ -66,13 +71,14 @@ def resolve_backbone(spec: str, out: Path, accelerator: Accelerator) -> str:
     return spec if family is None else str(tiny_backbone_once(family, out, accelerator))
 
 
-def load_split(path: str | None, limit: int | None, args: RewardDataArguments) -> PreferenceDataset | None:
+def load_split(path: str | None, limit: int | None, args: RewardDataArguments,
+               final_image_size: SizeRule | None = None) -> PreferenceDataset | None:
     if path is None:
         return None
     records = read_records(path)
     if limit is not None:
         records = RecordSet(list(records)[:limit], path=records.path)
-    return PreferenceDataset(records, num_frames=args.num_frames, fps=args.video_fps, max_pixels=args.max_pixels)
+    return PreferenceDataset(records, args.media(), final_image_size)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -89,9 +95,12 @@ def main(argv: list[str] | None = None) -> dict:
     model = RewardModel.from_backbone(
         backbone, head=model_args.head, dimensions=model_args.dimensions, head_options=model_args.head_options(),
         tuning=model_args.tuning(), dtype=model_args.dtype, attn_implementation=model_args.attn_implementation,
+        settings=model_args.scoring(data_args),
     )
-    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args)
-    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args)
+    image_size = processor_image_size(model.processor)  # images resized once, to what the model sees
+    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args, image_size)
+    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args, image_size)
+    train_cfg.resolve_steps(len(train_data), accelerator.num_processes)  # epochs / warmup_ratio -> steps
     collator = model.head.pair_collator(model.processor, data_args.collate())  # the head decides the prompt
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
     if accelerator.is_main_process:
@@ -104,6 +113,10 @@ def main(argv: list[str] | None = None) -> dict:
         accelerator.print(f"ERROR: {err}", file=sys.stderr)
         accelerator.end_training()
         sys.exit(EXIT_NON_FINITE)
+    if model_args.reward_stats:  # collective: every process scores a share of the training pairs
+        stats = trainer.reward_statistics(train_data)
+        trainer.unwrapped_model().set_reward_stats(stats)
+        metrics["reward_stats"] = stats
     state = accelerator.get_state_dict(trainer.model)  # collective: gathers sharded (FSDP / ZeRO-3) weights
     if accelerator.is_main_process:
         trainer.unwrapped_model().save_pretrained(out, state_dict=state)

@@ -18,15 +18,22 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import av
 import decord
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from mmreward.data.qwen_video import QwenFrames
 
 __all__ = [
     "MediaError",
+    "MediaConfig",
+    "VIDEO_SAMPLINGS",
     "load_image",
+    "SizeRule",
     "VideoClip",
     "read_video",
     "sample_by_count",
@@ -85,29 +92,62 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _fit_pixels(img: Image.Image, max_pixels: int) -> Image.Image:
-    """Downscale (aspect preserved) so width * height <= max_pixels."""
-    w, h = img.size
-    if w * h <= max_pixels:
-        return img
-    scale = math.sqrt(max_pixels / (w * h))
-    new_w, new_h = max(1, int(w * scale)), max(1, int(h * scale))
+def _fit_pixels(width: int, height: int, max_pixels: int) -> tuple[int, int]:
+    """(width, height) downscaled (aspect preserved) so that width * height <= max_pixels."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = math.sqrt(max_pixels / (width * height))
+    new_w, new_h = max(1, int(width * scale)), max(1, int(height * scale))
     # Floating-point rounding can leave the product one row over the limit.
     while new_w * new_h > max_pixels and (new_w > 1 or new_h > 1):
         if new_w >= new_h:
             new_w -= 1
         else:
             new_h -= 1
-    return img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    return new_w, new_h
 
 
-def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
+# A processor's resize rule: (width, height) in -> (width, height) it resizes the image to.
+SizeRule = Callable[[int, int], tuple[int, int]]
+# EXIF orientations that swap width and height (transpose, 90°, transverse, 270°).
+_SWAPPED_ORIENTATIONS = {5, 6, 7, 8}
+# A JPEG is decoded at 1/2, 1/4 or 1/8 scale only down to twice the target size, so the final
+# resize still has pixels to average (the reducing gap Image.thumbnail uses by default).
+_DRAFT_GAP = 2
+
+
+def _target_size(size: tuple[int, int], max_pixels: int | None, final_size: SizeRule | None) -> tuple[int, int]:
+    width, height = size
+    if max_pixels is not None:
+        width, height = _fit_pixels(width, height, max_pixels)
+    return final_size(width, height) if final_size is not None else (width, height)
+
+
+def _draft_jpeg(img: Image.Image, max_pixels: int | None, final_size: SizeRule | None) -> tuple[int, int] | None:
+    """Let a JPEG decode at reduced scale when the target allows; returns its displayed (EXIF-oriented)
+    full size, or None for other formats or when nothing is to be resized."""
+    if img.format != "JPEG" or (max_pixels is None and final_size is None):
+        return None
+    swapped = img.getexif().get(ExifTags.Base.Orientation) in _SWAPPED_ORIENTATIONS
+    shown = (img.height, img.width) if swapped else img.size
+    target = _target_size(shown, max_pixels, final_size)
+    if target[0] * _DRAFT_GAP < shown[0] and target[1] * _DRAFT_GAP < shown[1]:
+        request = (target[1], target[0]) if swapped else target
+        img.draft(None, (request[0] * _DRAFT_GAP, request[1] * _DRAFT_GAP))
+    return shown
+
+
+def load_image(path: str | Path, max_pixels: int | None = None, final_size: SizeRule | None = None) -> Image.Image:
     """Load an image as RGB with EXIF orientation applied.
 
     Every Pillow mode is converted: 16-bit grey is rescaled (not clipped), alpha is composited on
     white, palettes are expanded, CMYK goes through Pillow's conversion. ``max_pixels`` downsizes
-    (aspect ratio preserved) so that width * height stays within it. Missing, empty, truncated,
-    unidentifiable or decompression-bomb images raise :class:`MediaError`.
+    (aspect ratio preserved) so that width * height stays within it. ``final_size`` is the model
+    processor's own resize rule (e.g. :func:`mmreward.collate.processor_image_size`): the image is
+    then resized once, straight to the size the processor would give the capped image, so the
+    processor's resize does nothing. A JPEG with room to spare is decoded at 1/2, 1/4 or 1/8 scale
+    (Pillow's draft mode, done in the decoder) down to twice that size before the one resize.
+    Missing, empty, truncated, unidentifiable or decompression-bomb images raise :class:`MediaError`.
     """
     path = Path(path)
     _check_file(path)
@@ -115,6 +155,7 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
     try:
         with Image.open(path) as img:
+            full_size = _draft_jpeg(img, max_pixels, final_size)
             img.load()  # decode now so truncation surfaces here, inside the try
             img = ImageOps.exif_transpose(img)
             rgb = _to_rgb(img)
@@ -124,8 +165,9 @@ def load_image(path: str | Path, max_pixels: int | None = None) -> Image.Image:
         raise MediaError(path, "not a readable image") from e
     except (OSError, SyntaxError, ValueError) as e:
         raise MediaError(path, f"cannot decode image: {e}") from e
-    if max_pixels is not None:
-        rgb = _fit_pixels(rgb, max_pixels)
+    target = _target_size(full_size or rgb.size, max_pixels, final_size)
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.Resampling.BICUBIC)
     return rgb
 
 
@@ -183,7 +225,15 @@ def sample_by_fps(timestamps: np.ndarray, fps: float) -> np.ndarray:
     return np.searchsorted(ts, targets + 1e-4, side="right").astype(np.int64) - 1
 
 
-def _select(total: int, timestamps_fn, num_frames: int | None, fps: float | None) -> np.ndarray:
+# A frame-index rule other than by count or by rate: (frames in the video, its average frame rate)
+# -> indices; e.g. `mmreward.data.qwen_video.QwenFrames.indices`.
+FrameSampler = Callable[[int, float], np.ndarray]
+
+
+def _select(total: int, avg_fps: float, timestamps_fn, num_frames: int | None, fps: float | None,
+            sampler: FrameSampler | None) -> np.ndarray:
+    if sampler is not None:
+        return np.asarray(sampler(total, avg_fps), dtype=np.int64)
     if num_frames is not None:
         return sample_by_count(total, num_frames)
     if fps is not None:
@@ -191,12 +241,13 @@ def _select(total: int, timestamps_fn, num_frames: int | None, fps: float | None
     return np.arange(total, dtype=np.int64)
 
 
-def _read_decord(path: Path, num_frames: int | None, fps: float | None) -> VideoClip:
+def _read_decord(path: Path, num_frames: int | None, fps: float | None, sampler: FrameSampler | None) -> VideoClip:
     reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
     total = len(reader)
     if total < 1:
         raise RuntimeError("no frames")
-    indices = _select(total, lambda: reader.get_frame_timestamp(list(range(total)))[:, 0], num_frames, fps)
+    indices = _select(total, float(reader.get_avg_fps()), lambda: reader.get_frame_timestamp(list(range(total)))[:, 0],
+                      num_frames, fps, sampler)
     unique, inverse = np.unique(indices, return_inverse=True)
     # get_batch seeks to the nearest keyframe before each index, so only the needed GOPs are decoded.
     frames = reader.get_batch(unique.tolist()).asnumpy()[inverse]
@@ -204,7 +255,7 @@ def _read_decord(path: Path, num_frames: int | None, fps: float | None) -> Video
     return VideoClip(frames, timestamps, indices, float(reader.get_avg_fps()), total)
 
 
-def _read_pyav(path: Path, num_frames: int | None, fps: float | None) -> VideoClip:
+def _read_pyav(path: Path, num_frames: int | None, fps: float | None, sampler: FrameSampler | None) -> VideoClip:
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise MediaError(path, "no video stream")
@@ -220,7 +271,8 @@ def _read_pyav(path: Path, num_frames: int | None, fps: float | None) -> VideoCl
     if total < 1:
         raise MediaError(path, "video stream has no frames")
     all_ts = np.array([float(p * time_base) for p in pts])
-    indices = _select(total, lambda: all_ts, num_frames, fps)
+    avg_fps = float(rate) if rate else float(total / max(all_ts[-1] - all_ts[0], 1e-9))
+    indices = _select(total, avg_fps, lambda: all_ts, num_frames, fps, sampler)
     # Frames are matched by pts, not by count, so a frame the decoder drops cannot shift the others.
     wanted = {pts[i]: i for i in indices.tolist()}
     last = pts[int(indices.max())]
@@ -238,21 +290,21 @@ def _read_pyav(path: Path, num_frames: int | None, fps: float | None) -> VideoCl
     if missing:
         raise MediaError(path, f"frame {min(missing)} is unreadable (truncated?); decoded {len(decoded)} of the sampled frames")
     frames = np.stack([decoded[i] for i in indices.tolist()])
-    avg_fps = float(rate) if rate else float(total / max(all_ts[-1] - all_ts[0], 1e-9))
     return VideoClip(frames, all_ts[indices], indices, avg_fps, total)
 
 
-def read_video(path: str | Path, num_frames: int | None = None, fps: float | None = None) -> VideoClip:
+def read_video(path: str | Path, num_frames: int | None = None, fps: float | None = None,
+               sampler: FrameSampler | None = None) -> VideoClip:
     """Decode the sampled frames of a video.
 
     Give at most one of ``num_frames`` (uniform over the video, first and last frame included,
-    repeats when the video is shorter; see :func:`sample_by_count`) and ``fps`` (the frame on
-    screen every 1/fps seconds; see :func:`sample_by_fps`); neither means every frame. decord
-    reads the file; if decord fails, PyAV tries; if both fail the :class:`MediaError` carries both
-    reasons.
+    repeats when the video is shorter; see :func:`sample_by_count`), ``fps`` (the frame on
+    screen every 1/fps seconds; see :func:`sample_by_fps`) and ``sampler`` (any other rule, from
+    the frame count and average rate); none means every frame. decord reads the file; if decord
+    fails, PyAV tries; if both fail the :class:`MediaError` carries both reasons.
     """
-    if num_frames is not None and fps is not None:
-        raise ValueError("give num_frames or fps, not both")
+    if sum(x is not None for x in (num_frames, fps, sampler)) > 1:
+        raise ValueError("give one of num_frames, fps and sampler, not several")
     if num_frames is not None and num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if fps is not None and fps <= 0:
@@ -260,13 +312,13 @@ def read_video(path: str | Path, num_frames: int | None = None, fps: float | Non
     path = Path(path)
     _check_file(path)
     try:
-        return _read_decord(path, num_frames, fps)
+        return _read_decord(path, num_frames, fps, sampler)
     except Exception as decord_error:  # decord raises RuntimeError / DECORDError / others; all mean "try PyAV"
         # decord prefixes its messages with "[hh:mm:ss] /source/file.cc:line: "; keep only the reason.
         reason = re.sub(r"^\[[\d:]+\] \S+: ", "", str(decord_error).strip()).splitlines()[0]
         first = f"{type(decord_error).__name__}: {reason}"
     try:
-        return _read_pyav(path, num_frames, fps)
+        return _read_pyav(path, num_frames, fps, sampler)
     except MediaError as e:
         raise MediaError(path, f"{e.reason} (decord: {first})") from e
     except (av.FFmpegError, OSError, ValueError) as e:
@@ -315,6 +367,59 @@ def write_video(
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+# ----------------------------------------------------------------------------------- settings
+
+VIDEO_SAMPLINGS = ("uniform", "qwen")
+
+
+@dataclass
+class MediaConfig:
+    """How images and videos are decoded.
+
+    num_frames: "uniform": frames spread evenly over each video, first and last included (ignored when
+        `fps` is set); "qwen": a fixed count instead of the rate rule (rounded to an even number).
+    fps: "uniform": the frame on screen every 1/fps seconds; "qwen": frames per second of video
+        (default 2.0 there).
+    max_pixels: downscale images above this many pixels (None: keep the file's size).
+    video_sampling: "uniform" (`mmreward.data.media.read_video`) or "qwen" (Qwen-VL's and VideoAlign's
+        rules: `mmreward.data.qwen_video`, frames resized to 28-multiples).
+    video_min_pixels / video_max_pixels: "qwen" only: bounds of each frame's area (defaults:
+        qwen-vl-utils' 100,352 and 602,112; VideoAlign's checkpoints use a maximum of 200,704).
+    """
+
+    num_frames: int | None = 8
+    fps: float | None = None
+    max_pixels: int | None = None
+    video_sampling: str = "uniform"
+    video_min_pixels: int | None = None
+    video_max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.video_sampling not in VIDEO_SAMPLINGS:
+            raise ValueError(f"MediaConfig.video_sampling must be one of {VIDEO_SAMPLINGS}, got {self.video_sampling!r}")
+        if self.video_sampling == "uniform" and (self.video_min_pixels or self.video_max_pixels):
+            raise ValueError("video_min_pixels / video_max_pixels apply to video_sampling='qwen' only")
+        if self.video_sampling == "qwen":
+            self.qwen_frames()  # validates the bounds now, not at the first video
+
+    def qwen_frames(self) -> "QwenFrames":
+        from mmreward.data.qwen_video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, QwenFrames  # needs torch
+
+        return QwenFrames(fps=self.fps if self.fps is not None else 2.0,
+                          num_frames=self.num_frames if self.fps is None else None,
+                          min_pixels=self.video_min_pixels or VIDEO_MIN_PIXELS,
+                          max_pixels=self.video_max_pixels or VIDEO_MAX_PIXELS)
+
+    def image(self, path: str | Path, final_size: SizeRule | None = None) -> Image.Image:
+        """`load_image` with this cap; `final_size`: the model processor's resize rule (see there)."""
+        return load_image(path, max_pixels=self.max_pixels, final_size=final_size)
+
+    def video(self, path: str | Path) -> VideoClip:
+        if self.video_sampling == "qwen":
+            return self.qwen_frames().read(path)
+        return read_video(path, num_frames=None if self.fps is not None else self.num_frames, fps=self.fps)
 
 
 # ----------------------------------------------------------------------------------- frame pool

@@ -10,7 +10,10 @@ One line per record::
 
 A side holds at least one of ``image``, ``images``, ``video``, ``response``. Media paths are
 relative to the JSONL file's folder and may not leave it (no absolute paths, no ``..`` escapes, no
-symlinks pointing outside). ``meta`` is optional. In memory, media paths are absolute.
+symlinks pointing outside, nothing longer than ``MAX_PATH_CHARS``). ``label`` names at least one
+dimension; ``overall`` is the headline one and is left out only where the source has no usable
+overall verdict (a missing label, like any other dimension). ``meta`` is optional. In memory,
+media paths are absolute.
 """
 
 from __future__ import annotations
@@ -29,13 +32,30 @@ __all__ = [
     "read_records",
     "write_records",
     "label_to_int",
+    "json_value",
+    "missing_media",
+    "quote",
+    "require_media",
     "LABEL_VALUES",
+    "MAX_PATH_CHARS",
 ]
 
 LABEL_VALUES = ("a", "b", "tie")
 _RECORD_FIELDS = {"id", "prompt", "a", "b", "label", "meta"}
 _REQUIRED_FIELDS = ("id", "prompt", "a", "b", "label")
 _SIDE_FIELDS = {"image", "images", "video", "response"}
+# Longer paths cannot exist (Linux PATH_MAX) and resolving them costs minutes: refused up front.
+MAX_PATH_CHARS = 4096
+# How much of a bad value an error message quotes.
+_QUOTE_CHARS = 80
+
+
+def quote(value: Any, limit: int = _QUOTE_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters for long values."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value):,} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
 class RecordError(ValueError):
@@ -52,7 +72,7 @@ class RecordError(ValueError):
         if line is not None:
             where += f":{line}"
         if record_id is not None:
-            where += f" (id {record_id!r})"
+            where += f" (id {quote(record_id, 200)})"
         super().__init__(f"{where}: {reason}")
 
     def __reduce__(self):
@@ -71,11 +91,15 @@ class Side:
 
     def media_paths(self) -> list[Path]:
         """Every media file of this side: image first, then images, then video."""
-        paths = [self.image] if self.image is not None else []
-        paths += self.images
+        return [path for _, path in self.named_media()]
+
+    def named_media(self) -> list[tuple[str, Path]]:
+        """``(field, path)`` of every media file, in :meth:`media_paths` order (``"images[1]"`` ...)."""
+        named = [("image", self.image)] if self.image is not None else []
+        named += [(f"images[{i}]", p) for i, p in enumerate(self.images)]
         if self.video is not None:
-            paths.append(self.video)
-        return paths
+            named.append(("video", self.video))
+        return named
 
 
 @dataclass
@@ -134,17 +158,25 @@ def _media_path(value: Any, root: Path, check_exists: bool, what: str, allow_abs
     ``allow_absolute`` (writer input only) accepts absolute paths that lie inside ``root``.
     """
     if not isinstance(value, (str, Path)) or str(value) == "":
-        raise ValueError(f"{what} must be a non-empty path string, got {value!r}")
+        raise ValueError(f"{what} must be a non-empty path string, got {quote(value)}")
+    check_path_length(value, what)
     rel = Path(value)
     if rel.is_absolute() and not allow_absolute:
-        raise ValueError(f"{what} {str(value)!r} is absolute; media paths must be relative to the JSONL folder")
+        raise ValueError(f"{what} {quote(str(value))} is absolute; media paths must be relative to the JSONL folder")
     full = root / rel
     # resolve() follows symlinks and '..', so both kinds of escape are caught here.
     if not full.resolve().is_relative_to(root):
-        raise ValueError(f"{what} {str(value)!r} escapes the JSONL folder {root}")
+        raise ValueError(f"{what} {quote(str(value))} escapes the JSONL folder {root}")
     if check_exists and not full.is_file():
-        raise ValueError(f"{what} {str(value)!r} not found ({full})")
+        raise ValueError(f"{what} {quote(str(value))} not found ({full})")
     return full
+
+
+def check_path_length(value: str | Path, what: str) -> None:
+    """Refuse a path longer than :data:`MAX_PATH_CHARS` before anything resolves it."""
+    if len(str(value)) > MAX_PATH_CHARS:
+        raise ValueError(f"{what} is {len(str(value)):,} characters long (at most {MAX_PATH_CHARS} allowed): "
+                         f"{quote(str(value))}")
 
 
 def _parse_side(raw: Any, name: str, root: Path, check_exists: bool, allow_absolute: bool) -> Side:
@@ -152,7 +184,7 @@ def _parse_side(raw: Any, name: str, root: Path, check_exists: bool, allow_absol
         raise ValueError(f"side {name!r} must be an object, got {type(raw).__name__}")
     unknown = set(raw) - _SIDE_FIELDS
     if unknown:
-        raise ValueError(f"side {name!r} has unknown field(s) {sorted(unknown)}; allowed: {sorted(_SIDE_FIELDS)}")
+        raise ValueError(f"side {name!r} has unknown field(s) {quote(sorted(unknown))}; allowed: {sorted(_SIDE_FIELDS)}")
     side = Side()
     if raw.get("image") is not None:
         side.image = _media_path(raw["image"], root, check_exists, f"{name}.image", allow_absolute)
@@ -176,12 +208,12 @@ def _parse_side(raw: Any, name: str, root: Path, check_exists: bool, allow_absol
 
 def _parse_label(raw: Any) -> dict[str, str]:
     if not isinstance(raw, dict):
-        raise ValueError(f"label must be an object like {{'overall': 'a'}}, got {raw!r}")
-    if "overall" not in raw:
-        raise ValueError(f"label has no 'overall' entry: {raw!r}")
+        raise ValueError(f"label must be an object like {{'overall': 'a'}}, got {quote(raw)}")
+    if not raw:
+        raise ValueError("label names no dimension; it needs at least one, e.g. {'overall': 'a'}")
     for dim, value in raw.items():
         if value not in LABEL_VALUES:
-            raise ValueError(f"unknown label value {value!r} for {dim!r}; expected one of {LABEL_VALUES}")
+            raise ValueError(f"unknown label value {quote(value)} for {quote(dim)}; expected one of {LABEL_VALUES}")
     return dict(raw)
 
 
@@ -193,9 +225,9 @@ def _parse_record(raw: Any, root: Path, check_exists: bool, allow_absolute: bool
         raise ValueError(f"missing field(s) {missing}")
     unknown = set(raw) - _RECORD_FIELDS
     if unknown:
-        raise ValueError(f"unknown field(s) {sorted(unknown)}; allowed: {sorted(_RECORD_FIELDS)}")
+        raise ValueError(f"unknown field(s) {quote(sorted(unknown))}; allowed: {sorted(_RECORD_FIELDS)}")
     if not isinstance(raw["id"], str) or not raw["id"]:
-        raise ValueError(f"id must be a non-empty string, got {raw['id']!r}")
+        raise ValueError(f"id must be a non-empty string, got {quote(raw['id'])}")
     if not isinstance(raw["prompt"], str):
         raise ValueError("prompt must be a string")
     meta = raw.get("meta", {})
@@ -219,7 +251,9 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> RecordSet:
     Each bad line raises a :class:`RecordError` naming the file, the line number and the id (when
     the line had one). With ``skip_invalid=True`` bad records are left out and their errors are
     kept in ``RecordSet.skipped``. Blank lines are ignored. The first record with a given id wins;
-    later ones are duplicates.
+    later ones are duplicates. A file without any record (empty, only blank lines, or with
+    ``skip_invalid`` only bad lines) raises a :class:`RecordError`: nothing downstream should
+    train on or report metrics over zero pairs.
     """
     path = Path(path)
     root = path.parent.resolve()
@@ -235,10 +269,7 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> RecordSet:
                 # Decoding per line turns a bad byte into an error for that line (UnicodeDecodeError is a
                 # ValueError); utf-8-sig drops a byte-order mark at the start of the file.
                 text = data.decode("utf-8-sig" if lineno == 1 else "utf-8")
-                try:
-                    raw = json.loads(text)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"malformed JSON: {e}") from e
+                raw = json_value(text)
                 if isinstance(raw, dict) and isinstance(raw.get("id"), str):
                     record_id = raw["id"]
                 record = _parse_record(raw, root, check_exists=True)
@@ -252,7 +283,47 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> RecordSet:
                 continue
             first_line[record.id] = lineno
             records.append(record)
+    if not records:
+        if skipped:
+            raise RecordError(f"no valid record: all {len(skipped)} were invalid; the first: {skipped[0]}", path)
+        raise RecordError("the file holds no records (it is empty or has only blank lines)", path)
     return RecordSet(records, path=path, skipped=skipped)
+
+
+def json_value(text: str) -> Any:
+    """``json.loads`` whose every failure is a ValueError (nesting too deep raises RecursionError there)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"malformed JSON: {e}") from e
+    except RecursionError as e:
+        raise ValueError("malformed JSON: nested too deeply to parse") from e
+
+
+def missing_media(records: Iterable[PreferenceRecord]) -> tuple[int, list[tuple[str, str, Path]]]:
+    """``(files referenced, [(record id, field, path), ...])`` of the media files that do not exist.
+
+    Each distinct path is checked once; the list keeps the first record naming each missing file.
+    """
+    checked: dict[Path, bool] = {}
+    missing: list[tuple[str, str, Path]] = []
+    for record in records:
+        for name, side in (("a", record.a), ("b", record.b)):
+            for field_name, p in side.named_media():
+                if p not in checked:
+                    checked[p] = p.is_file()
+                    if not checked[p]:
+                        missing.append((record.id, f"{name}.{field_name}", p))
+    return len(checked), missing
+
+
+def require_media(records: Iterable[PreferenceRecord], show: int = 5) -> None:
+    """Raise ``FileNotFoundError`` naming how many media files are missing and the first ``show``."""
+    referenced, missing = missing_media(records)
+    if missing:
+        first = "; ".join(f"id {quote(rid, 200)} {field} {path}" for rid, field, path in missing[:show])
+        raise FileNotFoundError(f"{len(missing)} of the {referenced} media files the records name do not exist; "
+                                f"first {min(show, len(missing))}: {first}")
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -260,6 +331,7 @@ def read_records(path: str | Path, skip_invalid: bool = False) -> RecordSet:
 
 def _relative(p: Path | str, root: Path, what: str) -> str:
     """Path as written to JSONL: relative to ``root``. Relative inputs are already taken as relative to it."""
+    check_path_length(p, what)
     p = Path(p)
     full = p if p.is_absolute() else root / p
     for candidate in (full, full.resolve()):
@@ -313,7 +385,7 @@ def write_records(path: str | Path, records: Iterable[PreferenceRecord | dict]) 
                 raise ValueError("duplicate id")
             seen.add(rec.id)
             lines.append(json.dumps(row, ensure_ascii=False))
-        except (ValueError, TypeError) as e:  # TypeError: meta that JSON cannot encode
+        except (ValueError, TypeError, RecursionError) as e:  # TypeError / RecursionError: meta JSON cannot encode
             raise RecordError(str(e), path, n, record_id if isinstance(record_id, str) else None) from e
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

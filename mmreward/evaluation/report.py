@@ -19,6 +19,7 @@ import numpy as np
 
 from mmreward.metrics import (
     acc_plus,
+    accuracy_with_ties,
     bootstrap_ci,
     pair_accuracy,
     position_flip_rate,
@@ -68,7 +69,8 @@ def tie_threshold_curve(delta: Sequence[float], labels: Sequence[int], max_point
     """Three-way accuracy for tie thresholds t (predict tie where |delta| <= t, else sign(delta)).
 
     Thresholds are -1 and every distinct |delta| (or, beyond `max_points`, evenly spaced quantiles
-    of |delta| plus the calibrated optimum), sorted.
+    of |delta| plus the calibrated optimum), sorted. Computed from the pairs sorted by |delta| and
+    running counts, so memory stays O(n) whatever the number of thresholds.
     """
     d = np.asarray(delta, dtype=np.float64)
     y = np.asarray(labels, dtype=np.int64)
@@ -78,21 +80,18 @@ def tie_threshold_curve(delta: Sequence[float], labels: Sequence[int], max_point
         values = np.unique(np.concatenate([np.quantile(mag, np.linspace(0, 1, max_points)),
                                            [tie_calibration(d, y)[1]]]))
     thresholds = np.concatenate([[-1.0], values])
-    pred = np.where(mag[None, :] <= thresholds[:, None], 0, np.sign(d)[None, :])
-    return thresholds, (pred == y[None, :]).mean(axis=1)
+    order = np.argsort(mag, kind="stable")
+    # Running counts over the sorted pairs: right if predicted tie, right if predicted sign(delta).
+    tie_hits = np.concatenate([[0], np.cumsum(y[order] == 0)])
+    sign_hits = np.concatenate([[0], np.cumsum(np.sign(d[order]) == y[order])])
+    below = np.searchsorted(mag[order], thresholds, side="right")  # pairs with |delta| <= t
+    correct = tie_hits[below] + sign_hits[-1] - sign_hits[below]
+    return thresholds, correct / d.size
 
 
 def _interval(metric, *arrays, group_by: int | None = None, n: int, confidence: float, seed: int) -> dict[str, float]:
     ci = bootstrap_ci(metric, *arrays, group_by=group_by, n_resamples=n, confidence=confidence, seed=seed)
     return {"estimate": ci.estimate, "low": ci.low, "high": ci.high}
-
-
-def _with_ties(d: np.ndarray, y: np.ndarray) -> float:
-    return pair_accuracy(d, y, with_ties=True)
-
-
-def _acc_plus_metric(d: np.ndarray, y: np.ndarray, items: np.ndarray) -> float:
-    return acc_plus(d, y, items)
 
 
 def compute_metrics(rows: Sequence[Mapping[str, Any]], n_bootstrap: int = 1000, confidence: float = 0.95,
@@ -117,14 +116,14 @@ def compute_metrics(rows: Sequence[Mapping[str, Any]], n_bootstrap: int = 1000, 
             continue
         entry: dict[str, Any] = {"pairs": int(d.size), "tie_labels": int((y == 0).sum())}
         entry["accuracy"] = _interval(pair_accuracy, d, y, **ci) if (y != 0).any() else None
-        entry["accuracy_with_ties"] = {**_interval(_with_ties, d, y, **ci), "threshold": tie_calibration(d, y)[1]}
+        entry["accuracy_with_ties"] = {**_interval(accuracy_with_ties, d, y, **ci), "threshold": tie_calibration(d, y)[1]}
         metrics["dimensions"][dim] = entry
 
     d, y, items = pairs_for_dimension(scored, "overall")
     item_ids = np.asarray(items)
     decisive = y != 0
     if decisive.any() and len(np.unique(item_ids[decisive])) < int(decisive.sum()):
-        metrics["acc_plus"] = _interval(_acc_plus_metric, d, y, item_ids, group_by=2, **ci)
+        metrics["acc_plus"] = _interval(acc_plus, d, y, item_ids, group_by=2, **ci)
 
     categories = sorted({r["category"] for r in scored if r.get("category") is not None}, key=str)
     if categories:

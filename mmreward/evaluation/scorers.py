@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from mmreward.data.media import MediaError
+from mmreward.data.media import MediaConfig, MediaError, SizeRule
 from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side
 
 __all__ = [
@@ -124,26 +124,14 @@ def swap_record(record: PreferenceRecord) -> PreferenceRecord:
     )
 
 
-@dataclass
-class MediaConfig:
-    """How media are decoded for scoring.
+def load_pair_media(record: PreferenceRecord, media: MediaConfig, final_image_size: SizeRule | None = None):
+    """Both sides' media decoded as a `PreferenceExample` (MediaError names the record).
 
-    num_frames: frames sampled uniformly from each video (ignored when `fps` is set).
-    fps: sample videos at this rate instead of a fixed count.
-    max_pixels: downscale images above this many pixels (None: keep the file's size).
-    """
-
-    num_frames: int | None = 8
-    fps: float | None = None
-    max_pixels: int | None = None
-
-
-def load_pair_media(record: PreferenceRecord, media: MediaConfig):
-    """Both sides' media decoded as a `PreferenceExample` (MediaError names the record)."""
+    final_image_size: the model processor's image resize rule (`mmreward.collate.processor_image_size`),
+    so each image is resized once, to the size the model sees."""
     from mmreward.data.dataset import PreferenceDataset  # torch import deferred until media are needed
 
-    dataset = PreferenceDataset(RecordSet([record]), num_frames=media.num_frames, fps=media.fps,
-                                max_pixels=media.max_pixels)
+    dataset = PreferenceDataset(RecordSet([record]), media, final_image_size)
     return dataset[0]
 
 
@@ -189,26 +177,25 @@ def _video_shape(path: Path, media: MediaConfig) -> tuple[int, int, int]:
 class RewardModelScorer(BaseScorer):
     """Scores each side with a `RewardModel`; `delta[dim] = reward_a[dim] - reward_b[dim]`.
 
-    Rewards are `RewardModel.score`'s: a scalar head's values, or P("yes") for a yes_token head
-    (pairwise form: side a's score is P(yes) to "is a better than b?").
+    Rewards are `RewardModel.score`'s: a head's values (a scalar or reward-token head's, or P("yes")
+    for a yes_token head; pairwise form: side a's score is P(yes) to "is a better than b?"),
+    z-normalised when `normalize`, plus a summed "overall" when the model reports one.
 
     model: a loaded `mmreward.model.RewardModel` (eval mode); its `processor` encodes inputs.
-    collate: chat layout / pair form (`mmreward.collate.CollateConfig`; default: the model's defaults).
-    media: video sampling and image size.
-    overall: how "overall" is formed when the model has no "overall" dimension: "sum" (VideoAlign
-        adds its VQ, MQ and TA rewards) or the name of one of the model's dimensions.
-    device: where inputs go (default: the model's device).
+    collate / media: chat layout and decoding (default: the model's own, `model.settings`).
+    normalize: z-normalise with the checkpoint's statistics (default: the checkpoint's choice).
+    overall: "overall" for a model without that dimension: None = the model's own ("sum" of its
+        dimensions), or the name of one of its dimensions.
+    Inputs go to the model's device.
     """
 
     name = "reward_model"
 
     def __init__(self, model: Any, collate: Any | None = None, media: MediaConfig | None = None,
-                 overall: str = "sum", device: Any | None = None, source: str | None = None):
-        from mmreward.collate import CollateConfig
-
+                 normalize: bool | None = None, overall: str | None = None, source: str | None = None):
         self.model = model
-        self.media = media or MediaConfig()
-        self.collate_cfg = collate or CollateConfig()
+        self.media = media or model.settings.media
+        self.collate_cfg = collate or model.settings.collate
         if model.processor is None:
             raise ValueError("RewardModelScorer: the model has no processor to encode inputs")
         from mmreward.evaluation.tensor_processor import TensorProcessor
@@ -216,22 +203,25 @@ class RewardModelScorer(BaseScorer):
         # The head decides how pairs are encoded (yes_token asks its question about each side); the
         # wrapper gives the processor's own outputs with less per-sequence Python work.
         self.collator = model.head.pair_collator(TensorProcessor(model.processor), self.collate_cfg)
-        self.dimensions = list(model.dimensions)
-        if "overall" not in self.dimensions and overall != "sum" and overall not in self.dimensions:
-            raise ValueError(f"overall={overall!r}: expected 'sum' or one of the model's dimensions {self.dimensions}")
+        self.dimensions = list(model.output_dimensions)
+        if overall is not None and overall not in model.dimensions:
+            raise ValueError(f"overall={overall!r}: expected one of the model's dimensions {model.dimensions}")
+        if overall is not None and "overall" in model.dimensions:
+            raise ValueError("overall=...: the model has a learned 'overall' dimension already")
         self.overall = overall
-        self.device = device if device is not None else next(model.parameters()).device
+        self.normalize = model.settings.normalize if normalize is None else normalize
+        if self.normalize and model.reward_stats is None:
+            raise ValueError("normalize=True: the model has no reward statistics (its checkpoint stores none)")
         self.source = source
-        from mmreward.batched_forward import supports_batched_rewards
-
-        # Same rewards as `model.score` without its per-sequence and per-image loops (Qwen-VL backbones, sdpa).
-        self._batched_forward = supports_batched_rewards(model)
         processor = model.processor
         image_processor = getattr(processor, "image_processor", None)
         # Visual tokens per pixel: one merged token covers (patch * merge)^2 pixels in Qwen-VL.
         patch = getattr(image_processor, "patch_size", 14) or 14
         merge = getattr(image_processor, "merge_size", 2) or 2
         self._pixels_per_token = float((patch * merge) ** 2)
+        from mmreward.collate import processor_image_size
+
+        self._final_image_size = processor_image_size(processor)
 
     @classmethod
     def from_pretrained(cls, checkpoint_dir: str | Path, dtype: str = "auto", device: str | None = None,
@@ -246,7 +236,9 @@ class RewardModelScorer(BaseScorer):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "source": self.source, "dimensions": self.dimensions,
-                "overall": self.overall, "media": asdict(self.media), "collate": asdict(self.collate_cfg)}
+                "overall": self.overall or self.model.settings.overall, "normalize": self.normalize,
+                "positions": self.model.settings.positions, "media": asdict(self.media),
+                "collate": asdict(self.collate_cfg)}
 
     def cost(self, record: PreferenceRecord) -> float:
         """Estimated tokens of the longer side: text tokens plus visual tokens from media headers."""
@@ -275,7 +267,7 @@ class RewardModelScorer(BaseScorer):
         return tokens
 
     def prepare(self, record: PreferenceRecord) -> Any:
-        return load_pair_media(record, self.media)
+        return load_pair_media(record, self.media, self._final_image_size)
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""
@@ -290,27 +282,17 @@ class RewardModelScorer(BaseScorer):
     def score(self, batch: dict[str, Any]) -> list[PairScore]:
         import torch
 
-        from mmreward.batched_forward import batched_rewards
-
-        dtype = next(self.model.parameters()).dtype
-        inputs = {
-            k: (v.to(self.device, dtype) if torch.is_floating_point(v) else v.to(self.device))
-            for k, v in batch["inputs"].items()
-        }
         with torch.inference_mode():
-            if self._batched_forward and "segment_ids" not in inputs:
-                rewards = batched_rewards(self.model, inputs)
-            else:
-                rewards = self.model.score(inputs)
-        rewards = rewards.float().cpu()
+            rewards = self.model.rewards_of(batch["inputs"])  # the batched forward where the backbone allows
+        rewards = self.model.normalize(rewards) if self.normalize else rewards.double()
+        rewards = self.model.with_overall(rewards).cpu()
         n = len(batch["labels"])
         out = []
         for i in range(n):
             a = dict(zip(self.dimensions, rewards[i].tolist()))
             b = dict(zip(self.dimensions, rewards[n + i].tolist()))
-            if "overall" not in self.dimensions:
-                for side in (a, b):
-                    side["overall"] = sum(side[d] for d in self.dimensions) if self.overall == "sum" else side[self.overall]
+            if self.overall is not None:
+                a["overall"], b["overall"] = a[self.overall], b[self.overall]
             out.append(PairScore(delta={d: a[d] - b[d] for d in a}, score_a=a, score_b=b))
         return out
 

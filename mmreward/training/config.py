@@ -4,11 +4,13 @@ them from YAML and `--key value` flags)."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 
 from mmreward.collate import CollateConfig
 from mmreward.losses import PreferenceLossConfig
-from mmreward.model import TuningConfig
+from mmreward.data.media import MediaConfig
+from mmreward.model import ScoringSettings, TuningConfig
 
 
 @dataclass
@@ -32,6 +34,15 @@ class RewardModelArguments:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
     dtype: str = field(default="float32", metadata={"help": "backbone weights dtype: float32 | bfloat16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
+    positions: str = field(default="mrope", metadata={
+        "help": "mrope (the backbone's M-RoPE) | sequential (0..L-1 on every axis, as VideoAlign trained)"})
+    overall: str | None = field(default=None, metadata={
+        "help": "learned (an 'overall' dimension) | sum (of the dimensions, normalised when normalising); "
+                "default: learned if 'overall' is a dimension, else sum"})
+    reward_stats: bool = field(default=True, metadata={
+        "help": "after training, store the mean and std of the model's rewards on the training pairs"})
+    normalize: bool = field(default=False, metadata={
+        "help": "report rewards normalised by those statistics by default (VideoAlign does)"})
 
     def tuning(self) -> TuningConfig:
         return TuningConfig(
@@ -39,6 +50,14 @@ class RewardModelArguments:
             lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
             gradient_checkpointing=self.gradient_checkpointing,
         )
+
+    def scoring(self, data: "RewardDataArguments") -> ScoringSettings:
+        """How the trained model reads inputs and reports rewards (saved with it)."""
+        if self.normalize and not self.reward_stats:
+            raise ValueError("normalize needs reward_stats (the statistics it normalises with)")
+        overall = self.overall or ("learned" if "overall" in self.dimensions else "sum")
+        return ScoringSettings(positions=self.positions, overall=overall, normalize=self.normalize,
+                               collate=data.collate(), media=data.media())
 
     def head_options(self) -> dict:
         options = {"inner_dim": self.head_inner_dim} if self.head_inner_dim is not None else {}
@@ -57,13 +76,22 @@ class RewardDataArguments:
     max_train_records: int | None = field(default=None, metadata={"help": "use only the first N training records"})
     max_val_records: int | None = field(default=None, metadata={"help": "use only the first N validation records"})
     max_pixels: int | None = field(default=None, metadata={"help": "downsize images above this many pixels"})
-    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video (uniform)"})
+    num_frames: int | None = field(default=8, metadata={"help": "frames sampled per video"})
     video_fps: float | None = field(default=None, metadata={"help": "sample videos at this fps instead"})
+    video_sampling: str = field(default="uniform", metadata={
+        "help": "uniform | qwen (Qwen-VL / VideoAlign frame rules and 28-multiple frame sizes)"})
+    video_min_pixels: int | None = field(default=None, metadata={"help": "qwen sampling: smallest frame area"})
+    video_max_pixels: int | None = field(default=None, metadata={"help": "qwen sampling: largest frame area"})
     prompt_template: str = field(default="{prompt}", metadata={"help": "user text; {prompt} is replaced"})
     system_prompt: str | None = field(default=None, metadata={"help": "optional system turn"})
     padding_side: str = field(default="right", metadata={"help": "left | right"})
     max_length: int | None = field(default=None, metadata={"help": "refuse longer sequences"})
     pair_form: str = field(default="auto", metadata={"help": "naive | shared_prefix | auto"})
+
+    def media(self) -> MediaConfig:
+        return MediaConfig(num_frames=None if self.video_fps is not None else self.num_frames, fps=self.video_fps,
+                           max_pixels=self.max_pixels, video_sampling=self.video_sampling,
+                           video_min_pixels=self.video_min_pixels, video_max_pixels=self.video_max_pixels)
 
     def collate(self) -> CollateConfig:
         return CollateConfig(
@@ -84,6 +112,8 @@ class RewardTrainingConfig:
     output_dir: str = field(default="", metadata={"help": "stage output directory"})
     seed: int = field(default=0, metadata={"help": "seed for the head init, data order and dropout"})
     max_steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    epochs: float | None = field(default=None, metadata={
+        "help": "train for this many passes over the training pairs instead (sets max_steps)"})
     batch_size: int = field(default=16, metadata={"help": "pairs per process per micro-batch"})
     grad_accum_steps: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
     eval_batch_size: int = field(default=32, metadata={"help": "pairs per process in validation"})
@@ -94,6 +124,7 @@ class RewardTrainingConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of max_steps (the larger wins)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
     loss_kind: str = field(default="bt", metadata={"help": "bt | btt (Bradley-Terry with ties)"})
     margin: float = field(default=0.0, metadata={"help": "BT margin"})
@@ -126,11 +157,23 @@ class RewardTrainingConfig:
                 problems.append(f"{name} must be >= 0")
         if self.save_total_limit < 1:
             problems.append("save_total_limit must be >= 1")
+        if self.epochs is not None and not self.epochs > 0:
+            problems.append("epochs must be > 0")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            problems.append("warmup_ratio must be in [0, 1)")
         if self.curriculum_steps and not self.curriculum_varies:
             problems.append("curriculum_steps needs curriculum_varies (the warm-up dimensions)")
         if problems:
             raise ValueError("invalid RewardTrainingConfig: " + "; ".join(problems))
         self.loss()  # validates loss_kind / tie_theta / margin / center_coef
+
+    def resolve_steps(self, num_pairs: int, num_processes: int) -> None:
+        """Turn `epochs` into `max_steps` and `warmup_ratio` into `warmup_steps` for `num_pairs` training pairs
+        (each step takes batch_size x grad_accum_steps pairs on each of `num_processes` processes)."""
+        if self.epochs is not None:
+            per_step = self.batch_size * self.grad_accum_steps * num_processes
+            self.max_steps = max(1, math.ceil(self.epochs * num_pairs / per_step))
+        self.warmup_steps = max(self.warmup_steps, math.ceil(self.warmup_ratio * self.max_steps))
 
     def loss(self) -> PreferenceLossConfig:
         return PreferenceLossConfig(kind=self.loss_kind, margin=self.margin, tie_theta=self.tie_theta,

@@ -235,18 +235,24 @@ class RewardTrainer:
     # ------------------------------------------------------------------------------ setup
 
     def _optimizer(self, model: RewardModel) -> torch.optim.Optimizer:
-        """AdamW with three parameter groups: head, vision tower, the rest (each its own learning rate)."""
+        """AdamW with parameter groups head, vision tower, the rest (each its own learning rate), and the
+        embedding matrix when only the head's token rows train in it (head rate, no weight decay: the
+        decay would shrink the frozen rows too)."""
         cfg = self.cfg
+        token_rows = model.token_row_embedding()
         head = [p for p in model.head.parameters() if p.requires_grad]
+        tokens = [token_rows] if token_rows is not None else []
         vision = [p for p in vision_tower(model.backbone).parameters() if p.requires_grad]
-        taken = {id(p) for p in head + vision}
+        taken = {id(p) for p in head + tokens + vision}
         rest = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+        head_lr = cfg.head_learning_rate or cfg.learning_rate
         groups = [
-            {"params": params, "lr": lr}
-            for params, lr in (
-                (head, cfg.head_learning_rate or cfg.learning_rate),
-                (vision, cfg.vision_learning_rate or cfg.learning_rate),
-                (rest, cfg.learning_rate),
+            {"params": params, "lr": lr, **extra}
+            for params, lr, extra in (
+                (head, head_lr, {}),
+                (tokens, head_lr, {"weight_decay": 0.0}),
+                (vision, cfg.vision_learning_rate or cfg.learning_rate, {}),
+                (rest, cfg.learning_rate, {}),
             )
             if params
         ]
@@ -339,31 +345,40 @@ class RewardTrainer:
     # ------------------------------------------------------------------------------ evaluation
 
     @torch.no_grad()
-    def evaluate(self, data: PreferenceDataset | None = None) -> dict[str, float]:
-        """Per-dimension pair accuracy (without ties, and tie-calibrated with ties) on `data`."""
-        data = data if data is not None else self.val_data
-        if data is None or len(data) == 0:
-            return {}
+    def side_rewards(self, data: PreferenceDataset) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """Every pair's rewards: record index -> (rewards a [k], rewards b [k], labels [k], label mask [k]).
+
+        Each process scores an equal share (wrapping around, so every process runs the same number of
+        forwards); the results are gathered on every process.
+        """
         acc = self.accelerator
         model = self.unwrapped_model()
         was_training = model.training
         model.eval()
-        # Equal-sized shards (wrapping around), so every process runs the same number of forwards.
         per_process = math.ceil(len(data) / acc.num_processes)
         mine = [(acc.process_index * per_process + i) % len(data) for i in range(per_process)]
         rows = []
         for start in range(0, per_process, self.cfg.eval_batch_size):
             chunk = mine[start : start + self.cfg.eval_batch_size]
             batch = send_to_device(self.collator([data[i] for i in chunk]), acc.device)
-            rewards = model(batch["inputs"]).float()
-            delta = (rewards[: len(chunk)] - rewards[len(chunk) :]).cpu().numpy()
+            rewards = model.score(batch["inputs"]).float().cpu().numpy()
+            labels, masks = batch["labels"].cpu().numpy(), batch["label_mask"].cpu().numpy()
             for j, index in enumerate(chunk):
-                rows.append((index, delta[j], batch["labels"][j].cpu().numpy(), batch["label_mask"][j].cpu().numpy()))
+                rows.append((index, rewards[j], rewards[len(chunk) + j], labels[j], masks[j]))
         model.train(was_training)
-        gathered = {index: (d, y, m) for index, d, y, m in gather_object(rows)}  # dedupe the wrap-around
-        deltas = np.stack([gathered[i][0] for i in sorted(gathered)])
-        labels = np.stack([gathered[i][1] for i in sorted(gathered)])
-        masks = np.stack([gathered[i][2] for i in sorted(gathered)]).astype(bool)
+        return {index: (a, b, y, m) for index, a, b, y, m in gather_object(rows)}  # dedupes the wrap-around
+
+    @torch.no_grad()
+    def evaluate(self, data: PreferenceDataset | None = None) -> dict[str, float]:
+        """Per-dimension pair accuracy (without ties, and tie-calibrated with ties) on `data`."""
+        data = data if data is not None else self.val_data
+        if data is None or len(data) == 0:
+            return {}
+        gathered = self.side_rewards(data)
+        order = sorted(gathered)
+        deltas = np.stack([gathered[i][0] - gathered[i][1] for i in order])
+        labels = np.stack([gathered[i][2] for i in order])
+        masks = np.stack([gathered[i][3] for i in order]).astype(bool)
         metrics = {"val/pairs": float(len(gathered))}
         for j, dim in enumerate(self.dimensions):
             keep = masks[:, j]
@@ -372,6 +387,19 @@ class RewardTrainer:
             if keep.any():
                 metrics[f"val/accuracy_ties/{dim}"] = pair_accuracy(deltas[keep, j], labels[keep, j], with_ties=True)
         return metrics
+
+    def reward_statistics(self, data: PreferenceDataset) -> dict[str, dict[str, float]]:
+        """Per-dimension mean and (population) std of the model's rewards over the distinct items
+        (prompt, media, response) of `data`'s pairs: the normalisation statistics of a checkpoint."""
+        gathered = self.side_rewards(data)
+        distinct: dict[tuple, np.ndarray] = {}
+        for index in sorted(gathered):
+            record = data.records[index]
+            for side, rewards in ((record.a, gathered[index][0]), (record.b, gathered[index][1])):
+                distinct.setdefault((record.prompt, tuple(map(str, side.media_paths())), side.response), rewards)
+        values = np.stack(list(distinct.values())).astype(np.float64)
+        return {dim: {"mean": float(values[:, j].mean()), "std": float(values[:, j].std())}
+                for j, dim in enumerate(self.dimensions)}
 
     # ------------------------------------------------------------------------------ loop
 

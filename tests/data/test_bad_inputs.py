@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmreward.data.dataset import PreferenceDataset
-from mmreward.data.media import FramePool, MediaError, load_image, read_video
+from mmreward.data.media import FramePool, MediaConfig, MediaError, load_image, read_video
 from mmreward.data.records import RecordError, read_records
 
 BAD = Path(__file__).resolve().parents[1] / "fixtures" / "bad"
@@ -132,7 +132,7 @@ BAD_LINES = {
     3: ("no_label", "missing field(s) ['label']"),
     4: ("bad_label_value", "unknown label value 'c'"),
     5: ("bad_dim_value", "unknown label value 'left' for 'MQ'"),
-    6: ("no_overall", "no 'overall'"),
+    6: ("no_dims", "label names no dimension"),
     7: ("ok1", "duplicate id (first seen on line 1)"),
     8: ("missing_file", "not found"),
     9: ("escape_dotdot", "escapes the JSONL folder"),
@@ -166,7 +166,7 @@ def test_strict_read_raises_on_the_first_bad_record():
 
 
 def test_broken_media_in_a_valid_record_names_the_record():
-    dataset = PreferenceDataset(read_records(RECORDS, skip_invalid=True), num_frames=4)
+    dataset = PreferenceDataset(read_records(RECORDS, skip_invalid=True), MediaConfig(num_frames=4))
     example = dataset[1]  # ok_video loads
     assert example.record.id == "ok_video"
     assert example.a.video.frames.shape == (4, 48, 64, 3)

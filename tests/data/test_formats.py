@@ -2,13 +2,14 @@
 
 import csv
 import importlib.util
+from collections import Counter
 import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from mmreward.data.formats import READERS, read_benchmark
+from mmreward.data.formats import READERS, describe_missing_labels, missing_label_counts, read_benchmark
 from mmreward.data.formats.multimodal_rewardbench import category_of
 from mmreward.data.formats.vl_rewardbench import subset_of
 from mmreward.data.records import RecordError, read_records, write_records
@@ -89,15 +90,42 @@ def test_genai_bench_video_votes_and_urls(bench):
 def test_mjbench_video_overall_and_aspects(bench):
     root, src = bench("mjbench_video")
     records = READERS["mjbench_video"](src)
-    first, second = records
-    assert first.id == "mjbench-video-0"
+    assert [r.id for r in records] == [f"mjbench-video-{k}" for k in range(4)]
+    first, second, capital, hard = records
     assert first.prompt == "A red kite over a beach"
-    assert first.a.video == root / "videos/safesora/0001_0.mp4"  # "Video 1" is video_0
+    # The real paths (test/0_0.mp4) start in videos/: the default media root; "Video 1" is video_0.
+    assert first.a.video == root / "videos/test/0_0.mp4" and first.b.video == root / "videos/test/0_1.mp4"
     assert first.label == {"overall": "a", "Alignment": "a", "Safety": "tie", "Fineness": "b",
-                           "Coherence & Consistency": "tie"}  # Bias & Fairness is null: missing
-    assert first.meta["video_0_overall_score"] == {"Alignment": 4, "Fineness": 2}
-    assert second.label == {"overall": "tie", "Alignment": "b"}
+                           "Coherence & Consistency": "tie", "Bias": "tie"}
+    assert first.meta["video_0_overall_score"]["Alignment"] == 1 and first.meta["discard"] is False
+    assert "missing_labels" not in first.meta
+    assert second.label["overall"] == "tie" and second.label["Alignment"] == "b"
+    # Values MJ-Video's evaluation does not count are missing labels, kept in meta: never a stop.
+    assert capital.label == {"Bias": "tie"}
+    assert capital.meta["missing_labels"] == {dim: "Video 1 Better" for dim in
+                                              ["overall", "Alignment", "Safety", "Fineness", "Coherence & Consistency"]}
+    assert hard.label == {"Alignment": "a", "Safety": "tie", "Fineness": "b", "Bias": "tie"}
+    assert hard.meta["missing_labels"] == {"overall": "Hard to judge", "Coherence & Consistency": "Hard to judge"}
+    assert missing_label_counts(records) == Counter({
+        ("overall", "Video 1 Better"): 1, ("overall", "Hard to judge"): 1, ("Alignment", "Video 1 Better"): 1,
+        ("Safety", "Video 1 Better"): 1, ("Fineness", "Video 1 Better"): 1,
+        ("Coherence & Consistency", "Video 1 Better"): 1, ("Coherence & Consistency", "Hard to judge"): 1})
+    assert describe_missing_labels(records).startswith("2 overall and 5 other labels are missing")
     roundtrip(records, root / "records.jsonl")
+    # Another layout: --media-root names the folder the paths start from.
+    (root / "videos").rename(root / "clips")
+    assert READERS["mjbench_video"](src, media_root=root / "clips")[0].a.video == root / "clips/test/0_0.mp4"
+
+
+def test_mjbench_video_bad_values(tmp_path):
+    base = {"caption": "c", "video_0_path": "test/0_0.mp4", "video_1_path": "test/0_1.mp4"}
+    (tmp_path / "t.json").write_text(json.dumps([{**base, "overall_preference": 1}]))
+    with pytest.raises(RecordError, match=r"t\.json:1 \(id 'mjbench-video-0'\): field 'overall_preference' must be a string"):
+        READERS["mjbench_video"](tmp_path / "t.json")
+    (tmp_path / "t.json").write_text(json.dumps([{**base, "overall_preference": "Hard to judge",
+                                                  "category_preference": {"Bias": "Hard to judge"}}]))
+    with pytest.raises(RecordError, match="no usable label"):
+        READERS["mjbench_video"](tmp_path / "t.json")
 
 
 def test_vl_rewardbench_parquet_with_embedded_images(bench, tmp_path):
@@ -148,17 +176,23 @@ def test_multimodal_rewardbench(bench):
 def test_mmrlhf_rewardbench_items_and_frames(bench):
     root, src = bench("mmrlhf_rewardbench")
     records = READERS["mmrlhf_rewardbench"](src)
-    assert [r.id for r in records] == ["mcq_17#0", "mcq_17#1", "vid_3#0"]
-    assert [r.meta["item_id"] for r in records] == ["mcq_17", "mcq_17", "vid_3"]
+    assert [r.id for r in records] == ["mcq_17#0", "mcq_17#1", "vid_3#0", "video_8#0"]
+    assert [r.meta["item_id"] for r in records] == ["mcq_17", "mcq_17", "vid_3", "video_8"]
     assert all(r.label == {"overall": "a"} for r in records)
-    first, _, video = records
+    first, _, short, long = records
     assert (first.a.response, first.b.response) == ("B", "A")
     assert first.a.image == root / "images/mcq/17.png"
     assert first.meta["category"] == "mcq" and first.meta["modality"] == "image"
     assert first.meta["chosen_reason"] == "correct"
+    # 32 frames as the official evaluation samples them: np.linspace(0, n - 1, 32, dtype=int) over the
+    # sorted files. Three files: floor(2k / 31) is 0 for k < 16, 1 for k < 31 and 2 at k = 31.
     frames = root / "images/v_VSONGdnvKiM-Scene-012"
-    assert video.a.images == [frames / f"c01_000{k}.jpeg" for k in (1, 2, 3)]
-    assert video.meta["modality"] == "video_frames" and "category" not in video.meta
+    assert short.a.images == [frames / f"c01_000{k}.jpeg" for k in [1] * 16 + [2] * 15 + [3]]
+    assert short.meta["modality"] == "video_frames" and short.meta["video_frames"] == 3
+    assert "category" not in short.meta
+    # Forty files: frame floor(39k / 31), so 8 of the 40 are never shown.
+    assert long.a.images == long.b.images == [root / f"videos/clip_8/frame_{39 * k // 31:03d}.png" for k in range(32)]
+    assert len(set(long.a.images)) == 32 and long.meta["video_frames"] == 40 and long.meta["category"] == "video"
     roundtrip(records, root / "records.jsonl")
 
 
@@ -206,6 +240,40 @@ def test_bad_rows_name_file_line_and_id(tmp_path):
         READERS["videogen_rewardbench"](tmp_path / "t.txt")
 
 
+def test_bad_source_files_fail_with_the_file_and_row(tmp_path):
+    row = {"id": "x", "image": "i.png", "prompt": "p", "chosen": "a", "rejected": "b"}
+    (tmp_path / "deep.jsonl").write_text(json.dumps(row) + "\n" + "[" * 100_000 + "\n")
+    with pytest.raises(RecordError, match=r"deep\.jsonl:2: malformed JSON: nested too deeply"):
+        READERS["mmrlhf_rewardbench"](tmp_path / "deep.jsonl")
+    (tmp_path / "deep.json").write_text("[" * 100_000)
+    with pytest.raises(RecordError, match=r"deep\.json: malformed JSON: nested too deeply"):
+        READERS["mjbench_video"](tmp_path / "deep.json")
+    (tmp_path / "empty.json").write_text("[]")
+    with pytest.raises(RecordError, match=r"empty\.json: the mjbench_video file holds no records"):
+        read_benchmark("mjbench_video", tmp_path / "empty.json")
+    (tmp_path / "long.jsonl").write_text(json.dumps({**row, "image": "../" * 1_500_000}) + "\n")
+    with pytest.raises(RecordError, match=r"long\.jsonl:1 \(id 'x#0'\): media path is 4,500,000 characters long"):
+        READERS["mmrlhf_rewardbench"](tmp_path / "long.jsonl")
+    header = "path_A,path_B,prompt,VQ,MQ,TA,Overall\n"
+    (tmp_path / "wide.csv").write_text(header + "a.mp4,b.mp4,p,A,A,A,A\n" + "a.mp4,b.mp4," + "x" * 200_000 + ",A,A,A,A\n")
+    with pytest.raises(RecordError, match=r"wide\.csv:3: malformed CSV: field larger than field limit"):
+        READERS["videogen_rewardbench"](tmp_path / "wide.csv")
+    (tmp_path / "latin.csv").write_bytes((header + "a.mp4,b.mp4,p,A,A,A,A\na.mp4,b.mp4,caf\xe9,A,A,A,A\n").encode("latin-1"))
+    with pytest.raises(RecordError, match=r"latin\.csv:3: not UTF-8 text"):
+        READERS["videogen_rewardbench"](tmp_path / "latin.csv")
+    (tmp_path / "latin.jsonl").write_bytes(json.dumps(row).encode() + b"\n" + b'{"id": "caf\xe9"}\n')
+    with pytest.raises(RecordError, match=r"latin\.jsonl:2: 'utf-8' codec can't decode"):
+        READERS["mmrlhf_rewardbench"](tmp_path / "latin.jsonl")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1" + bytes(64))
+    with pytest.raises(RecordError, match=r"broken\.parquet: unreadable Parquet file"):
+        READERS["genai_bench_video"](tmp_path / "broken.parquet")
+    (tmp_path / "big.json").write_text(json.dumps([{"caption": "c", "video_0_path": "a", "video_1_path": "b",
+                                                    "overall_preference": ["x" * 1_000_000]}]))
+    with pytest.raises(RecordError) as info:
+        READERS["mjbench_video"](tmp_path / "big.json")
+    assert len(str(info.value)) < 400
+
+
 def _load_cli():
     path = Path(__file__).resolve().parents[2] / "data" / "convert_benchmark.py"
     spec = importlib.util.spec_from_file_location("convert_benchmark", path)
@@ -225,3 +293,18 @@ def test_convert_benchmark_cli(bench, capsys):
     root, src = bench("videogen_rewardbench")
     with pytest.raises(RecordError, match="outside the JSONL folder"):
         cli.main(["videogen_rewardbench", str(src), "--out", str(root / "sub" / "records.jsonl")])
+
+
+def test_convert_mjbench_video_reports_missing_labels_and_media(bench, capsys):
+    """The documented command on MJ-Bench-Video's layout: the paths resolve in videos/, the summary
+    counts the labels left missing, and absent videos are reported."""
+    cli = _load_cli()
+    root, src = bench("mjbench_video")
+    cli.main(["mjbench_video", str(src), "--out", str(root / "records.jsonl")])
+    out = capsys.readouterr()
+    assert "wrote 4 records" in out.out and "'missing': 2" in out.out
+    assert "2 overall and 5 other labels are missing" in out.out and out.err == ""
+    assert read_records(root / "records.jsonl")[0].a.video == root / "videos/test/0_0.mp4"
+    (root / "videos/test/0_0.mp4").unlink()
+    cli.main(["mjbench_video", str(src), "--out", str(root / "again.jsonl")])
+    assert "warning: 1 of 2 media files do not exist yet" in capsys.readouterr().err

@@ -6,7 +6,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from mmreward.data import media
 from mmreward.data.media import (
@@ -172,6 +172,59 @@ def test_max_pixels_downsizes_preserving_aspect(tmp_path, size, max_pixels, expe
     img = load_image(tmp_path / "i.png", max_pixels=max_pixels)
     assert img.size == expected
     assert img.size[0] * img.size[1] <= max_pixels
+
+
+def _photo(size: tuple[int, int], seed: int = 0) -> Image.Image:
+    """A smooth, photo-like RGB image (JPEG-friendly), `size` = (width, height)."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (max(2, size[1] // 32), max(2, size[0] // 32), 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize(size, Image.Resampling.BICUBIC)
+
+
+def _halve(width: int, height: int) -> tuple[int, int]:
+    """A stand-in processor rule: half the size, rounded down to even sides."""
+    return width // 4 * 2, height // 4 * 2
+
+
+def test_final_size_resizes_once_to_the_processors_size(tmp_path, monkeypatch):
+    _photo((300, 200)).save(tmp_path / "i.png")
+    calls = []
+    original = Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, *a, **k: calls.append(a[0]) or original(self, *a, **k))
+    img = load_image(tmp_path / "i.png", max_pixels=100 * 100, final_size=_halve)
+    # The cap gives 122 x 81, the rule 60 x 40: one resize, straight from 300 x 200 to 60 x 40.
+    assert img.size == (60, 40) and calls == [(60, 40)]
+    calls.clear()
+    assert load_image(tmp_path / "i.png", final_size=_halve).size == (150, 100) and calls == [(150, 100)]
+    calls.clear()
+    assert load_image(tmp_path / "i.png", final_size=lambda w, h: (w, h)).size == (300, 200) and calls == []
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_large_jpeg_decodes_at_reduced_scale_with_the_same_result(tmp_path, monkeypatch, orientation):
+    """A 1600 x 1200 JPEG capped to 200 x 150: decoded at 1/4 scale (400 x 300, twice the target) and
+    resized once; the picture matches a full decode to within JPEG noise, EXIF rotation included."""
+    from PIL import JpegImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    _photo((1600, 1200)).save(tmp_path / "big.jpg", quality=92, exif=exif)
+    drafts = []
+    original = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda self, mode, size: drafts.append(size) or original(self, mode, size))
+    shown = (1600, 1200) if orientation == 1 else (1200, 1600)
+    cap = shown[0] // 8 * (shown[1] // 8)
+    fast = load_image(tmp_path / "big.jpg", max_pixels=cap)
+    assert fast.size == (shown[0] // 8, shown[1] // 8)
+    assert drafts == [(400, 300)]  # twice the target, in the file's stored (unrotated) orientation
+    with Image.open(tmp_path / "big.jpg") as raw:  # full decode, oriented, one resize: the reference
+        reference = ImageOps.exif_transpose(raw.convert("RGB")).resize(fast.size, Image.Resampling.BICUBIC)
+    diff = np.abs(np.asarray(fast, dtype=np.int64) - np.asarray(reference, dtype=np.int64))
+    assert diff.mean() < 1.5 and np.percentile(diff, 99) < 8, (diff.mean(), np.percentile(diff, 99))
+    drafts.clear()
+    # A target over half the size leaves no room for a reduced decode.
+    assert load_image(tmp_path / "big.jpg", max_pixels=1000 * 750).size == (shown[0] * 5 // 8, shown[1] * 5 // 8)
+    assert drafts == []
 
 
 def test_max_pixels_must_be_positive(tmp_path):

@@ -94,6 +94,29 @@ def test_benchmark_spec_uses_the_reader(tmp_path, state):
         preference.main(_args(tmp_path / "missing.jsonl", tmp_path / "o2"), state=state)
 
 
+def test_missing_media_stop_the_run_before_scoring(tmp_path, state, capsys):
+    """MJ-Bench-Video's paths (test/0_0.mp4) resolve in videos/ with no flag; a missing file stops the
+    run at once with the count and the first few, before any scorer is built or a pair is scored."""
+    import shutil
+
+    root = tmp_path / "mjv"
+    shutil.copytree(FIXTURES / "mjbench_video", root)
+    scorer = tmp_path / "never.py"
+    scorer.write_text("def build(args, device):\n    raise AssertionError('the scorer must not be built')\n")
+    (root / "videos/test/0_1.mp4").unlink()
+    with pytest.raises(FileNotFoundError) as info:
+        preference.main(_args(f"mjbench_video:{root / 'test.json'}", tmp_path / "out", scorer=f"{scorer}:build"),
+                        state=state)
+    assert str(info.value).startswith("1 of the 2 media files the records name do not exist; first 1: "
+                                      f"id 'mjbench-video-0' b.video {root.resolve() / 'videos/test/0_1.mp4'}")
+    assert not (tmp_path / "out").exists()
+    assert "2 overall and 5 other labels are missing" in capsys.readouterr().err
+    # With the file back, the same command scores every item (the default media root is videos/).
+    shutil.copy(FIXTURES / "mjbench_video/videos/test/0_1.mp4", root / "videos/test/0_1.mp4")
+    metrics = preference.main(_args(f"mjbench_video:{root / 'test.json'}", tmp_path / "out2"), state=state)
+    assert metrics["counts"]["scored"] == 4 and metrics["dimensions"]["overall"]["pairs"] == 2
+
+
 def test_scorer_choice_and_model_dir_checks(tmp_path, state):
     from mmreward.backbones.clip import build_tiny_clip
     from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic

@@ -8,7 +8,8 @@ from mmreward.batched_forward import batched_rewards, length_groups, right_align
 from mmreward.batched_vision import segment_attention, vision_features, vision_outputs
 from mmreward.collate import CollateConfig
 from mmreward.data.records import read_records
-from mmreward.evaluation.scorers import MediaConfig, RewardModelScorer, load_pair_media
+from mmreward.data.media import MediaConfig
+from mmreward.evaluation.scorers import RewardModelScorer, load_pair_media
 from mmreward.evaluation.tensor_processor import TensorProcessor
 
 # ------------------------------------------------------------------------------------ pure functions
@@ -146,27 +147,31 @@ def test_vision_features_equal_the_towers_own(family_dirs, family):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
 
 
-def _examples(synthetic, modality, drop_responses=True):
+def _examples(synthetic, modality, responses="some"):
+    """Pairs of the synthetic test split; responses "some" (of different lengths, some sides without),
+    "all" (every side has one) or "none"."""
     records = list(read_records(synthetic / modality / "test.jsonl"))
-    for i, rec in enumerate(records):  # responses of different lengths; some sides without any
-        rec.a.response = "a longer answer " * i
-        rec.b.response = None if drop_responses and i % 2 else "b" * (i + 1)
+    for i, rec in enumerate(records):
+        rec.a.response = None if responses == "none" else "a longer answer " * i
+        rec.b.response = None if responses == "none" or (responses == "some" and i % 2) else "b" * (i + 1)
     return [load_pair_media(rec, MediaConfig(num_frames=4)) for rec in records]
 
 
-HEADS = [("scalar", ["VQ", "TA"], {}), ("yes_token", ["TA"], {}), ("yes_token", ["TA"], {"form": "pairwise"})]
+# (head, dimensions, options, responses the head can score)
+HEADS = [("scalar", ["VQ", "TA"], {}, "some"), ("yes_token", ["TA"], {}, "some"),
+         ("yes_token", ["TA"], {"form": "pairwise"}, "all"), ("reward_token", ["VQ", "TA"], {}, "none")]
 
 
-@pytest.mark.parametrize("head,dims,options", HEADS, ids=["scalar", "yes_token", "yes_token_pairwise"])
+@pytest.mark.parametrize("head,dims,options,responses", HEADS,
+                         ids=["scalar", "yes_token", "yes_token_pairwise", "reward_token"])
 @pytest.mark.parametrize("modality", ["images", "videos"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, synthetic, family, head, dims, options,
-                                                                  modality):
+                                                                  responses, modality):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(family_dirs[family], head=head, dimensions=dims, head_options=options).eval()
-    # The pairwise question needs a response on both sides or on neither.
-    examples = _examples(synthetic, modality, drop_responses=options.get("form") != "pairwise")
+    examples = _examples(synthetic, modality, responses)
     for padding_side in ("right", "left"):
         collator = model.head.pair_collator(model.processor, CollateConfig(padding_side=padding_side))
         inputs = collator(examples)["inputs"]
@@ -187,11 +192,33 @@ def test_batched_rewards_equal_the_model_scoring_each_pair_alone(family_dirs, sy
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("head,dims", [("scalar", ["VQ", "TA"]), ("reward_token", ["VQ", "MQ", "TA"])])
+def test_batched_rewards_with_sequential_positions(family_dirs, synthetic, head, dims):
+    """VideoAlign's positions (0..L-1 on every axis): the batched forward gives `model.score`'s rewards, which
+    differ from the M-RoPE model's."""
+    from mmreward.model import RewardModel, ScoringSettings
+
+    settings = ScoringSettings.for_dimensions(dims, positions="sequential")
+    model = RewardModel.from_backbone(family_dirs["qwen2_vl"], head=head, dimensions=dims, settings=settings).eval()
+    examples = _examples(synthetic, "videos", "none")
+    for padding_side in ("right", "left"):
+        collator = model.head.pair_collator(model.processor, CollateConfig(padding_side=padding_side))
+        inputs = collator(examples)["inputs"]
+        with torch.inference_mode():
+            got = batched_rewards(model, inputs)
+            want = model.score(inputs)
+            model.settings.positions = "mrope"
+            mrope = model.score(inputs)
+            model.settings.positions = "sequential"
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        assert (mrope - want).abs().max() > 1e-4
+
+
 def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monkeypatch):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(vlm_dir, dimensions=["VQ", "TA"]).eval()
-    examples = _examples(synthetic, "images", drop_responses=False)[:3]
+    examples = _examples(synthetic, "images", "all")[:3]
     for ex in examples:  # both sides show side a's image
         ex.b.images = list(ex.a.images)
     collator = model.head.pair_collator(model.processor, CollateConfig())
@@ -207,27 +234,33 @@ def test_response_pairs_encode_their_shared_image_once(vlm_dir, synthetic, monke
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
-def test_scorer_uses_the_batched_forward_where_it_reproduces_the_model(family_dirs, synthetic):
+def test_scorer_uses_the_batched_forward_where_it_reproduces_the_model(family_dirs, synthetic, monkeypatch):
     from mmreward.model import RewardModel
 
     model = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["VQ", "TA"]).eval()
     scorer = RewardModelScorer(model)
-    assert scorer._batched_forward
+    assert batched_forward.supports_batched_rewards(model)
     for family in ("qwen2_vl", "qwen3_vl"):
         other = RewardModel.from_backbone(family_dirs[family], dimensions=["overall"])
-        assert RewardModelScorer(other)._batched_forward
+        assert batched_forward.supports_batched_rewards(other)
     # Eager attention would need the padding mask the batched forward drops: the scorer uses model.score.
     eager = RewardModel.from_backbone(family_dirs["qwen2_5_vl"], dimensions=["overall"], attn_implementation="eager")
-    assert not RewardModelScorer(eager)._batched_forward
+    assert not batched_forward.supports_batched_rewards(eager)
     with pytest.raises(TypeError, match="Qwen2-VL, Qwen2.5-VL and Qwen3-VL backbones only"):
         batched_rewards(eager, {})
-    # The batch of two pairs scores each pair as the model does alone.
+    calls = []
+    monkeypatch.setattr(batched_forward, "batched_rewards",
+                        lambda m, inputs: calls.append(len(inputs["input_ids"])) or batched_rewards(m, inputs))
+    # The batch of two pairs scores each pair as the model does alone, through one batched forward.
     examples = _examples(synthetic, "images")[:2]
     scores = scorer.score(scorer.collate(examples))
+    assert calls == [4]
     for ex, score in zip(examples, scores):
         rewards = model.score(scorer.collator([ex])["inputs"])
         assert score.score_a["VQ"] == pytest.approx(float(rewards[0, 0]), abs=1e-5)
         assert score.score_b["TA"] == pytest.approx(float(rewards[1, 1]), abs=1e-5)
+    RewardModelScorer(eager).score(RewardModelScorer(eager).collate(examples[:1]))
+    assert calls == [4]  # eager: model.score, not the batched forward
 
 
 @pytest.mark.parametrize("modality", ["images", "videos"])

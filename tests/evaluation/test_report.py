@@ -49,6 +49,26 @@ def test_tie_threshold_curve_exact():
     assert acc.max() == pytest.approx(0.6)
 
 
+def test_tie_threshold_curve_equals_the_full_grid_in_little_memory():
+    """The curve equals the threshold x pair grid it replaced, and at 100k pairs needs a few MB
+    (the grid took ~166 MB)."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    d = np.round(rng.normal(size=3000), 2)  # repeated |delta| values, zeros included
+    y = rng.choice([-1, 0, 1], size=3000)
+    for max_points in (200, 10_000):
+        thresholds, acc = tie_threshold_curve(d, y, max_points=max_points)
+        grid = np.where(np.abs(d)[None, :] <= thresholds[:, None], 0, np.sign(d)[None, :])
+        assert acc.tolist() == (grid == y[None, :]).mean(axis=1).tolist()
+    d, y = rng.normal(size=100_000), rng.choice([-1, 0, 1], size=100_000)
+    tracemalloc.start()
+    thresholds, acc = tie_threshold_curve(d, y)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert thresholds.size == 202 and peak < 20e6, peak
+
+
 def test_compute_metrics_exact_values():
     m = compute_metrics(ROWS, n_bootstrap=200, seed=1)
     assert m["counts"] == {"pairs": 6, "scored": 5, "errors": 1, "errors_by_type": {"MediaError": 1}, "unanswered": 0}

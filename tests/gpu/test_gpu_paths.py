@@ -23,7 +23,7 @@ from mmreward.data.records import PreferenceRecord, Side
 from mmreward.losses import PreferenceLossConfig
 from mmreward.model import RewardModel, TuningConfig
 from mmreward.training.trainer import use_fused_adamw
-from mmreward.yes_token_scoring import YesTokenScorer
+from mmreward.heads.yes_token.scoring import YesTokenScorer
 
 pytestmark = [
     pytest.mark.gpu,

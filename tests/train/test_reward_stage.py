@@ -13,6 +13,8 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import MediaConfig
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.heads import ScalarHead
 from mmreward.manifest import read_manifest
@@ -106,6 +108,56 @@ def test_video_stage_lora(tiny, data, tmp_path):
     assert RewardModel.from_pretrained(out).dimensions == dims
 
 
+def test_video_stage_reward_token_lora_vision_and_statistics(tiny, data, tmp_path):
+    """VideoAlign's recipe in small: reward tokens, LoRA beside a fully trained vision tower, epochs and a warm-up
+    ratio, normalisation statistics in the checkpoint, and an evaluation that follows the checkpoint."""
+    import numpy as np
+
+    out = tmp_path / "reward_token"
+    dims = ["VQ", "MQ", "TA"]
+    metrics = stage.main(_args(tiny, data, out, "--head", "reward_token", "--tuning_mode", "lora", "--lora_r", "4",
+                               "--freeze_vision", "false", "--normalize", "true", "--epochs", "1",
+                               "--warmup_ratio", "0.5", "--loss_kind", "btt", "--num_frames", "4",
+                               modality="videos", dims=dims))
+    assert metrics["steps"] == 2  # one pass over 8 pairs, 4 per step
+    assert yaml.safe_load((out / "resolved_config.yaml").read_text())["warmup_steps"] == 1
+    for name in ("adapter/adapter_model.safetensors", "trained_base.safetensors", "token_embeddings.safetensors"):
+        assert (out / name).is_file(), name
+    assert any(".visual." in key for key in load_file(out / "trained_base.safetensors"))
+    config = json.loads((out / "reward_config.json").read_text())
+    assert config["scoring"]["overall"] == "sum" and config["scoring"]["normalize"] is True
+    model = RewardModel.from_pretrained(out)
+    assert model.reward_stats == metrics["reward_stats"] == config["reward_stats"]
+    # The statistics are exactly the mean and population std of the rewards of the distinct training items.
+    train = PreferenceDataset(data["videos/train"], MediaConfig(num_frames=4))
+    rewards = {}
+    for i in range(len(train)):
+        example, record = train[i], train.records[i]
+        for side, media in ((record.a, example.a), (record.b, example.b)):
+            key = (record.prompt, tuple(map(str, side.media_paths())), side.response)
+            rewards[key] = model.score(model.encode([record.prompt], [media]))[0].double().numpy()
+    values = np.stack(list(rewards.values()))
+    for j, dim in enumerate(dims):
+        assert model.reward_stats[dim]["mean"] == pytest.approx(values[:, j].mean(), abs=1e-5)
+        assert model.reward_stats[dim]["std"] == pytest.approx(values[:, j].std(), abs=1e-5)
+    # Only the reward tokens' embedding rows moved; every other row is the base model's.
+    base = RewardModel.from_backbone(tiny, dimensions=["overall"]).backbone.get_input_embeddings().weight
+    trained = model.backbone.get_input_embeddings().weight
+    assert torch.equal(trained[: base.shape[0]], base) and trained.shape[0] == base.shape[0] + 3
+    # An evaluation follows the checkpoint: normalised rewards, overall = their sum, recorded in its manifest.
+    spec = importlib.util.spec_from_file_location("eval_preference", ROOT / "eval" / "preference.py")
+    evaluation = importlib.util.module_from_spec(spec)
+    sys.modules["eval_preference"] = evaluation
+    spec.loader.exec_module(evaluation)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    evaluation.main(["--model", str(out), "--data", str(data["videos/val"]), "--out", str(tmp_path / "eval"),
+                     "--n_bootstrap", "20", "--progress", "false", "--cpu", "true"])
+    scorer = read_manifest(tmp_path / "eval")["scorer"]
+    assert (scorer["normalize"], scorer["overall"], scorer["media"]["num_frames"]) == (True, "sum", 4)
+    row = json.loads((tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()[0])
+    assert row["score_a"]["overall"] == pytest.approx(sum(row["score_a"][d] for d in dims), abs=1e-6)
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny, data, tmp_path, monkeypatch, capsys):
     out = tmp_path / "nan"  # the 4th training forward = step 4
     assert_non_finite_loss_stops_the_run(stage, ScalarHead, _args(tiny, data, out), out, monkeypatch, capsys)
@@ -174,22 +226,22 @@ def test_learning_check_clear_gain(tiny, noise_data, tmp_path):
     assert after >= 0.8 and after - before >= 0.25
 
 
-def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=range(8), num_frames=8) -> dict:
+def _untrained_accuracy(tiny: Path, val_file: Path, dims: list[str], seeds=range(8), num_frames=8,
+                        head: str = "scalar") -> dict:
     """Held-out accuracy of untrained models, averaged over head initialisations.
 
     One random head can be biased on a visible factor (say, noise) by chance, in either direction;
     over initialisations the untrained accuracy is chance.
     """
-    from mmreward.collate import PairCollator
-    from mmreward.data.dataset import PreferenceDataset
+    from mmreward.collate import CollateConfig
     from mmreward.metrics import pair_accuracy
 
-    data = PreferenceDataset(val_file, num_frames=num_frames)
+    data = PreferenceDataset(val_file, MediaConfig(num_frames=num_frames))
     totals = {dim: 0.0 for dim in dims}
     for seed in seeds:
         torch.manual_seed(seed)
-        model = RewardModel.from_backbone(tiny, dimensions=dims).eval()
-        batch = PairCollator(model.processor, dims)([data[i] for i in range(len(data))])
+        model = RewardModel.from_backbone(tiny, head=head, dimensions=dims).eval()
+        batch = model.head.pair_collator(model.processor, CollateConfig())([data[i] for i in range(len(data))])
         rewards = model.score(batch["inputs"])
         delta = rewards[: len(data)] - rewards[len(data) :]
         for j, dim in enumerate(dims):
@@ -227,6 +279,26 @@ def test_learning_check_image_all_dimensions(tiny, tmp_path):
 
 
 @pytest.mark.slow
+def test_learning_check_image_reward_token_head(tiny, tmp_path):
+    """VideoAlign's head (one reward token per dimension, overall = their sum) on the default synthetic image
+    set with the image recipe: every dimension >= 0.75 held out, where untrained models score ~0.5."""
+    data = generate_synthetic(tmp_path / "synthetic", seed=0, config=SyntheticConfig(video_splits=SplitSizes(0, 0, 0)))
+    out = tmp_path / "image_reward_token"
+    dims = ["VQ", "TA"]
+    stage.main(["--config", str(ROOT / "train" / "configs" / "reward_image.yaml"), "--backbone", str(tiny),
+                "--head", "reward_token", "--dimensions", *dims, "--overall", "sum",
+                "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
+                "--output_dir", str(out), "--save_steps", "0"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    untrained = _untrained_accuracy(tiny, data["images/val"], dims, head="reward_token")
+    print({dim: (round(untrained[dim], 3), round(metrics[f"val/accuracy/{dim}"], 3)) for dim in dims},
+          f"{metrics['train_seconds']:.0f} s")
+    for dim in dims:
+        assert abs(untrained[dim] - 0.5) < 0.1, dim
+        assert metrics[f"val/accuracy/{dim}"] >= 0.75, dim
+
+
+@pytest.mark.slow
 def test_learning_check_video(tiny, tmp_path):
     """Video pairs (train/configs/reward_video.yaml): visual quality >= 0.75 held out, untrained ~0.5."""
     config = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(256, 64, 0),
@@ -248,3 +320,26 @@ def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
     with pytest.raises(SystemExit, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
         stage.resolve_backbone("tiny:qwen9", tmp_path, accelerator=None)
     assert not (tmp_path / "tiny_backbone").exists()
+
+
+def test_basereward_paper_config_has_the_recipe_and_runs(tiny, data, tmp_path):
+    """train/configs/basereward_qwen25vl_7b.yaml: the paper's settings, and the file runs as shipped
+    (here on the tiny backbone, one step, the paper's 128 pairs per step scaled down by its flags)."""
+    config = ROOT / "train" / "configs" / "basereward_qwen25vl_7b.yaml"
+    model_args, data_args, train_cfg = stage.parse_args(["--config", str(config)])
+    assert "Qwen2.5-VL-7B" in model_args.backbone and not Path(model_args.backbone).is_absolute()
+    assert (model_args.head, model_args.dimensions, model_args.tuning_mode) == ("scalar", ["overall"], "full")
+    assert train_cfg.learning_rate == train_cfg.head_learning_rate == 3e-6
+    assert train_cfg.batch_size * train_cfg.grad_accum_steps * 8 == 128  # 8 GPUs, as its header says
+    assert train_cfg.epochs == 1
+    assert (train_cfg.loss_kind, train_cfg.center_coef, train_cfg.margin) == ("bt", 0.0, 0.0)
+    assert model_args.dtype == "bfloat16"
+    out = tmp_path / "paper"
+    metrics = stage.main(["--config", str(config), "--backbone", str(tiny), "--output_dir", str(out),
+                          "--train_file", str(data["images/train"]), "--val_file", str(data["images/val"]),
+                          "--max_train_records", "4", "--grad_accum_steps", "2", "--max_val_records", "4",
+                          "--torch_threads", "1", "--use_cpu", "true"])
+    assert metrics["steps"] == 1  # one epoch of 4 pairs at 2 x 2 pairs per step
+    model = RewardModel.from_pretrained(out)
+    assert isinstance(model.head, ScalarHead) and model.dimensions == ["overall"]
+    assert yaml.safe_load((out / "resolved_config.yaml").read_text())["learning_rate"] == 3e-6

@@ -14,12 +14,13 @@ from safetensors.torch import load_file
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.collate import CollateConfig
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.data.media import MediaConfig
 from mmreward.data.records import label_to_int
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.manifest import read_manifest
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
-from mmreward.yes_token import YesTokenHead
+from mmreward.heads.yes_token import YesTokenHead
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
@@ -64,7 +65,7 @@ def quality(tmp_path_factory):
 def held_out_accuracy(model: RewardModel, jsonl: Path, dims: list[str], batch_size: int = 24) -> dict[str, float]:
     """Pair accuracy (without ties) of `model`'s reward against each label dimension in `dims` (the model
     is trained on one of them) on the pairs in `jsonl`, encoded by the head's own collator."""
-    data = PreferenceDataset(jsonl, num_frames=4)
+    data = PreferenceDataset(jsonl, MediaConfig(num_frames=4))
     collator = model.head.pair_collator(model.processor, CollateConfig())
     deltas = []
     for start in range(0, len(data), batch_size):
@@ -109,7 +110,7 @@ def test_stage_trains_a_yes_token_model_with_lora(quality, tmp_path):
     config = json.loads((out / "reward_config.json").read_text())
     assert config["head"]["name"] == "yes_token" and config["tuning"]["mode"] == "lora"
     assert config["head"]["options"]["pointwise_question"] == QUALITY_QUESTION
-    assert config["head"]["options"]["bt_weight"] == 0.5  # from the config file
+    assert config["head"]["options"]["bt_weight"] == 0.0  # the paper's objective: the CE on the verdict alone
     assert (out / "adapter").is_dir() and not (out / "backbone").exists()
     assert manifest["metrics"]["steps"] == 12
     log = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
@@ -129,7 +130,7 @@ def tiny(tmp_path_factory):
 
 
 def _stage_args(tiny: Path, data: dict[str, Path], out: Path, *extra: str) -> list[str]:
-    """rewarddance_image.yaml (full fine-tuning, softmax P(yes), CE + BT, a VQ-only warm-up that ends at
+    """rewarddance_image.yaml (full fine-tuning, softmax P(yes), CE on the verdict, a VQ-only warm-up that ends at
     step 6) on the quality pairs with small batches: the run the DDP / resume / NaN tests repeat."""
     return [
         "--config", str(IMAGE_CONFIG), "--backbone", str(tiny), "--output_dir", str(out),
@@ -146,6 +147,24 @@ def _changed_from_untrained(tiny: Path, out: Path) -> set[str]:
         return {name for name, value in weights.items() if "lora_B" in name and value.abs().sum() > 0}
     untrained = load_file(tiny / "model.safetensors")
     return {name for name, value in weights.items() if name in untrained and not torch.equal(value, untrained[name])}
+
+
+def test_shipped_configs_train_the_papers_objective_and_the_bt_variant_is_its_own_config():
+    """RewardDance's objective is the cross-entropy on the verdict token: the shipped configs use it
+    alone; rewarddance_image_bt.yaml is the same image run with a Bradley-Terry term added."""
+    def options(path: Path) -> tuple[dict, dict]:
+        model_args, data_args, train_cfg = stage.parse_args(["--config", str(path)])
+        everything = {**vars(model_args), **vars(data_args), **vars(train_cfg)}
+        return model_args.head_options(), everything
+
+    for config in (IMAGE_CONFIG, VIDEO_CONFIG):
+        head, _ = options(config)
+        assert head["ce_weight"] == 1.0 and head.get("bt_weight", 0.0) == 0.0, config.name
+    bt_head, bt_all = options(IMAGE_CONFIG.with_name("rewarddance_image_bt.yaml"))
+    ce_head, ce_all = options(IMAGE_CONFIG)
+    assert bt_head == {**ce_head, "bt_weight": 0.5}
+    differs = {key for key in ce_all if ce_all[key] != bt_all[key]}
+    assert differs == {"head_kwargs", "output_dir"}, differs
 
 
 def test_full_fine_tuning_trains_the_lm_head_and_reloads(tiny, quality, tmp_path):

@@ -1,7 +1,8 @@
 """Readers that turn public preference benchmarks (local files) into :class:`PreferenceRecord` s.
 
 ``READERS[name](src, media_root=None, media_out=None)`` reads the benchmark file ``src``:
-relative media paths in it resolve against ``media_root`` (default: ``src``'s folder) and media
+relative media paths in it resolve against ``media_root`` (default: ``src``'s folder, or the
+benchmark's media subfolder of it, e.g. MJ-Bench-Video's ``videos/``) and media
 embedded in the file (VL-RewardBench's Parquet images) are written under ``media_out``. Record
 media paths are absolute; write the records with :func:`mmreward.data.records.write_records`
 into a folder that contains the media (``data/convert_benchmark.py`` does this). The layouts
@@ -10,7 +11,8 @@ and the choices made for each benchmark are documented in ``data/FORMATS_BENCHMA
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from mmreward.data.formats import (
@@ -22,7 +24,7 @@ from mmreward.data.formats import (
     videogen_rewardbench,
     vl_rewardbench,
 )
-from mmreward.data.records import PreferenceRecord
+from mmreward.data.records import PreferenceRecord, RecordError, quote
 
 Reader = Callable[..., list[PreferenceRecord]]
 
@@ -46,7 +48,32 @@ def read_benchmark(
     """Read benchmark ``name`` from ``src`` with the registered reader."""
     if name not in READERS:
         raise KeyError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
-    return READERS[name](src, media_root=media_root, media_out=media_out)
+    records = READERS[name](src, media_root=media_root, media_out=media_out)
+    if not records:
+        raise RecordError(f"the {name} file holds no records", src)
+    return records
 
 
-__all__ = ["READERS", "Reader", "read_benchmark"]
+def missing_label_counts(records: Iterable[PreferenceRecord]) -> Counter[tuple[str, str]]:
+    """``(dimension, source value) -> count`` of the labels a reader left missing because the
+    benchmark's evaluation does not count that value (``meta["missing_labels"]``)."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for record in records:
+        for dim, value in record.meta.get("missing_labels", {}).items():
+            counts[dim, value] += 1
+    return counts
+
+
+def describe_missing_labels(records: Iterable[PreferenceRecord]) -> str | None:
+    """One line on the labels left missing (see :func:`missing_label_counts`), None if there are none."""
+    counts = missing_label_counts(records)
+    if not counts:
+        return None
+    overall = sum(n for (dim, _), n in counts.items() if dim == "overall")
+    others = sum(counts.values()) - overall
+    detail = "; ".join(f"{dim} {quote(value)} x{n}" for (dim, value), n in sorted(counts.items()))
+    return (f"{overall} overall and {others} other labels are missing (values the benchmark's evaluation "
+            f"does not count): {detail}")
+
+
+__all__ = ["READERS", "Reader", "describe_missing_labels", "missing_label_counts", "read_benchmark"]

@@ -9,12 +9,12 @@ itself (``benchmark``, ``category``, ...) win, and a source column of the same n
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from mmreward.data.records import RecordError
+from mmreward.data.records import RecordError, check_path_length, json_value, quote
 
 # A source row and where it sits: the file line for CSV / JSONL, the 1-based position for JSON
 # arrays and Parquet tables.
@@ -28,39 +28,55 @@ def load_rows(path: str | Path) -> list[Row]:
         raise FileNotFoundError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            rows = []
-            for row in reader:
-                if None in row:  # more cells than header columns
-                    raise RecordError(f"row has {len(reader.fieldnames) + len(row[None])} cells for "
-                                      f"{len(reader.fieldnames)} columns", path, reader.line_num)
-                rows.append((reader.line_num, row))
-            return rows
+        return _csv_rows(path)
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, text in enumerate(f, start=1):
-                if not text.strip():
+        with path.open("rb") as f:
+            for lineno, data in enumerate(f, start=1):
+                if not data.strip():
                     continue
                 try:
-                    rows.append((lineno, json.loads(text)))
-                except json.JSONDecodeError as e:
-                    raise RecordError(f"malformed JSON: {e}", path, lineno) from e
+                    rows.append((lineno, json_value(data.decode("utf-8-sig" if lineno == 1 else "utf-8"))))
+                except ValueError as e:  # UnicodeDecodeError included
+                    raise RecordError(str(e), path, lineno) from e
         return [_check_object(r, path) for r in rows]
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise RecordError(f"malformed JSON: {e}", path) from e
+            data = json_value(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise RecordError(str(e), path) from e
         if not isinstance(data, list):
             raise RecordError(f"expected a JSON array of objects, got {type(data).__name__}", path)
         return [_check_object((i, r), path) for i, r in enumerate(data, start=1)]
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # installed with `datasets`; only Parquet sources need it
+        import pyarrow as pa  # installed with `datasets`; only Parquet sources need it
+        import pyarrow.parquet as pq
 
-        return [(i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), start=1)]
+        try:
+            return [(i, r) for i, r in enumerate(pq.read_table(path).to_pylist(), start=1)]
+        except (pa.ArrowException, OSError) as e:
+            raise RecordError(f"unreadable Parquet file: {e}", path) from e
     raise ValueError(f"{path}: unsupported benchmark file type {suffix!r} (expected .csv, .json, .jsonl or .parquet)")
+
+
+def _csv_rows(path: Path) -> list[Row]:
+    """Rows of a CSV file with a header line; a malformed or undecodable line names its line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise RecordError(f"not UTF-8 text: {e}", path, data.count(b"\n", 0, e.start) + 1) from e
+    rows = []
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            if None in row:  # more cells than header columns
+                raise RecordError(f"row has {len(reader.fieldnames) + len(row[None])} cells for "
+                                  f"{len(reader.fieldnames)} columns", path, reader.line_num)
+            rows.append((reader.line_num, row))
+    except csv.Error as e:  # e.g. a field over csv.field_size_limit; the inner reader has counted the bad line
+        raise RecordError(f"malformed CSV: {e}", path, reader.reader.line_num) from e
+    return rows
 
 
 def _check_object(row: Row, path: Path) -> Row:
@@ -84,20 +100,27 @@ class RowContext:
             raise self.error(f"missing field {key!r}")
         value = self.row[key]
         if not isinstance(value, kind) or (isinstance(value, str) and value == ""):
-            raise self.error(f"field {key!r} must be a non-empty {getattr(kind, '__name__', kind)}, got {value!r}")
+            kinds = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise self.error(f"field {key!r} must be a non-empty {kinds}, got {quote(value)}")
         return value
 
     def label(self, key: str, mapping: Mapping[Any, str]) -> str:
         """A field's value translated to "a" / "b" / "tie"."""
         value = self.get(key, object)
         if value not in mapping:
-            raise self.error(f"field {key!r} has unknown value {value!r}; expected one of {sorted(mapping, key=str)}")
+            raise self.error(f"field {key!r} has unknown value {quote(value)}; expected one of {sorted(mapping, key=str)}")
         return mapping[value]
 
 
-def media_path(root: Path, value: str) -> Path:
+def media_path(ctx: RowContext, root: Path, value: str) -> Path:
     """A source media path joined to the (resolved) media folder; the file itself is not resolved,
-    so a symlinked file inside the folder keeps its in-folder path, as in read_records."""
+    so a symlinked file inside the folder keeps its in-folder path, as in read_records. Paths
+    longer than :data:`~mmreward.data.records.MAX_PATH_CHARS` are refused here, before anything
+    resolves them."""
+    try:
+        check_path_length(value, "media path")
+    except ValueError as e:
+        raise ctx.error(str(e)) from None
     return root / value
 
 
@@ -112,7 +135,8 @@ def build_meta(row: Mapping[str, Any], verbatim: Iterable[str], derived: Mapping
     return meta
 
 
-def resolve_roots(src: str | Path, media_root: str | Path | None) -> tuple[Path, Path]:
-    """The source file and the folder its relative media paths start from (default: its folder)."""
+def resolve_roots(src: str | Path, media_root: str | Path | None, default_folder: str = "") -> tuple[Path, Path]:
+    """The source file and the folder its relative media paths start from (default: its folder,
+    or ``default_folder`` inside it where the benchmark's paths start in a subfolder)."""
     src = Path(src).resolve()
-    return src, (Path(media_root) if media_root is not None else src.parent).resolve()
+    return src, (Path(media_root) if media_root is not None else src.parent / default_folder).resolve()

@@ -23,11 +23,11 @@ NAME = "genai_bench_video"
 VOTES = {"leftvote": "a", "rightvote": "b", "tievote": "tie", "bothbad_vote": "tie"}
 
 
-def _local_video(root: Path, value: str) -> Path:
+def _local_video(ctx: RowContext, root: Path, value: str) -> Path:
     parsed = urlparse(value)
     if parsed.scheme in ("http", "https"):
-        return media_path(root, Path(parsed.path).name)
-    return media_path(root, value)
+        return media_path(ctx, root, Path(parsed.path).name)
+    return media_path(ctx, root, value)
 
 
 def read(src: str | Path, media_root: str | Path | None = None, media_out: str | Path | None = None) -> list[PreferenceRecord]:
@@ -39,8 +39,8 @@ def read(src: str | Path, media_root: str | Path | None = None, media_out: str |
         records.append(PreferenceRecord(
             id=ctx.record_id,
             prompt=ctx.get("prompt"),
-            a=Side(video=_local_video(root, ctx.get("left_video"))),
-            b=Side(video=_local_video(root, ctx.get("right_video"))),
+            a=Side(video=_local_video(ctx, root, ctx.get("left_video"))),
+            b=Side(video=_local_video(ctx, root, ctx.get("right_video"))),
             label={"overall": ctx.label("vote_type", VOTES)},
             meta=build_meta(row, ["prompt"], {"benchmark": NAME, "source_row": index}),
         ))

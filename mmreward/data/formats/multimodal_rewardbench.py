@@ -37,7 +37,7 @@ def read(src: str | Path, media_root: str | Path | None = None, media_out: str |
     for index, (where, row) in enumerate(load_rows(src)):
         ctx = RowContext(src, where, row)
         ctx.record_id = str(ctx.get("ID", (str, int)))
-        image = media_path(root, ctx.get("Image"))
+        image = media_path(ctx, root, ctx.get("Image"))
         derived = {"benchmark": NAME, "source_row": index, "category": category_of(ctx.record_id, ctx.get("Category"))}
         records.append(PreferenceRecord(
             id=ctx.record_id,

@@ -32,8 +32,8 @@ def read(src: str | Path, media_root: str | Path | None = None, media_out: str |
         records.append(PreferenceRecord(
             id=ctx.record_id,
             prompt=ctx.get("prompt"),
-            a=Side(video=media_path(root, ctx.get("path_A"))),
-            b=Side(video=media_path(root, ctx.get("path_B"))),
+            a=Side(video=media_path(ctx, root, ctx.get("path_A"))),
+            b=Side(video=media_path(ctx, root, ctx.get("path_B"))),
             label=label,
             meta=build_meta(row, ["prompt"], {"benchmark": NAME, "source_row": index}),
         ))

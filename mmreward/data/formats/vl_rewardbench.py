@@ -23,7 +23,7 @@ from pathlib import Path
 from PIL import Image
 
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
-from mmreward.data.records import PreferenceRecord, Side
+from mmreward.data.records import PreferenceRecord, Side, quote
 
 NAME = "vl_rewardbench"
 SUBSET_BY_PREFIX = {
@@ -53,7 +53,7 @@ def subset_of(record_id: str) -> str:
 def _image(ctx: RowContext, root: Path, media_out: Path | None) -> Path:
     value = ctx.get("image", (str, dict))
     if isinstance(value, str):
-        return media_path(root, value)
+        return media_path(ctx, root, value)
     if value.get("bytes"):
         if media_out is None:
             raise ctx.error("the image is embedded as bytes; pass media_out to choose where to write it")
@@ -66,7 +66,7 @@ def _image(ctx: RowContext, root: Path, media_out: Path | None) -> Path:
         out.write_bytes(value["bytes"])
         return out
     if value.get("path"):
-        return media_path(root, value["path"])
+        return media_path(ctx, root, value["path"])
     raise ctx.error("field 'image' has neither bytes nor a path")
 
 
@@ -81,9 +81,9 @@ def read(src: str | Path, media_root: str | Path | None = None, media_out: str |
         responses = ctx.get("response", list)
         ranking = ctx.get("human_ranking", list)
         if len(responses) != 2 or not all(isinstance(r, str) for r in responses):
-            raise ctx.error(f"field 'response' must hold two strings, got {responses!r}")
+            raise ctx.error(f"field 'response' must hold two strings, got {quote(responses)}")
         if len(ranking) != 2 or not all(isinstance(r, int) for r in ranking):
-            raise ctx.error(f"field 'human_ranking' must hold two integer ranks, got {ranking!r}")
+            raise ctx.error(f"field 'human_ranking' must hold two integer ranks, got {quote(ranking)}")
         overall = "a" if ranking[0] < ranking[1] else "b" if ranking[0] > ranking[1] else "tie"
         image = _image(ctx, root, media_out)
         subset = subset_of(ctx.record_id)

@@ -1,7 +1,7 @@
 """RewardDance's generative reward: the probability that the VLM answers "yes".
 
 No new weights: the backbone's own LM head is read at the verdict position (the first token the
-model would write after the question; see `mmreward.yes_token_prompts` for the prompts and read
+model would write after the question; see `mmreward.heads.yes_token.prompts` for the prompts and read
 positions). Two ways to turn the next-token logits into P(yes), chosen by `probability`:
 
     softmax:  P(yes) = sum over the yes spellings of softmax(logits)      (full vocabulary)
@@ -25,108 +25,17 @@ over {yes, no}; with "softmax" the "yes" target is exactly the full-vocabulary t
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmreward.heads import HeadError, RewardHead, register_head
+from mmreward.heads.base import HeadError, RewardHead, register_head
+from mmreward.heads.yes_token.config import PROBABILITY_MODES, YesTokenConfig
+from mmreward.heads.yes_token.prompts import VerdictQuery, YesTokenCollator, encode_queries
 from mmreward.losses import PreferenceLossConfig, preference_loss
-
-PROBABILITY_MODES = ("softmax", "binary")
-FORMS = ("pointwise", "pairwise")
-REASONING_MODES = ("none", "verdict_first", "rationale_first")
-DEFAULT_INSTRUCTIONS = {
-    "none": "Answer yes or no.",
-    "verdict_first": "Answer yes or no first, then explain your answer in one sentence.",
-    "rationale_first": 'Explain your reasoning in one sentence, then finish with "Answer: yes" or "Answer: no".',
-}
-
-
-@dataclass
-class YesTokenConfig:
-    """Options of the `yes_token` head (all recorded in the checkpoint, so a saved model knows how
-    to prompt itself).
-
-    probability: "softmax" (P(yes) over the full vocabulary) or "binary" (sigmoid(logit_yes - logit_no)).
-    yes_words / no_words: spellings whose probabilities are summed; each must be one token of the
-        backbone's tokenizer (checked when the head meets the processor).
-    form: "pointwise" (does this candidate match the prompt?) or "pairwise" (is the second,
-        candidate, better than the first, a reference?). Training pairs give both orders: side a is
-        judged against b as reference and side b against a.
-    reasoning: "none"; "verdict_first" (the model answers, then explains: the reward is read at the
-        verdict, the first answer token); "rationale_first" (the model explains, then writes
-        `verdict_prefix` and the verdict: the reward is read after the generated rationale).
-    pointwise_question / pairwise_question: question about media candidates; `{prompt}` and
-        `{media}` ("image", "images" or "video") are filled in.
-    pointwise_response_question / pairwise_response_question: the same for text responses;
-        `{prompt}`, `{response}` (the candidate) and `{reference}` (pairwise) are filled in.
-    instruction: answer-format sentence after the question; None = the default of `reasoning`.
-    verdict_prefix: text before the verdict in "rationale_first" (the reward is read right after it).
-    ce_weight: weight of the yes/no cross-entropy.
-    bt_weight: weight of the Bradley-Terry term on the two sides' log-odds (0 = off).
-    tie_target: CE target P(yes) for both sides of a tied pair (e.g. 0.5); None = ties give no CE.
-    """
-
-    probability: str = "softmax"
-    yes_words: list[str] = field(default_factory=lambda: ["yes", " yes", "Yes", " Yes"])
-    no_words: list[str] = field(default_factory=lambda: ["no", " no", "No", " No"])
-    form: str = "pointwise"
-    reasoning: str = "none"
-    pointwise_question: str = 'Does this {media} match the prompt "{prompt}"?'
-    pairwise_question: str = (
-        'Both {media}s were made for the prompt "{prompt}". The first is a reference, the second a candidate. '
-        "Is the second {media} better than the first?"
-    )
-    pointwise_response_question: str = "Question: {prompt}\nResponse: {response}\nIs this response correct and helpful?"
-    pairwise_response_question: str = (
-        "Question: {prompt}\nFirst response: {reference}\nSecond response: {response}\n"
-        "Is the second response better than the first?"
-    )
-    instruction: str | None = None
-    verdict_prefix: str = "Answer:"
-    ce_weight: float = 1.0
-    bt_weight: float = 0.0
-    tie_target: float | None = None
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.probability not in PROBABILITY_MODES:
-            problems.append(f"probability must be one of {PROBABILITY_MODES}, got {self.probability!r}")
-        if self.form not in FORMS:
-            problems.append(f"form must be one of {FORMS}, got {self.form!r}")
-        if self.reasoning not in REASONING_MODES:
-            problems.append(f"reasoning must be one of {REASONING_MODES}, got {self.reasoning!r}")
-        self.yes_words, self.no_words = list(self.yes_words), list(self.no_words)
-        if not self.yes_words or not self.no_words:
-            problems.append("yes_words and no_words need at least one spelling each")
-        if set(self.yes_words) & set(self.no_words):
-            problems.append(f"a spelling is both yes and no: {sorted(set(self.yes_words) & set(self.no_words))}")
-        for name, needed in (("pointwise_question", ("prompt",)), ("pairwise_question", ("prompt",)),
-                             ("pointwise_response_question", ("prompt", "response")),
-                             ("pairwise_response_question", ("prompt", "response", "reference"))):
-            template = getattr(self, name)
-            missing = [key for key in needed if "{" + key + "}" not in template]
-            if missing:
-                problems.append(f"{name} must contain {['{' + k + '}' for k in missing]}")
-            try:  # other fields ({media}) or stray braces would only fail when the first batch is encoded
-                template.format(prompt="", response="", reference="", media="")
-            except (KeyError, IndexError, ValueError) as err:
-                problems.append(f"{name}: bad template {template!r} ({err!r})")
-        if self.reasoning == "rationale_first" and not self.verdict_prefix.strip():
-            problems.append("rationale_first needs a non-empty verdict_prefix (the reward is read after it)")
-        if self.ce_weight < 0 or self.bt_weight < 0 or self.ce_weight + self.bt_weight == 0:
-            problems.append(f"ce_weight and bt_weight must be >= 0 and not both 0, "
-                            f"got {self.ce_weight}, {self.bt_weight}")
-        if self.tie_target is not None and not 0.0 <= self.tie_target <= 1.0:
-            problems.append(f"tie_target must be in [0, 1] or None, got {self.tie_target}")
-        if problems:
-            raise HeadError("head 'yes_token': " + "; ".join(problems))
-
-    def answer_instruction(self) -> str:
-        return self.instruction if self.instruction is not None else DEFAULT_INSTRUCTIONS[self.reasoning]
 
 
 def single_token_ids(tokenizer: Any, words: Sequence[str]) -> list[int]:
@@ -221,7 +130,7 @@ def yes_token_loss(
 class YesTokenHead(RewardHead):
     """Reward = P(yes) read from the backbone's LM head at the verdict position (no own weights).
 
-    `forward(hidden [N, H], lm_head)` returns the verdict log-odds `[N, 1]`; `to_reward` gives P(yes).
+    `forward(hidden [N, 1, H], lm_head)` returns the verdict log-odds `[N, 1]`; `to_reward` gives P(yes).
     One verdict per sequence, so the head has exactly one dimension. The verdict token ids come from
     the backbone's tokenizer (`bind_processor`, called by `RewardModel`).
     """
@@ -256,9 +165,8 @@ class YesTokenHead(RewardHead):
         if self.yes_ids is None or self.no_ids is None:
             raise HeadError("head 'yes_token' has no verdict token ids yet: call bind_processor(processor) "
                             "(RewardModel does this when it is given a processor)")
-        if hidden.ndim != 2 or hidden.shape[-1] != self.hidden_size:
-            raise HeadError(f"head 'yes_token': expected hidden [B, {self.hidden_size}], got {tuple(hidden.shape)}")
-        logits = lm_head(hidden)
+        self.check_hidden(hidden)
+        logits = lm_head(hidden[:, 0])
         return verdict_log_odds(logits, self.yes_ids, self.no_ids, self.cfg.probability)[:, None]
 
     def to_reward(self, output: torch.Tensor) -> torch.Tensor:
@@ -269,19 +177,15 @@ class YesTokenHead(RewardHead):
         return yes_token_loss(r_a, r_b, labels, mask, self.cfg, loss_cfg)
 
     def pair_collator(self, processor: Any, cfg: Any) -> Any:
-        from mmreward.yes_token_prompts import YesTokenCollator  # prompts import collate/data; keep heads light
-
         return YesTokenCollator(processor, self.dimensions, self.cfg, cfg)
 
     def encode_sides(self, processor: Any, prompts: Any, sides: Any, cfg: Any) -> dict[str, torch.Tensor]:
         """Pointwise queries for each (prompt, side); the other forms need more than one side."""
-        from mmreward.yes_token_prompts import VerdictQuery, encode_queries
-
         if self.cfg.form != "pointwise" or self.cfg.reasoning == "rationale_first":
             raise HeadError(
                 f"head 'yes_token' with form={self.cfg.form!r}, reasoning={self.cfg.reasoning!r} cannot score sides "
                 "one by one (a reference or a generated rationale is needed): use "
-                "mmreward.yes_token_scoring.YesTokenScorer or YesTokenRewardFunction"
+                "mmreward.heads.yes_token.scoring.YesTokenScorer or YesTokenRewardFunction"
             )
         if len(prompts) != len(sides):
             raise ValueError(f"{len(prompts)} prompts for {len(sides)} sides")

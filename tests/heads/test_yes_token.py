@@ -12,19 +12,14 @@ from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.collate import CollateConfig, CollateError
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.records import PreferenceRecord, Side
+from mmreward.data.dataset import frames_clip
 from mmreward.heads import HeadError, build_head, head_from_config
+from mmreward.heads.yes_token.head import YesTokenConfig, YesTokenHead, verdict_log_odds, yes_token_loss
+from mmreward.heads.yes_token.prompts import VerdictQuery, YesTokenCollator, build_verdict_messages, encode_queries
+from mmreward.heads.yes_token.scoring import YesTokenRewardFunction, YesTokenScorer, order_averaged, position_bias
 from mmreward.losses import PreferenceLossConfig
 from mmreward.model import RewardModel, TuningConfig
 from mmreward.reward_fn import RewardFunction
-from mmreward.yes_token import YesTokenConfig, YesTokenHead, verdict_log_odds, yes_token_loss
-from mmreward.yes_token_prompts import VerdictQuery, YesTokenCollator, build_verdict_messages, encode_queries
-from mmreward.yes_token_scoring import (
-    YesTokenRewardFunction,
-    YesTokenScorer,
-    frames_clip,
-    order_averaged,
-    position_bias,
-)
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -143,7 +138,7 @@ def test_head_forward_exact_and_registry():
     lm_head = nn.Linear(2, 6, bias=False)
     with torch.no_grad():  # logits = [h0, h1, h0, 0, 0, 0]: yes mass e^h0 + e^h1, no mass e^h0 + 1
         lm_head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0, 0], [0, 0], [0, 0]]))
-    hidden = torch.tensor([[0.0, LN3], [LN2, 0.0]])
+    hidden = torch.tensor([[0.0, LN3], [LN2, 0.0]])[:, None]
     with pytest.raises(HeadError, match="bind_processor"):
         head(hidden, lm_head)
     head.bind_processor(_Tokenizer())

@@ -21,7 +21,6 @@ pair's preferred item flips with the order when both probabilities are on the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -29,14 +28,12 @@ import torch
 from PIL import Image
 
 from mmreward.collate import CollateConfig
-from mmreward.data.dataset import PreferenceExample, SideMedia
-from mmreward.data.media import VideoClip, load_image, read_video
+from mmreward.data.dataset import PreferenceExample, SideMedia, media_side
+from mmreward.data.media import MediaConfig, VideoClip
+from mmreward.heads.yes_token.head import YesTokenHead
+from mmreward.heads.yes_token.prompts import VerdictQuery, encode_queries, pair_queries
 from mmreward.model import RewardModel
 from mmreward.reward_fn import RewardFunction, RewardFunctionError, column, media_columns, prompt_text
-from mmreward.yes_token import YesTokenHead
-from mmreward.yes_token_prompts import VerdictQuery, encode_queries, pair_queries
-
-VIDEO_SUFFIXES = (".mp4", ".webm", ".avi", ".mov", ".mkv", ".gif")
 
 
 @dataclass
@@ -212,35 +209,6 @@ class YesTokenScorer:
         return position_bias(forward, swapped), order_averaged(forward, swapped)
 
 
-def frames_clip(frames: np.ndarray, fps: float) -> VideoClip:
-    """A `VideoClip` of `[T, H, W, 3]` uint8 frames shown at `fps` (a generator's output video)."""
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"video frames must be a [T, H, W, 3] uint8 array, got {frames.dtype} {frames.shape}")
-    count = frames.shape[0]
-    return VideoClip(frames=frames, timestamps=np.arange(count) / fps, indices=np.arange(count), fps=float(fps),
-                     num_frames_total=count)
-
-
-def media_side(value: Any, num_frames: int | None = 8, fps: float = 8.0) -> SideMedia:
-    """A side showing `value`: a PIL image, an `[H, W, 3]` image or `[T, H, W, 3]` video array, a
-    `VideoClip`, or an image / video file path (videos by suffix, sampled to `num_frames`)."""
-    if isinstance(value, Image.Image):
-        return SideMedia(images=[value.convert("RGB")])
-    if isinstance(value, VideoClip):
-        return SideMedia(video=value)
-    if isinstance(value, np.ndarray):
-        if value.ndim == 3:
-            return SideMedia(images=[Image.fromarray(value).convert("RGB")])
-        return SideMedia(video=frames_clip(value, fps))
-    if isinstance(value, (str, Path)):
-        path = Path(value)
-        if path.suffix.lower() in VIDEO_SUFFIXES:
-            return SideMedia(video=read_video(path, num_frames=num_frames))
-        return SideMedia(images=[load_image(path)])
-    raise TypeError(f"cannot show a {type(value).__name__} as media")
-
-
 class YesTokenRewardFunction(RewardFunction):
     """A yes_token model as a TRL reward function: `fn(prompts, completions, **kwargs) -> list[float]` (P(yes)).
 
@@ -254,9 +222,9 @@ class YesTokenRewardFunction(RewardFunction):
     """
 
     def __init__(self, model: RewardModel, batch_size: int = 16, collate: CollateConfig | None = None,
-                 num_frames: int = 8, video_fps: float = 8.0, average_orders: bool = False,
+                 media: MediaConfig | None = None, video_fps: float = 8.0, average_orders: bool = False,
                  max_new_tokens: int = 64):
-        super().__init__(model, None, batch_size, collate, num_frames)
+        super().__init__(model, None, batch_size, collate, media)
         self.scorer = YesTokenScorer(model, batch_size=batch_size, max_new_tokens=max_new_tokens, collate=collate)
         self.video_fps = video_fps
         self.average_orders = average_orders
@@ -265,14 +233,14 @@ class YesTokenRewardFunction(RewardFunction):
 
     def _candidate(self, completion: Any, images: Any, video: Any) -> SideMedia:
         if isinstance(completion, (Image.Image, VideoClip, np.ndarray)):
-            return media_side(completion, self.num_frames, self.video_fps)
+            return media_side(completion, self.media, self.video_fps, self.final_image_size)
         return self.completion_side(completion, images, video)  # a text response with the example's media
 
     def _reference(self, i: int, value: Any) -> SideMedia:
         if value is None:
             raise RewardFunctionError(f"example {i}: the pairwise yes_token form needs a 'reference' column entry")
         try:
-            return media_side(value, self.num_frames, self.video_fps)
+            return media_side(value, self.media, self.video_fps, self.final_image_size)
         except (TypeError, ValueError) as err:
             raise RewardFunctionError(f"example {i}: bad reference ({err})") from err
 

@@ -26,7 +26,7 @@ import torch
 from mmreward.collate import CollateConfig, CollateError, pair_labels, processor_media, shares_prefix
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip
-from mmreward.yes_token import YesTokenConfig
+from mmreward.heads.yes_token.config import YesTokenConfig
 
 
 @dataclass

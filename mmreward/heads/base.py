@@ -1,13 +1,16 @@
-"""Reward heads: one registry shared by every reward model built on a VLM backbone.
+"""The reward-head contract and its registry.
 
-A head turns the backbone's final hidden state at the read position (the last non-pad token of each
-sequence) into `k` rewards, one per named dimension. Heads are registered by name so that a
-checkpoint's config (`head.config()`) is enough to rebuild the head (`head_from_config`).
+A head turns the backbone's final hidden states at its read positions into `k` rewards, one per
+named dimension. Most heads read one position, the last real token of each sequence; VideoAlign's
+`reward_token` head reads one special token per dimension. Heads are registered by name so that
+a checkpoint's config (`head.config()`) is enough to rebuild the head (`head_from_config`).
 
-A new head (e.g. RewardDance's `yes_token`, which reads the LM head instead of owning weights)
-subclasses `RewardHead`, sets `uses_lm_head = True` if it needs the backbone's output embeddings,
-overrides `pair_loss` if it is not trained with the preference loss, and registers itself with
-`@register_head("name")`.
+A new head subclasses `RewardHead` in its own module under `mmreward/heads/`, registers itself
+with `@register_head("name")`, and overrides what differs from the defaults below: `forward`
+(always), `read_positions` / `num_reads` (where it reads), `uses_lm_head` (it needs the
+backbone's output embeddings), `pair_loss` (not trained with the preference loss), the prompt
+(`pair_collator` / `encode_sides`) and `prepare_backbone` (it adds tokens to the vocabulary).
+`mmreward/heads/__init__.py` imports the module so the name is buildable.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class HeadError(ValueError):
 
 
 class RewardHead(nn.Module):
-    """Base class: maps hidden states `[B, H]` to rewards `[B, k]` (k = len(dimensions))."""
+    """Base class: maps hidden states `[N, num_reads, H]` to rewards `[N, k]` (k = len(dimensions))."""
 
     name: ClassVar[str] = ""
     # True when `forward` needs the backbone's LM head (passed as `lm_head`).
@@ -45,6 +48,11 @@ class RewardHead(nn.Module):
     def num_dimensions(self) -> int:
         return len(self.dimensions)
 
+    @property
+    def num_reads(self) -> int:
+        """Hidden states read per sequence (the width of `read_positions`)."""
+        return 1
+
     def options(self) -> dict[str, Any]:
         """Constructor options beyond hidden_size/dimensions (recorded in the checkpoint config)."""
         return {}
@@ -56,6 +64,18 @@ class RewardHead(nn.Module):
             "dimensions": list(self.dimensions),
             "options": self.options(),
         }
+
+    def read_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """`[N, num_reads]` token indices whose final hidden states `forward` reads: the last real token."""
+        from mmreward.collate import last_token_index  # local import: heads stay importable on their own
+
+        return last_token_index(attention_mask)[:, None]
+
+    def check_hidden(self, hidden: torch.Tensor) -> None:
+        """Refuse hidden states that are not `[N, num_reads, H]`."""
+        if hidden.ndim != 3 or hidden.shape[1:] != (self.num_reads, self.hidden_size):
+            raise HeadError(f"head {self.name!r}: expected hidden [N, {self.num_reads}, {self.hidden_size}], "
+                            f"got {tuple(hidden.shape)}")
 
     def forward(self, hidden: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
         raise NotImplementedError
@@ -70,12 +90,21 @@ class RewardHead(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """`(loss, stats)` for a batch of pairs: rewards `[P, k]`, labels a=1/b=-1/tie=0, 0/1 mask of
         present labels. The default is `mmreward.losses.preference_loss` (BT / BTT, margin, centering)."""
-        from mmreward.losses import preference_loss  # local import: heads stay importable on their own
+        from mmreward.losses import preference_loss
 
         return preference_loss(r_a, r_b, labels, mask, loss_cfg)
 
+    def prepare_backbone(self, backbone: nn.Module, processor: Any) -> None:
+        """Called once when a new reward model is built on a base backbone, before `bind_processor`
+        (the reward_token head adds its tokens to the tokenizer and the embeddings here)."""
+
     def bind_processor(self, processor: Any) -> None:
         """Called by `RewardModel` with the backbone's processor (a head reading tokens takes their ids here)."""
+
+    def trainable_token_ids(self) -> list[int]:
+        """Input-embedding rows that train with the head even when the backbone is frozen or LoRA-tuned
+        (the reward_token head's own tokens); every other row keeps its weights."""
+        return []
 
     def to_reward(self, output: torch.Tensor) -> torch.Tensor:
         """The reward `score()` returns from `forward`'s output (identity; yes_token: P(yes) from log-odds)."""
@@ -126,44 +155,3 @@ def head_from_config(config: dict[str, Any]) -> RewardHead:
     if missing:
         raise HeadError(f"head config lacks {sorted(missing)}: {config}")
     return build_head(config["name"], config["hidden_size"], config["dimensions"], **config.get("options", {}))
-
-
-@register_head("scalar")
-class ScalarHead(RewardHead):
-    """BaseReward's head: `Linear(H, d) -> SiLU -> Linear(d, k)`.
-
-    Weights stay in float32 whatever the backbone's dtype: the hidden state is cast up, so rewards
-    and their gradients do not lose precision in a bf16 backbone.
-    """
-
-    def __init__(self, hidden_size: int, dimensions: Sequence[str], inner_dim: int | None = None,
-                 init_std: float = 0.02):
-        super().__init__(hidden_size, dimensions)
-        self.inner_dim = int(inner_dim) if inner_dim is not None else self.hidden_size
-        if self.inner_dim <= 0:
-            raise HeadError(f"head 'scalar': inner_dim must be positive, got {inner_dim}")
-        self.init_std = float(init_std)
-        self.proj = nn.Linear(self.hidden_size, self.inner_dim)
-        self.act = nn.SiLU()
-        self.out = nn.Linear(self.inner_dim, self.num_dimensions)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        # Small output weights: every dimension starts near reward 0, so the first steps' loss is ~log 2.
-        nn.init.normal_(self.proj.weight, std=self.init_std)
-        nn.init.zeros_(self.proj.bias)
-        nn.init.normal_(self.out.weight, std=self.init_std)
-        nn.init.zeros_(self.out.bias)
-
-    def options(self) -> dict[str, Any]:
-        return {"inner_dim": self.inner_dim, "init_std": self.init_std}
-
-    def forward(self, hidden: torch.Tensor, lm_head: nn.Module | None = None) -> torch.Tensor:
-        if hidden.ndim != 2 or hidden.shape[-1] != self.hidden_size:
-            raise HeadError(f"head 'scalar': expected hidden [B, {self.hidden_size}], got {tuple(hidden.shape)}")
-        hidden = hidden.to(self.proj.weight.dtype)
-        return self.out(self.act(self.proj(hidden)))
-
-
-# Heads defined in their own modules register on import; importing them here makes every name buildable.
-from mmreward import yes_token  # noqa: E402,F401

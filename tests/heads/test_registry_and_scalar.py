@@ -20,7 +20,7 @@ def test_scalar_head_exact_value():
         head.proj.bias.copy_(torch.tensor([0.0, -1.0]))
         head.out.weight.copy_(torch.tensor([[1.0, -2.0]]))
         head.out.bias.copy_(torch.tensor([0.5]))
-    out = head(torch.tensor([[1.0, 2.0], [0.0, 0.0]]))
+    out = head(torch.tensor([[1.0, 2.0], [0.0, 0.0]])[:, None])
     expected = [_silu(1.0) - 2 * _silu(1.0) + 0.5, _silu(0.0) - 2 * _silu(-1.0) + 0.5]
     assert out.shape == (2, 1)
     assert out[:, 0].tolist() == pytest.approx(expected, abs=1e-6)
@@ -30,17 +30,19 @@ def test_scalar_head_shapes_dims_and_dtype():
     head = build_head("scalar", 8, ["VQ", "MQ", "TA"], inner_dim=4)
     assert head.num_dimensions == 3 and head.inner_dim == 4
     assert [p.shape for p in head.parameters()] == [(4, 8), (4,), (3, 4), (3,)]
-    out = head(torch.randn(5, 8, dtype=torch.bfloat16))
+    out = head(torch.randn(5, 1, 8, dtype=torch.bfloat16))
     assert out.shape == (5, 3) and out.dtype == torch.float32  # head computes in fp32
     assert build_head("scalar", 8, ["overall"]).inner_dim == 8  # default d = H
-    with pytest.raises(HeadError, match=r"expected hidden \[B, 8\]"):
-        head(torch.randn(5, 7))
+    with pytest.raises(HeadError, match=r"expected hidden \[N, 1, 8\]"):
+        head(torch.randn(5, 1, 7))
+    with pytest.raises(HeadError, match=r"expected hidden \[N, 1, 8\]"):
+        head(torch.randn(5, 8))
 
 
 def test_scalar_head_starts_near_zero():
     torch.manual_seed(0)
     head = build_head("scalar", 64, ["overall"])
-    out = head(torch.randn(32, 64))
+    out = head(torch.randn(32, 1, 64))
     assert out.abs().max() < 0.2  # small init: initial BT loss ~ log 2
 
 
@@ -110,7 +112,7 @@ def test_register_new_head_kind():
     try:
         head = head_from_config(build_head("test_constant", 4, ["overall"], value=2.5).config())
         assert isinstance(head, ConstantHead) and head.uses_lm_head and head.name == "test_constant"
-        assert head(torch.zeros(3, 4)).tolist() == [[2.5]] * 3
+        assert head(torch.zeros(3, 1, 4)).tolist() == [[2.5]] * 3
         with pytest.raises(HeadError, match="already registered"):
             register_head("test_constant")(type("Other", (RewardHead,), {}))
     finally:
