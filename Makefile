@@ -3,6 +3,7 @@ PYTHON ?= python3.11
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+DS_STAMP := $(VENV)/.installed-deepspeed
 export FORCE_QWENVL_VIDEO_READER := decord
 export MUJOCO_GL := egl
 export TOKENIZERS_PARALLELISM := false
@@ -18,13 +19,18 @@ $(STAMP): requirements.txt pyproject.toml
 	$(VPY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
+# The optional DeepSpeed extra (sharded training); the test suite launches it on CPU.
+$(DS_STAMP): $(STAMP) requirements-deepspeed.txt
+	$(VPY) -m pip install --disable-pip-version-check -q -r requirements-deepspeed.txt
+	touch $(DS_STAMP)
+
 demo: $(STAMP)
 	$(VPY) -m mmreward.demo --out runs/demo
 
-test: $(STAMP)
+test: $(DS_STAMP)
 	$(VPY) -m pytest -q
 
-test-slow: $(STAMP)
+test-slow: $(DS_STAMP)
 	$(VPY) -m pytest -q -m slow
 
 bench: $(STAMP)

@@ -20,7 +20,7 @@ streaming with fsync) into a fresh directory; pairs/s = pairs / wall time. Varia
 * bucketed: batch size --batch-size, pairs ordered by estimated length first (the default).
 
 All variants go through the same public `RewardModelScorer`, which for Qwen2-VL, Qwen2.5-VL and
-Qwen3-VL backbones scores with `mmreward.batched_forward.batched_rewards` (vectorised M-RoPE
+Qwen3-VL backbones scores with `mmreward.forward.batched.batched_rewards` (vectorised M-RoPE
 positions, one attention call per window / frame length in the vision tower, each distinct image
 encoded once, length groups without attention masks, the last layer computed only at the read
 position) and encodes with `mmreward.evaluation.tensor_processor.TensorProcessor`; batch size 1
@@ -45,7 +45,6 @@ model (the runner's `num_workers`); on a 2-core machine they compete with the mo
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -55,6 +54,7 @@ import numpy as np
 import torch
 
 from mmreward.backbones.tiny import FAMILIES, build_tiny_vlm
+from mmreward.cli import ArgParser, run
 from mmreward.data.records import read_records, write_records
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.evaluation.runner import RunnerConfig, load_predictions, run_predictions
@@ -89,8 +89,8 @@ def make_data(root: Path, pairs: int, max_chars: int, modality: str = "images", 
     return write_records(root / modality / "with_responses.jsonl", records)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--pairs", type=int, default=96)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-chars", type=int, default=200, help="longest response (0: prompt only)")
@@ -104,7 +104,7 @@ def main() -> None:
                         help="DataLoader workers that decode and collate ahead of the model (all variants)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1: timings stay stable on a shared machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     from accelerate import PartialState
@@ -168,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# GPU validation in one go (about 4 minutes on one H100): the `gpu`-marked tests, the reward stage in
-# bf16 on one GPU (plain and through the FSDP2 accelerate config), and the benchmarks on CUDA,
+# GPU validation in one go (about 4 minutes on one H100, before the sharded steps were added): the `gpu`-marked
+# tests, the reward stage in bf16 on one GPU (plain, and through the FSDP2 and DeepSpeed accelerate configs), the
+# VR-Thinker SFT stage through ZeRO-3 and FSDP2, and the benchmarks on CUDA,
 # including pair training on a random model with Qwen2.5-VL-3B's shapes in bf16.
 #
 #   bash bench/gpu_check.sh [OUT_DIR]          # default OUT_DIR: runs/gpu_check
@@ -49,14 +50,28 @@ step reward_stage_bf16 $PY -m accelerate.commands.launch --num_processes 1 --num
     --dynamo_backend no train/reward.py "${stage_args[@]}" --dtype bfloat16 --output_dir "$OUT/reward_bf16"
 step reward_stage_fsdp $PY -m accelerate.commands.launch --config_file train/accelerate/fsdp.yaml --num_processes 1 \
     train/reward.py "${stage_args[@]}" --dtype float32 --output_dir "$OUT/reward_fsdp"
+# The sharded configs on one GPU (1 process each, their bf16; the CPU tests run them with 2 processes).
+for mode in deepspeed_zero2 deepspeed_zero3 deepspeed_zero3_offload; do
+    step "reward_stage_$mode" $PY -m accelerate.commands.launch --config_file "train/accelerate/$mode.yaml" \
+        --num_processes 1 train/reward.py "${stage_args[@]}" --dtype float32 --output_dir "$OUT/reward_$mode"
+done
+sft_args=(--config train/configs/vrt_sft.yaml --model_path tiny --data "$OUT/synthetic_videos" --max_pairs 8 --max_steps 20
+          --eval_pairs 0 --eval_before false --save_strategy steps --save_steps 10 --report_to none)
+step synthetic_videos $PY data/make_synthetic.py --out "$OUT/synthetic_videos" --image-sizes 0,0,0 --video-sizes 16,4,0
+for mode in deepspeed_zero3 fsdp; do
+    step "vrt_sft_$mode" $PY -m accelerate.commands.launch --config_file "train/accelerate/$mode.yaml" \
+        --num_processes 1 train/vrt_sft.py "${sft_args[@]}" --output_dir "$OUT/vrt_sft_$mode"
+done
 step yes_token_scoring $PY bench/yes_token_scoring.py --device cuda --threads 0
 step eval_throughput $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384
 step eval_throughput_workers $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384 --num-workers 4
 step eval_throughput_shared_image $PY bench/eval_throughput.py --device cuda --threads 8 --pairs 384 --num-workers 4 --shared-image
 
-for run in reward_bf16 reward_fsdp; do
+for run in reward_bf16 reward_fsdp reward_deepspeed_zero2 reward_deepspeed_zero3 reward_deepspeed_zero3_offload \
+           vrt_sft_deepspeed_zero3 vrt_sft_fsdp; do
     [ -f "$OUT/$run/manifest.json" ] && $PY -c "import json,sys; m=json.load(open(sys.argv[1])); \
-print(sys.argv[2], 'metrics', m.get('metrics'))" "$OUT/$run/manifest.json" "$run" | tee -a "$OUT/summary.txt"
+print(sys.argv[2], 'distributed', m.get('distributed'), 'metrics', m.get('metrics'))" "$OUT/$run/manifest.json" "$run" \
+        | tee -a "$OUT/summary.txt"
 done
 
 echo "failed steps: $failed" | tee -a "$OUT/summary.txt"

@@ -2,7 +2,7 @@
 
 Response pairs that share a prompt and two 448 px images: the naive form runs each side as its own
 sequence (media encoded twice); the packed form runs `[prefix | response_a | response_b]` once per
-pair with a block attention mask (`mmreward.pair_forward`). Both train the same reward model
+pair with a block attention mask (`mmreward.forward.packed`). Both train the same reward model
 (AdamW, fused on CUDA as the stage trainers use it there; full fine-tuning, vision tower included)
 on the same pre-collated batches; a step is forward, backward and optimizer update. The update costs
 the same in both forms, so the slower it is the lower the ratio: with 3.8B parameters and two pairs
@@ -25,7 +25,6 @@ wall-clock seconds between synchronisations, and the peak memory of each form is
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -33,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-
 from transformers import AutoConfig, AutoModelForImageTextToText
 
 from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.cli import ArgParser, run
 from mmreward.collate import CollateConfig, PairCollator
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.records import PreferenceRecord, Side
@@ -166,8 +165,8 @@ class Trainer:
         return time.process_time() - cpu, time.perf_counter() - wall, peak
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--pairs", type=int, default=2, help="pairs per training step")
     parser.add_argument("--steps", type=int, default=24, help="timed steps per form (alternating)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -176,7 +175,7 @@ def main() -> None:
     parser.add_argument("--preset", choices=["tiny", "3b"], default="tiny", help="model size (module docstring)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     device_kind = torch.device(args.device).type
     dtype = getattr(torch, args.dtype)
@@ -224,4 +223,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

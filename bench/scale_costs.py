@@ -25,7 +25,6 @@ Each part times today's code against the code path it replaced, measured in the 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -35,7 +34,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from mmreward.metrics import ConfidenceInterval, acc_plus, accuracy_with_ties, bootstrap_ci, pair_accuracy
+from mmreward.cli import ArgParser, run
+from mmreward.metrics import (
+    ConfidenceInterval,
+    acc_plus,
+    accuracy_with_ties,
+    bootstrap_ci,
+    pair_accuracy,
+)
 
 QWEN25_VL_PIXELS = (3136, 12845056)  # min / max pixels of the released Qwen2.5-VL image processor
 
@@ -199,8 +205,8 @@ def bench_images(size: tuple[int, int], cap: int, repeats: int) -> None:
     print(f"RESULT large_image_load ratio={old_s / new_s:.2f} target=2")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--pairs", type=int, default=100_000)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--loop-resamples", type=int, default=2, help="resamples of the slow loop (and 4 more)")
@@ -208,7 +214,7 @@ def main() -> None:
     parser.add_argument("--max-pixels", type=int, default=336 * 336)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: stable timings on a shared machine)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
@@ -219,4 +225,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

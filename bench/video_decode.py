@@ -26,7 +26,6 @@ shared; the CPU-time ratios printed alongside are less sensitive to that.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from mmreward.cli import ArgParser, run
 from mmreward.data.media import FramePool, read_video, sample_by_count
 
 SECONDS, FPS, WIDTH, HEIGHT, NUM_FRAMES = 10, 30, 640, 480, 8
@@ -82,12 +82,12 @@ def timed(fn) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--lookups", type=int, default=8, help="fetches of the video per episode (GRPO group size)")
     parser.add_argument("--gop", type=int, default=None, help="keyframe interval; default: libx264's own (250)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "clip.mp4"
@@ -136,4 +136,4 @@ def main() -> None:
     print(f"RESULT video_decode ratio={med(baseline) / med(pooled):.2f} target=5")
 
 if __name__ == "__main__":
-    main()
+    run(main)

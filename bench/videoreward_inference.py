@@ -30,7 +30,6 @@ machine).
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -43,6 +42,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.functional import resize
 
 from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.cli import ArgParser, run
 from mmreward.data.media import MediaConfig, write_video
 from mmreward.data.qwen_video import qwen_frame_count, qwen_frame_size
 from mmreward.model import RewardModel, ScoringSettings
@@ -132,13 +132,13 @@ def videoalign_procedure(model: RewardModel, paths: list[str], prompts: list[str
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=16, help="clips per forward in mmreward")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -171,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

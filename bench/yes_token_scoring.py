@@ -22,7 +22,6 @@ The last line is `RESULT yes_token_scoring ratio=<batched / baseline candidates 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -32,10 +31,10 @@ import torch
 from PIL import Image
 
 from mmreward.backbones.tiny import build_tiny_vlm
-from mmreward.data.dataset import SideMedia
-from mmreward.model import RewardModel, TuningConfig
-from mmreward.data.dataset import frames_clip
+from mmreward.cli import ArgParser, run
+from mmreward.data.dataset import SideMedia, frames_clip
 from mmreward.heads.yes_token.scoring import YesTokenScorer
+from mmreward.model import RewardModel, TuningConfig
 
 TARGET = 3
 PROMPT = "two red circles on a light grey background"
@@ -63,15 +62,15 @@ def timed(scorer: YesTokenScorer, candidates: list[SideMedia]) -> tuple[float, t
     return len(candidates) / (time.perf_counter() - start), rewards
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--candidates", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modality", choices=["images", "videos"], default="images")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -105,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

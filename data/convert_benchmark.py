@@ -20,13 +20,12 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from mmreward.data.formats import READERS, describe_missing_labels, read_benchmark
-from mmreward.data.records import missing_media, write_records
+from mmreward.cli import ArgParser, module_names, run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("benchmark", choices=sorted(READERS), help="benchmark format")
+    parser = ArgParser(__doc__)
+    parser.add_argument("benchmark", choices=module_names("mmreward.data.formats"), help="benchmark format")
     parser.add_argument("src", type=Path, help="the benchmark file (CSV / JSON / JSONL / Parquet)")
     parser.add_argument("--out", type=Path, required=True, help="records JSONL to write")
     parser.add_argument("--media-root", type=Path, default=None, help="folder the source's media paths start from")
@@ -36,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    from mmreward.data.formats import describe_missing_labels, read_benchmark
+    from mmreward.data.records import missing_media, write_records
+
     media_out = args.media_out if args.media_out is not None else args.out.parent / "media" / args.benchmark
     records = read_benchmark(args.benchmark, args.src, media_root=args.media_root, media_out=media_out)
     write_records(args.out, records)
@@ -51,4 +53,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -12,6 +12,7 @@ import argparse
 import time
 from dataclasses import replace
 
+from mmreward.cli import ArgParser, run
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 
 
@@ -25,7 +26,7 @@ def _sizes(text: str) -> SplitSizes:
 
 def main(argv: list[str] | None = None) -> dict:
     defaults = SyntheticConfig()
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgParser(__doc__)
     parser.add_argument("--out", required=True, help="output folder (created; files of the same name are overwritten)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-sizes", type=_sizes, default=defaults.image_splits, help="image pairs: train,val,test")
@@ -44,9 +45,9 @@ def main(argv: list[str] | None = None) -> dict:
     paths = generate_synthetic(args.out, seed=args.seed, config=config)
     for key, path in paths.items():
         print(f"{key:14s} {path}")
-    print(f"done in {time.perf_counter() - start:.1f}s")
+    print(f"done in {time.perf_counter() - start:.1f}s: wrote {args.out}")
     return paths
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -15,17 +15,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mmreward.evaluation.report import METRICS_NAME, format_ci
-from mmreward.manifest import finalize_run_dir, read_manifest, start_run_dir
-from mmreward.report import Report, plt
+from mmreward.cli import ArgParser
+from mmreward.cli import run as run_script
+from mmreward.errors import UsageError
 
 EVAL_STAGE = "eval_preference"
+STAGE = "eval_compare"
 
 
 def load_run(run_dir: Path) -> dict[str, Any]:
     """The metrics of one finished evaluation directory (refuses unfinished or edited ones)."""
+    from mmreward.evaluation.report import METRICS_NAME
+    from mmreward.manifest import read_manifest
+
     manifest = read_manifest(run_dir, expect_stage=EVAL_STAGE)
     metrics = json.loads((run_dir / METRICS_NAME).read_text())
     return {"dir": run_dir, "manifest": manifest, "metrics": metrics}
@@ -33,6 +35,8 @@ def load_run(run_dir: Path) -> dict[str, Any]:
 
 def comparison_rows(runs: list[dict[str, Any]], names: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per run; columns in a fixed order (dimensions: "overall" first, then first seen)."""
+    from mmreward.evaluation.report import format_ci
+
     dims: dict[str, None] = {}
     for run in runs:
         dims.update(dict.fromkeys(run["metrics"]["dimensions"]))
@@ -62,6 +66,10 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 def plot_overall(runs: list[dict[str, Any]], names: list[str], path: Path) -> Path:
     """Overall accuracy (without / with ties) per run with interval error bars."""
+    import numpy as np
+
+    from mmreward.html_report import plt
+
     fig, ax = plt.subplots(figsize=(max(4.0, 1.4 * len(runs) + 2), 3.5), dpi=100)
     x = np.arange(len(runs))
     for offset, key, label in ((-0.2, "accuracy", "w/o ties"), (0.2, "accuracy_with_ties", "w/ ties")):
@@ -82,7 +90,7 @@ def plot_overall(runs: list[dict[str, Any]], names: list[str], path: Path) -> Pa
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgParser(__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="eval/preference.py output directories")
     parser.add_argument("--out", type=Path, required=True, help="folder for compare.md and report.html")
     parser.add_argument("--names", nargs="+", default=None, help="a name per run (default: folder names)")
@@ -94,14 +102,18 @@ def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
     names = args.names or [run.name for run in args.runs]
     if len(names) != len(args.runs):
-        raise SystemExit(f"--names gives {len(names)} names for {len(args.runs)} runs")
+        raise UsageError(f"--names gives {len(names)} names for {len(args.runs)} runs")
+    from mmreward.manifest import check_run_dir, finalize_run_dir, start_run_dir
+    from mmreward.html_report import Report
+
+    check_run_dir(args.out, STAGE, "--out")
     runs = [load_run(run) for run in args.runs]
     rows, columns = comparison_rows(runs, names)
     datasets = sorted({str(row["data"]) for row in rows})
     note = ("" if len(datasets) == 1 else
             f"Warning: the runs were evaluated on different data ({datasets}); their numbers are not comparable.\n")
 
-    out = start_run_dir(args.out)
+    out = start_run_dir(args.out, STAGE)
     text = f"# {args.title}\n\nAccuracy in % [bootstrap interval].\n\n{note}\n" + markdown_table(rows, columns)
     (out / "compare.md").write_text(text)
     report = Report(args.title, out)
@@ -110,10 +122,11 @@ def main(argv: list[str] | None = None) -> Path:
     report.table(rows, columns)
     report.image(plot_overall(runs, names, out / "assets" / "overall.png"), "overall accuracy per run")
     report.write()
-    finalize_run_dir(out, "eval_compare", inputs={"runs": [str(r) for r in args.runs]})
+    finalize_run_dir(out, STAGE, inputs={"runs": [str(r) for r in args.runs]})
     print(text)
+    print(f"wrote {out / 'compare.md'} and {out / 'report.html'}")
     return out / "compare.md"
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

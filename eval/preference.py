@@ -32,24 +32,22 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from mmreward.data.formats import READERS, describe_missing_labels, read_benchmark
-from mmreward.data.records import PreferenceRecord, read_records, require_media
-from mmreward.evaluation.report import compute_metrics, write_report
-from mmreward.evaluation.runner import (
-    RunnerConfig,
-    check_run_config,
-    load_predictions,
-    run_identity,
-    run_predictions,
-)
-from mmreward.data.media import MediaConfig
-from mmreward.evaluation.scorers import ClipScorer, RewardModelScorer, Scorer
-from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+from typing import TYPE_CHECKING
+
+from mmreward.cli import ScriptParser, module_names, run
+from mmreward.errors import MissingInputError, UsageError
+
+if TYPE_CHECKING:  # loaded where they are used: `--help` answers without torch
+    from mmreward.data.media import MediaConfig
+    from mmreward.data.records import PreferenceRecord
+    from mmreward.evaluation.runner import RunnerConfig
+    from mmreward.evaluation.scorers import RewardModelScorer, Scorer
 
 HERE = Path(__file__).resolve().parent
 # Judges that live outside the library, as "file next to this script:factory".
 JUDGES: dict[str, str] = {"vr_thinker": "scorers_vrt.py:build_scorer"}
 STAGE = "eval_preference"
+BENCHMARKS = module_names("mmreward.data.formats")  # a benchmark's name is its reader module's
 
 
 @dataclass
@@ -57,10 +55,14 @@ class EvalArguments:
     """Options of a preference evaluation (any of them can be set in the --config YAML)."""
 
     model: str = field(metadata={"help": "reward model checkpoint / judge directory / open_clip directory or name"})
-    data: str = field(metadata={"help": "records JSONL, or BENCHMARK:SRC with BENCHMARK in " + ", ".join(sorted(READERS))})
+    data: str = field(metadata={"help": "records JSONL, or BENCHMARK:SRC with BENCHMARK one of: " + ", ".join(BENCHMARKS)})
     out: str = field(metadata={"help": "output directory (reused to resume an interrupted run)"})
     scorer: str = field(default="auto", metadata={"help": "auto | reward_model | clip | FILE.py:FUNCTION"})
     judge: str | None = field(default=None, metadata={"help": "named judge adapter: " + ", ".join(sorted(JUDGES))})
+    judge_preset: str | None = field(default=None, metadata={
+        "help": "VR-Thinker: protocol preset of a released checkpoint (vr-thinker | vrthinker | a file)"})
+    judge_dimensions: str | None = field(default=None, metadata={
+        "help": "VR-Thinker: dimension set of the preset matching the benchmark's labels"})
     media_root: str | None = field(default=None, metadata={"help": "folder a benchmark's relative media paths start from"})
     limit: int | None = field(default=None, metadata={"help": "evaluate only the first N pairs (smoke runs)"})
     title: str | None = field(default=None, metadata={"help": "report title (default: model and data names)"})
@@ -72,6 +74,8 @@ class EvalArguments:
     both_orders: bool = field(default=False, metadata={"help": "also score every pair with its sides swapped"})
     retry_errors: bool = field(default=False, metadata={"help": "rescore pairs whose earlier attempt failed"})
     overwrite: bool = field(default=False, metadata={"help": "discard predictions of a different earlier run in --out"})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "leave out bad records of a JSONL file (each reported) instead of stopping at the first one"})
     progress: bool = field(default=True, metadata={"help": "progress bar on the main process"})
     # media and prompt: None = the reward model's own settings (recorded in its checkpoint)
     num_frames: int | None = field(default=None, metadata={"help": "frames sampled per video (default: the model's; CLIP: 8)"})
@@ -103,17 +107,18 @@ class EvalArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> EvalArguments:
-    from trl import TrlParser
-
-    (args,) = TrlParser([EvalArguments]).parse_args_and_config(argv)
+    (args,) = ScriptParser([EvalArguments], __doc__).parse(argv)
     return args
 
 
 # ------------------------------------------------------------------------------------ data
 
 
-def load_data(spec: str, media_root: str | None, media_out: Path) -> list[PreferenceRecord]:
+def load_data(spec: str, media_root: str | None, media_out: Path, skip_invalid: bool = False) -> list[PreferenceRecord]:
     """Records of a JSONL file, or of a benchmark given as `NAME:SRC`."""
+    from mmreward.data.formats import READERS, describe_missing_labels, read_benchmark
+    from mmreward.data.records import read_records
+
     name, sep, src = spec.partition(":")
     if sep and name in READERS:
         records = read_benchmark(name, src, media_root=media_root, media_out=media_out)
@@ -123,12 +128,16 @@ def load_data(spec: str, media_root: str | None, media_out: Path) -> list[Prefer
         return records
     path = Path(spec)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"--data {spec}: no such records file; a benchmark is given as NAME:SRC with NAME in {sorted(READERS)}"
+        raise MissingInputError(
+            f"--data {spec}: no such records file; a benchmark is given as NAME:SRC with NAME one of {sorted(READERS)}"
         )
     if media_root is not None:
-        raise ValueError("--media_root applies to benchmarks (NAME:SRC); records resolve media against their JSONL folder")
-    return list(read_records(path))
+        raise UsageError("--media_root applies to benchmarks (NAME:SRC); records resolve media against their JSONL folder")
+    records = read_records(path, skip_invalid=skip_invalid)
+    if records.skipped:
+        print(f"warning: left out {len(records.skipped)} bad records of {path}; the first: {records.skipped[0]}",
+              file=sys.stderr)
+    return list(records)
 
 
 # ------------------------------------------------------------------------------------ scorers
@@ -139,25 +148,29 @@ def _load_factory(spec: str, base: Path | None = None) -> Callable[..., Scorer]:
     file, sep, func = spec.rpartition(":")
     path = Path(file) if Path(file).is_absolute() else (base or Path.cwd()) / file
     if not sep or not func or not path.is_file():
-        raise ValueError(f"scorer factory {spec!r}: expected FILE.py:FUNCTION with an existing file ({path})")
+        raise UsageError(f"scorer factory {spec!r}: expected FILE.py:FUNCTION with an existing file ({path})")
     name = f"_scorer_{path.stem}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     module_spec.loader.exec_module(module)
     if not hasattr(module, func):
-        raise ValueError(f"scorer factory {spec!r}: {path} defines no {func!r}")
+        raise UsageError(f"scorer factory {spec!r}: {path} defines no {func!r}")
     return getattr(module, func)
 
 
 def _check_model_dir(model: Path) -> None:
     """A stage output directory must be finished and unedited before it is evaluated."""
+    from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, read_manifest
+
     if (model / MANIFEST_NAME).exists() or (model / INCOMPLETE_MARKER).exists():
         read_manifest(model)
 
 
 def _checked(scorer: Any, spec: str) -> Scorer:
     """A factory's scorer, refused with the names of the `Scorer` methods it lacks."""
+    from mmreward.evaluation.scorers import Scorer
+
     # The protocol's own attributes and methods, so the check follows the protocol when it changes.
     members = [*Scorer.__annotations__,
                *(name for name, value in vars(Scorer).items() if callable(value) and not name.startswith("_"))]
@@ -179,6 +192,7 @@ def _media(args: EvalArguments, base: MediaConfig) -> MediaConfig:
 
 def _reward_model_scorer(args: EvalArguments, model: Path, device: Any) -> RewardModelScorer:
     """A reward model scored as its checkpoint says, except for what the command line overrides."""
+    from mmreward.evaluation.scorers import RewardModelScorer
     from mmreward.model import RewardModel
 
     reward_model = RewardModel.from_pretrained(model, backbone_path=args.backbone, dtype=args.dtype).to(device)
@@ -198,14 +212,17 @@ def _is_reward_model(model: Path) -> bool:
 
 def build_scorer(args: EvalArguments, device: Any) -> Scorer:
     """The scorer that `args` asks for (see the module docstring)."""
+    from mmreward.data.media import MediaConfig
+    from mmreward.evaluation.scorers import ClipScorer
+
     model = Path(args.model)
     if model.is_dir():
         _check_model_dir(model)
     if args.judge is not None:
         if args.scorer != "auto":
-            raise ValueError("give --judge or --scorer, not both")
+            raise UsageError("give --judge or --scorer, not both")
         if args.judge not in JUDGES:
-            raise ValueError(f"--judge {args.judge}: unknown; known judges: {sorted(JUDGES)}")
+            raise UsageError(f"--judge {args.judge}: unknown; known judges: {sorted(JUDGES)}")
         return _load_factory(JUDGES[args.judge], HERE)(args, device)
     kind = args.scorer
     if kind == "auto":
@@ -214,7 +231,7 @@ def build_scorer(args: EvalArguments, device: Any) -> Scorer:
         elif (model / "open_clip_config.json").is_file() or args.clip_pretrained is not None:
             kind = "clip"
         else:
-            raise ValueError(
+            raise UsageError(
                 f"--model {args.model}: cannot tell what it is (no reward_config.json, VideoAlign model_config.json "
                 "or open_clip_config.json); pass --scorer reward_model | clip | FILE.py:FUNCTION, or --judge NAME"
             )
@@ -225,13 +242,15 @@ def build_scorer(args: EvalArguments, device: Any) -> Scorer:
                                           media=_media(args, MediaConfig()), dimensions=args.clip_dimensions)
     if ":" in kind:
         return _checked(_load_factory(kind)(args, device), kind)
-    raise ValueError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
+    raise UsageError(f"--scorer {kind}: expected auto, reward_model, clip or FILE.py:FUNCTION")
 
 
 # ------------------------------------------------------------------------------------ main
 
 
 def _runner_config(args: EvalArguments) -> RunnerConfig:
+    from mmreward.evaluation.runner import RunnerConfig
+
     return RunnerConfig(batch_size=args.batch_size, max_batch_cost=args.max_batch_cost,
                         bucket_by_length=args.bucket_by_length, num_workers=args.num_workers,
                         both_orders=args.both_orders, retry_errors=args.retry_errors, progress=args.progress)
@@ -256,16 +275,35 @@ def make_state(args: EvalArguments) -> Any:
     return PartialState(cpu=args.cpu, timeout=timedelta(minutes=args.barrier_timeout_minutes))
 
 
+def check_inputs(args: EvalArguments, stage: str = STAGE) -> None:
+    """What can be checked before data are read or a model loaded: the output folder and the model."""
+    from mmreward.manifest import check_run_dir
+
+    check_run_dir(args.out, stage, "--out")
+    model = Path(args.model)
+    if model.is_dir():
+        _check_model_dir(model)
+    elif args.judge is None and args.scorer in ("auto", "reward_model") and args.clip_pretrained is None:
+        raise UsageError(f"--model {args.model}: no such directory")
+
+
 def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, Any] | None:
     """Run the evaluation; returns the metrics on the main process (None on the others).
 
     state: an accelerate `PartialState` / `Accelerator` (default: `make_state(args)`).
     """
     args = parse_args(argv)
+    check_inputs(args)
+
+    from mmreward.data.records import require_media
+    from mmreward.evaluation.report import compute_metrics, write_report
+    from mmreward.evaluation.runner import check_run_config, load_predictions, run_identity, run_predictions
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+
     state = make_state(args) if state is None else state
     out = Path(args.out)
     # Benchmarks with embedded images write them out; one folder per process avoids two writers.
-    records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
+    records = load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}", args.skip_invalid)
     if args.limit is not None:
         records = records[: args.limit]
     require_media(records)  # fail now, not pair by pair after hours of scoring
@@ -274,8 +312,8 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     identity = {"model": args.model, "data": args.data, "limit": args.limit}
     if state.is_main_process:
         if not args.overwrite:  # refuse another evaluation's folder before marking it incomplete
-            check_run_config(out, run_identity(scorer, cfg, identity))
-        start_run_dir(out)
+            check_run_config(out, run_identity(scorer, cfg, identity), flag="--out")
+        start_run_dir(out, STAGE)
     state.wait_for_everyone()
     start = time.perf_counter()
     stats = run_predictions(records, scorer, out, cfg, state=state, identity=identity, overwrite=args.overwrite)
@@ -299,10 +337,13 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
     write_report(out, rows, metrics, title, info)
     finalize_run_dir(out, STAGE, inputs={"model": args.model, "data": args.data}, metrics=_headline_metrics(metrics),
                      extra={"args": asdict(args), "scorer": scorer.describe()})
-    print(f"wrote {out / 'report.html'}; overall accuracy w/o ties: "
-          f"{_headline_metrics(metrics).get('overall/accuracy')}", file=sys.stderr)
+    headline = _headline_metrics(metrics)
+    accuracy = headline.get("overall/accuracy")
+    print(f"done: {len(rows)} pairs ({headline['errors']} errors); overall accuracy w/o ties "
+          f"{'n/a' if accuracy is None else f'{accuracy:.3f}'}; wrote {out} (report.html, metrics.json, "
+          "predictions.jsonl)", file=sys.stderr)
     return metrics
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

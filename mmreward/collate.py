@@ -10,7 +10,7 @@ A pair batch holds 2P sequences, all `a` sides then all `b` sides, so `rewards[:
 are the two sides. Labels are `[P, k]` signs (a=1, b=-1, tie=0) in the model's dimension order with
 a mask that is 0 where a record has no label for that dimension. When every pair shares its prompt
 and media and differs only in the response, `CollateConfig.pair_form="shared_prefix"` (or "auto")
-packs each pair into one sequence (see `mmreward.pair_forward`).
+packs each pair into one sequence (see `mmreward.forward.packed`).
 """
 
 from __future__ import annotations
@@ -26,11 +26,12 @@ from PIL import Image
 from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord, label_to_int
+from mmreward.errors import MmrewardError
 
 PAIR_FORMS = ("naive", "shared_prefix", "auto")
 
 
-class CollateError(ValueError):
+class CollateError(MmrewardError, ValueError):
     """A batch that cannot be encoded as asked (the message names the record ids)."""
 
 
@@ -215,7 +216,7 @@ class PairCollator:
     """`collate(examples) -> {"inputs": ..., "labels": [P, k], "label_mask": [P, k]}` for a DataLoader.
 
     `inputs` is either a processor batch of 2P sequences (a sides, then b sides) or, for the
-    shared-prefix form, a packed batch of P sequences (`mmreward.pair_forward.pack_pairs`).
+    shared-prefix form, a packed batch of P sequences (`mmreward.forward.packed.pack_pairs`).
     """
 
     processor: Any
@@ -242,7 +243,9 @@ class PairCollator:
         prompts = [r.prompt for r in records]
         labels, mask = pair_labels(records, self.dimensions)
         if self._use_shared_prefix(records):
-            from mmreward.pair_forward import pack_pairs  # the packed form lives with its forward
+            from mmreward.forward.packed import (
+                pack_pairs,  # the packed form lives with its forward
+            )
 
             enc_a = encode_sides(self.processor, prompts, [ex.a for ex in examples], self.cfg, ids)
             enc_b = encode_sides(self.processor, prompts, [ex.b for ex in examples], self.cfg, ids)

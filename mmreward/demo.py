@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from mmreward.backbones.clip import build_tiny_clip
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
-from mmreward.report import Report, plot_lines
+from mmreward.html_report import Report, plot_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -291,7 +291,11 @@ def step_vr_thinker(ctx: DemoContext) -> None:
     ctx.paths["vrt_final"], ctx.paths["vrt_test"] = grpo, data / "videos" / "test.jsonl"
     ctx.report.heading("VR-Thinker: SFT -> rejection sampling -> SFT -> GRPO")
     ctx.report.text(
-        "A SHORT demo-sized chain: a tiny random VLM (two layers, width 64), 24 synthetic training pairs of 48 px "
+        "A SHORT demo-sized chain in the released vr-thinker protocol (vr_thinker/presets/vr-thinker.yaml: its tags, "
+        "1-based frame numbers over both videos, first-turn video, tool replies, limits, official rewards and GRPO "
+        "settings; CPU overrides, recorded in every manifest: 8 frames per video pool, 256 tokens per turn, short "
+        "instruction texts, and the learning rates): a tiny random VLM (two layers, width 64), 24 synthetic "
+        "training pairs of 48 px "
         f"clips, {_config_value(VRT_CONFIGS['sft'], 'max_steps')} cold-start SFT steps, rejection sampling on "
         f"{_config_value(VRT_CONFIGS['rejection'], 'max_pairs')} pairs x "
         f"{_config_value(VRT_CONFIGS['rejection'], 'samples_per_pair')} samples, "
@@ -357,11 +361,12 @@ def _report_vr_thinker(ctx: DemoContext, runs: Path) -> None:
             rows.append({"stage": f"grpo ({when.removeprefix('eval_')})",
                          "eval pairs": int(grpo[when]["eval/episodes"]),
                          "format-valid rate": grpo[when]["eval/format_valid"],
-                         "overall accuracy": grpo[when]["eval/accuracy/overall"],
+                         "overall accuracy": grpo[when]["eval/accuracy/OA"],
                          "mean reward": grpo[when]["eval/reward"]})
     ctx.report.text("Stage by stage on held-out pairs (greedy). SFT rows: the judge before and after the stage, "
-                    "accuracy reward; rejection sampling: sampled traces; GRPO rows: the policy at the first and "
-                    "the last step, total rule reward (accuracy + format + exploration).")
+                    "the paper's accuracy reward (half overall, half per dimension); rejection sampling: sampled "
+                    "traces; GRPO rows: the policy at the first and the last step, the official total reward "
+                    "(accuracy, and with a tool call the curiosity, call-count and format terms).")
     ctx.report.table(rows, ["stage", "eval pairs", "samples", "format-valid rate", "overall accuracy",
                             "mean accuracy reward", "mean reward", "acceptance rate", "kept traces"])
     losses = {stage: _sft_loss(runs / stage) for stage in ("sft", "sft2") if (runs / stage).exists()}

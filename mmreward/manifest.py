@@ -15,13 +15,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from mmreward.errors import MmrewardError
+
 MANIFEST_NAME = "manifest.json"
 INCOMPLETE_MARKER = "INCOMPLETE"
 # Files whose integrity matters when a later stage loads the directory.
 CHECKSUM_SUFFIXES = (".safetensors", ".json", ".yaml", ".zip")
 
 
-class RunDirError(RuntimeError):
+class RunDirError(MmrewardError, RuntimeError):
     """A stage output directory that cannot be used (incomplete, edited or missing its manifest)."""
 
 
@@ -45,11 +47,35 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def start_run_dir(out_dir: str | Path) -> Path:
-    """Create `out_dir` (if needed) and mark it incomplete until `finalize_run_dir` is called."""
+def check_run_dir(out_dir: str | Path, stage: str, flag: str = "--output_dir") -> None:
+    """Refuse an output folder that holds something other than a run of `stage` (which a rerun resumes):
+    another stage's run, or files that are no stage's output. `flag` names the option in the message."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"{flag} {out}: is a file, not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    found = None
+    if (out / MANIFEST_NAME).is_file():
+        try:
+            found = json.loads((out / MANIFEST_NAME).read_text()).get("stage")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            found = "unreadable manifest"
+    elif (out / INCOMPLETE_MARKER).is_file():
+        marker = (out / INCOMPLETE_MARKER).read_text(errors="replace")
+        found = marker.split("stage ", 1)[1].strip() if "stage " in marker else stage  # older markers: no stage
+    else:
+        raise RunDirError(f"{flag} {out}: the folder holds files that are not a stage's output; choose another one")
+    if found != stage:
+        raise RunDirError(f"{flag} {out}: the folder holds a {found!r} run, not a {stage!r} one; choose another one")
+
+
+def start_run_dir(out_dir: str | Path, stage: str | None = None) -> Path:
+    """Create `out_dir` (if needed) and mark it incomplete (naming `stage`) until `finalize_run_dir` is called."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / INCOMPLETE_MARKER).write_text(f"started {time.strftime('%Y-%m-%dT%H:%M:%S')}\n")
+    named = f" stage {stage}" if stage else ""
+    (out / INCOMPLETE_MARKER).write_text(f"started {time.strftime('%Y-%m-%dT%H:%M:%S')}{named}\n")
     stale = out / MANIFEST_NAME
     if stale.exists():
         stale.unlink()

@@ -2,7 +2,7 @@
 
 One class serves training (`forward`, differentiable), evaluation and reward functions (`score`),
 and one-call scoring of files (`reward`). Inputs are processor batches from `mmreward.collate`
-(or packed pairs from `mmreward.pair_forward`); outputs are rewards `[N, k]`, one column per
+(or packed pairs from `mmreward.forward.packed`); outputs are rewards `[N, k]`, one column per
 named dimension.
 
 Positions (`ScoringSettings.positions`): Qwen-VL backbones use M-RoPE. By default the model
@@ -42,14 +42,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mmreward.backbones.vlm import (
-    LoRASettings, VLMLoadConfig, apply_lora, freeze_vision_tower, load_vlm, require_safetensors, unwrap_peft,
+    LoRASettings,
+    VLMLoadConfig,
+    apply_lora,
+    freeze_vision_tower,
+    load_vlm,
+    require_safetensors,
+    unwrap_peft,
     vision_tower,
 )
 from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import MediaConfig, media_side
 from mmreward.data.media import MediaError
+from mmreward.errors import MmrewardError
 from mmreward.heads import RewardHead, build_head, head_from_config
-from mmreward.pair_forward import block_attention_mask, packed_position_ids
+from mmreward.forward.packed import block_attention_mask, packed_position_ids
 
 CONFIG_NAME = "reward_config.json"
 HEAD_WEIGHTS = "head.safetensors"
@@ -69,11 +76,11 @@ _MODEL_INPUT_KEYS = (
 _DEFAULT_LORA_TARGETS = list(LoRASettings.target_modules)
 
 
-class RewardModelError(ValueError):
+class RewardModelError(MmrewardError, ValueError):
     """A checkpoint or configuration that cannot be used (the message names the file)."""
 
 
-class RewardInputError(ValueError):
+class RewardInputError(MmrewardError, ValueError):
     """Some items given to `RewardModel.reward` could not be read; the others were scored.
 
     errors: item index -> the MediaError (or TypeError) naming its file. rewards: every item's
@@ -389,7 +396,7 @@ class RewardModel(nn.Module):
     def rewards_of(self, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Raw rewards `[N, k]` of a processor batch, through the batched evaluation forward when the
         backbone allows it (same values as `score`, fewer per-sequence steps)."""
-        from mmreward.batched_forward import batched_rewards, supports_batched_rewards
+        from mmreward.forward.batched import batched_rewards, supports_batched_rewards
 
         param = next(self.parameters())
         inputs = {k: (v.to(param.device, param.dtype) if torch.is_floating_point(v) else v.to(param.device))

@@ -20,10 +20,11 @@ from PIL import Image
 from mmreward.collate import CollateConfig, processor_image_size
 from mmreward.data.dataset import SideMedia
 from mmreward.data.media import MediaConfig
+from mmreward.errors import MmrewardError
 from mmreward.model import RewardModel
 
 
-class RewardFunctionError(ValueError):
+class RewardFunctionError(MmrewardError, ValueError):
     """Inputs the reward function cannot score (the message names the example index)."""
 
 

@@ -30,3 +30,17 @@ def sb3_logs_in_a_temporary_dir(tmp_path_factory):
     os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3_logs"))
     yield
     os.environ.pop("SB3_LOGDIR", None)
+
+
+@pytest.fixture(scope="session")
+def scalar_checkpoint(tmp_path_factory):
+    """A saved tiny scalar reward model (VQ, TA; overall = their sum) with normalisation statistics, normalising
+    by default: what one-call scoring (tests/test_score.py) and the reward server (tests/serve) score with."""
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.model import RewardModel, ScoringSettings
+
+    tiny = build_tiny_vlm(tmp_path_factory.mktemp("vlm"))
+    model = RewardModel.from_backbone(tiny, dimensions=["VQ", "TA"], head_options={"init_std": 0.5},
+                                      settings=ScoringSettings(overall="sum", normalize=True))
+    model.set_reward_stats({"VQ": {"mean": 0.5, "std": 2.0}, "TA": {"mean": -1.0, "std": 0.25}})
+    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")

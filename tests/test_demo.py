@@ -121,7 +121,7 @@ def check_report(out):
     assert "vr_thinker/grpo/example_trace.html" in report
     teacher = (out / "vr_thinker" / "sft" / "example_trace.html").read_text()
     assert "vr_thinker/sft/example_trace.html" in report
-    assert "Initial frames" in teacher and re.search(r"V1 #\d+", teacher)
+    assert "Initial frames" in teacher and re.search(r"\d+ \(Video 1\)", teacher) and "vr-thinker" in teacher
 
     # The humanoid video and the per-step timings.
     video = re.search(r"<video src='([^']+)'", report)

@@ -14,16 +14,9 @@ PROMPT = "two red circles"
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    """A saved scalar model (VQ, TA; overall = their sum) with normalisation statistics, normalising by default."""
-    from mmreward.backbones.tiny import build_tiny_vlm
-    from mmreward.model import ScoringSettings
-
-    tiny = build_tiny_vlm(tmp_path_factory.mktemp("vlm"))
-    model = RewardModel.from_backbone(tiny, dimensions=["VQ", "TA"], head_options={"init_std": 0.5},
-                                      settings=ScoringSettings(overall="sum", normalize=True))
-    model.set_reward_stats({"VQ": {"mean": 0.5, "std": 2.0}, "TA": {"mean": -1.0, "std": 0.25}})
-    return model.save_pretrained(tmp_path_factory.mktemp("ckpt") / "model")
+def checkpoint(scalar_checkpoint):
+    """tests/conftest.py's scalar model (VQ, TA; overall = their sum), normalising by default."""
+    return scalar_checkpoint
 
 
 @pytest.fixture(scope="module")

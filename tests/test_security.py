@@ -36,9 +36,10 @@ from mmreward.training.trainer import (
     load_checkpoint,
     save_checkpoint_atomically,
 )
-from vr_thinker.env import EnvConfig, VideoPairEnv
+from vr_thinker.env import VideoPairEnv
 from vr_thinker.judge import VRThinkerJudge
-from vr_thinker.protocol import ProblemCode, parse_assistant_turn
+from vr_thinker.presets import load_preset
+from vr_thinker.protocol import ProblemCode, TurnState, check_turn
 
 ROOT = Path(__file__).resolve().parents[1]
 VIDEO = ROOT / "tests" / "fixtures" / "bad" / "videos" / "ok.mp4"
@@ -92,7 +93,7 @@ def test_vlm_loaders_refuse_a_pickle_only_checkpoint(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"bad: model weights only as pickle files \['pytorch_model.bin'\]"):
         load_vlm(bad)
     with pytest.raises(ValueError, match="only as pickle files"):
-        VRThinkerJudge.from_pretrained(bad, env_config=EnvConfig())
+        VRThinkerJudge.from_pretrained(bad, preset="vr-thinker")
     assert not marker.exists()
 
 
@@ -218,6 +219,25 @@ def test_training_checkpoint_with_a_planted_pickle_is_refused(accelerator, tmp_p
     assert not marker.exists()
 
 
+def test_planted_deepspeed_engine_file_is_refused(accelerator, tmp_path):
+    """DeepSpeed reads its engine files (model / ZeRO optimizer states) with weights_only=False: load_checkpoint
+    refuses one naming code before anything is loaded, and lets DeepSpeed's own classes through."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    _registered(accelerator)
+    path = save_checkpoint_atomically(accelerator, tmp_path, step=1, save_total_limit=1)
+    engine = path / "pytorch_model"
+    engine.mkdir()
+    torch.save({"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.weights}, engine / "optim_states.pt")
+    load_checkpoint(accelerator, path)  # DeepSpeed's own classes pass
+    marker = tmp_path / "PWNED"
+    plant(engine / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker)
+    with pytest.raises(CheckpointError, match=r"zero_pp_rank_0_mp_rank_00_optim_states.pt: refused to load.*io.open"):
+        load_checkpoint(accelerator, path)
+    assert not marker.exists()
+
+
 def test_accelerate_alone_would_run_the_planted_pickle(accelerator, tmp_path):
     """Why load_checkpoint exists: plain `load_state` unpickles registered objects with weights_only=False."""
     _registered(accelerator)
@@ -307,38 +327,35 @@ PAYLOADS = [
 def test_model_output_is_parsed_never_executed(payload, tmp_path):
     marker = tmp_path / "PWNED"
     code = payload.format(marker=marker)
-    dims = ["VQ"]
+    preset = load_preset("vr-thinker", ["frames.per_video=4"])
+    head = "<synthesis>x</synthesis><think>x</think><recommend answer>TA=1, VQ=1, MQ=1, OA=1, CF=1</recommend answer>"
     turns = {
-        "frames": f'<think>x</think>\n<tool_call>{{"name": "select_frames", "arguments": {{"target_frames": {code}}}}}'
-                  "</tool_call>",
-        "string_frames": f'<think>x</think>\n<tool_call>{{"name": "select_frames", "arguments": '
+        "frames": f'{head}<tool_call>{{"name": "select_frames", "arguments": {{"target_frames": {code}}}}}</tool_call>',
+        "string_frames": f'{head}<tool_call>{{"name": "select_frames", "arguments": '
                          f'{{"target_frames": {json.dumps(code)}}}}}</tool_call>',
-        "name": f'<think>x</think>\n<tool_call>{{"name": {json.dumps(code)}, "arguments": {{"target_frames": [1]}}}}'
-                "</tool_call>",
-        "bare_call": f"<think>x</think>\n<tool_call>{code}</tool_call>",
-        "boxed": f"<think>x</think>\nVQ: \\boxed{{{code}}}\nOverall: \\boxed{{1}}",
+        "name": f'{head}<tool_call>{{"name": {json.dumps(code)}, "arguments": {{"target_frames": [1]}}}}</tool_call>',
+        "bare_call": f"{head}<tool_call>{code}</tool_call>",
     }
     expected = {
         "frames": ProblemCode.INVALID_JSON,
         "string_frames": ProblemCode.NOT_A_LIST,
         "name": ProblemCode.UNKNOWN_TOOL,
-        "bare_call": ProblemCode.NO_JSON if "{" not in code else ProblemCode.INVALID_JSON,
-        "boxed": ProblemCode.UNKNOWN_BOX_VALUE,
+        "bare_call": ProblemCode.INVALID_JSON,
     }
     for key, text in turns.items():
-        parsed = parse_assistant_turn(text, dims)
-        assert parsed.kind == "invalid" and expected[key] in parsed.codes, (key, parsed.problems)
-        if key == "boxed":
-            assert parsed.verdicts == {"overall": 1}  # the payload is no verdict; the good line still counts
+        result = check_turn(text, TurnState(), preset)
+        assert result.tool_call.kind == "error" and result.tool_call.problem.code is expected[key], key
+    boxed = check_turn(f"<synthesis>x</synthesis><think>x</think><final answer>TA=1, VQ=1, MQ=1, OA=1 "
+                       f"\\boxed{{{code}}}</final answer>", TurnState(), preset)
+    assert ProblemCode.BAD_VALUE in boxed.codes and boxed.answer == {"TA": 1, "VQ": 1, "MQ": 1, "OA": 1}
 
-    # Through the environment: a defined feedback observation, then a defined end; nothing raises or runs.
-    env = VideoPairEnv("p", VIDEO, VIDEO, dims, EnvConfig(pool_frames=4, initial_frames=1, max_turns=2))
+    # Through the environment: a defined execution-error reply, then a defined end; nothing raises or runs.
+    env = VideoPairEnv("p", VIDEO, VIDEO, preset)
     env.reset()
     first = env.step(turns["frames"])
-    assert not first.done and first.observation is not None
-    assert ProblemCode.INVALID_JSON.value in [str(getattr(c, "value", c)) for c in first.info["problems"]]
-    last = env.step(turns["boxed"])
-    assert last.done and last.info["verdicts"] == {"overall": 1}
+    assert not first.done and first.observation["content"][0]["text"].startswith("After selecting frames:\nExecution")
+    last = env.step(f"<synthesis>x</synthesis><think>x</think><final answer>{code}</final answer>")
+    assert last.done and ProblemCode.ANSWER_SYNTAX.value in last.info["problems"]
     assert not marker.exists()
 
 

@@ -26,69 +26,78 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-import yaml
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from trl import TrlParser
-
-from mmreward.backbones.tiny import tiny_backbone_once, tiny_spec_family
-from mmreward.collate import processor_image_size
-from mmreward.data.dataset import PreferenceDataset
-from mmreward.data.media import SizeRule
-from mmreward.data.records import RecordSet, read_records
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from mmreward.model import RewardModel
-from mmreward.training import (
-    NonFiniteLossError,
-    RewardDataArguments,
-    RewardModelArguments,
-    RewardTrainer,
-    RewardTrainingConfig,
-)
-from mmreward.training.trainer import make_accelerator
+from mmreward.cli import ScriptParser, run
+from mmreward.errors import UsageError
+from mmreward.training.config import RewardDataArguments, RewardModelArguments, RewardTrainingConfig
 
 STAGE = "reward"
 EXIT_NON_FINITE = 2
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = TrlParser((RewardModelArguments, RewardDataArguments, RewardTrainingConfig))
-    model_args, data_args, train_cfg = parser.parse_args_and_config(argv)
+    parser = ScriptParser((RewardModelArguments, RewardDataArguments, RewardTrainingConfig), __doc__)
+    model_args, data_args, train_cfg = parser.parse(argv)
     missing = [name for name, value in (("backbone", model_args.backbone), ("train_file", data_args.train_file),
                                         ("output_dir", train_cfg.output_dir)) if not value]
     if missing:
-        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+        raise UsageError(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
     return model_args, data_args, train_cfg
 
 
-def resolve_backbone(spec: str, out: Path, accelerator: Accelerator) -> str:
-    """A checkpoint path, or a tiny random model built once into `out/tiny_backbone`."""
+def check_inputs(model_args: RewardModelArguments, data_args: RewardDataArguments,
+                 train_cfg: RewardTrainingConfig) -> dict:
+    """Everything that can be checked before a model is loaded or the output folder is touched: the
+    records files (read and validated), the backbone and the output folder. Returns the records by split."""
+    from mmreward.backbones.tiny import tiny_spec_family
+    from mmreward.backbones.vlm import check_model_path
+    from mmreward.data.records import RecordSet, read_records
+    from mmreward.manifest import check_run_dir
+
     try:
-        family = tiny_spec_family(spec)
+        family = tiny_spec_family(model_args.backbone)
     except ValueError as err:
-        raise SystemExit(f"--backbone {spec}: {err}") from err
+        raise UsageError(f"--backbone {model_args.backbone}: {err}") from err
+    if family is None:
+        check_model_path(model_args.backbone, "--backbone")
+    check_run_dir(train_cfg.output_dir, STAGE)
+    records = {}
+    for split, path, limit in (("train", data_args.train_file, data_args.max_train_records),
+                               ("val", data_args.val_file, data_args.max_val_records)):
+        if path is not None:
+            found = read_records(path, skip_invalid=data_args.skip_invalid)
+            records[split] = RecordSet(list(found)[:limit], path=found.path) if limit is not None else found
+    return records
+
+
+def resolve_backbone(spec: str, out: Path, accelerator) -> str:
+    """A checkpoint path, or a tiny random model built once into `out/tiny_backbone`."""
+    from mmreward.backbones.tiny import tiny_backbone_once, tiny_spec_family
+
+    family = tiny_spec_family(spec)
     return spec if family is None else str(tiny_backbone_once(family, out, accelerator))
-
-
-def load_split(path: str | None, limit: int | None, args: RewardDataArguments,
-               final_image_size: SizeRule | None = None) -> PreferenceDataset | None:
-    if path is None:
-        return None
-    records = read_records(path)
-    if limit is not None:
-        records = RecordSet(list(records)[:limit], path=records.path)
-    return PreferenceDataset(records, args.media(), final_image_size)
 
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, train_cfg = parse_args(argv)
+    records = check_inputs(model_args, data_args, train_cfg)
+
+    import torch
+    import yaml
+    from accelerate.utils import set_seed
+
+    from mmreward.collate import processor_image_size
+    from mmreward.data.dataset import PreferenceDataset
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from mmreward.model import RewardModel
+    from mmreward.training.distributed import describe_mode
+    from mmreward.training.trainer import NonFiniteLossError, RewardTrainer, make_accelerator
+
     out = Path(train_cfg.output_dir)
     if train_cfg.torch_threads:
         torch.set_num_threads(train_cfg.torch_threads)
     accelerator = make_accelerator(train_cfg, out / "logs")
     if accelerator.is_main_process:
-        start_run_dir(out)
+        start_run_dir(out, STAGE)
     accelerator.wait_for_everyone()
     backbone = resolve_backbone(model_args.backbone, out, accelerator)
     set_seed(train_cfg.seed)  # same head initialisation on every process
@@ -98,8 +107,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings=model_args.scoring(data_args),
     )
     image_size = processor_image_size(model.processor)  # images resized once, to what the model sees
-    train_data = load_split(data_args.train_file, data_args.max_train_records, data_args, image_size)
-    val_data = load_split(data_args.val_file, data_args.max_val_records, data_args, image_size)
+    train_data = PreferenceDataset(records["train"], data_args.media(), image_size)
+    val_data = PreferenceDataset(records["val"], data_args.media(), image_size) if "val" in records else None
     train_cfg.resolve_steps(len(train_data), accelerator.num_processes)  # epochs / warmup_ratio -> steps
     collator = model.head.pair_collator(model.processor, data_args.collate())  # the head decides the prompt
     resolved = {**asdict(model_args), **asdict(data_args), **asdict(train_cfg), "backbone": backbone}
@@ -110,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         metrics = trainer.train()
     except NonFiniteLossError as err:
-        accelerator.print(f"ERROR: {err}", file=sys.stderr)
+        accelerator.print(f"error: {err}", file=sys.stderr)
         accelerator.end_training()
         sys.exit(EXIT_NON_FINITE)
     if model_args.reward_stats:  # collective: every process scores a share of the training pairs
@@ -122,12 +131,21 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.unwrapped_model().save_pretrained(out, state_dict=state)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         inputs = {"backbone": backbone, "train_file": data_args.train_file, "val_file": data_args.val_file}
-        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
-        accelerator.print(json.dumps({k: v for k, v in metrics.items() if k.startswith(("val/accuracy/", "steps"))}))
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics, extra={"distributed": describe_mode(accelerator)})
+        accelerator.print(summary(out, metrics))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
 
 
+def summary(out: Path, metrics: dict) -> str:
+    """The run's last words: where its outputs are and its main figures."""
+    accuracies = ", ".join(f"{k.removeprefix('val/accuracy/')} {v:.3f}" for k, v in metrics.items()
+                           if k.startswith("val/accuracy/"))
+    return (f"done: {metrics['steps']} steps in {metrics['train_seconds']:.0f} s; held-out accuracy "
+            f"{accuracies or 'n/a (no --val_file)'}; reward model in {out} (load it with "
+            f"RewardModel.from_pretrained, score files with python -m mmreward.score --model {out})")
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -7,9 +7,12 @@
 #
 #   bash train/vr_thinker.sh [RUNS_DIR]          # default runs/vr_thinker; CPU, tiny random model
 #
-# CPU-sized on purpose, with the recipe under which the SFT stage teaches a tiny random model the format (see
-# tests/train/test_vrt_sft.py): 48 px clips of 8 frames, a tiny VLM with eight attention heads, brief teacher traces
-# and the short episodes of train/configs/vrt_sft.yaml. Measured on 2 heavily loaded CPU cores: about 35 minutes,
+# Every stage speaks the vr-thinker protocol (vr_thinker/presets/vr-thinker.yaml: the paper's released checkpoint's
+# tags, frame numbering, tool replies, limits, rewards and GRPO settings). CPU-sized on purpose, with the recipe under
+# which the SFT stage teaches a tiny random model the format (see tests/train/test_vrt_sft.py): 48 px clips of
+# 8 frames, a tiny VLM with eight attention heads, brief teacher traces and the CPU overrides of
+# train/configs/vrt_sft.yaml (8 frames per video pool, 256 tokens per turn, short instruction texts), which every
+# later stage inherits through the model directory's vr_thinker.json. Measured on 2 heavily loaded CPU cores: about 35 minutes,
 # 25 of them the 600 cold-start SFT steps (about 0.2 CPU s per step, so roughly 10 minutes on quiet cores);
 # held-out format-valid rate 0 -> 0.875 after SFT, rejection sampling keeps ~3% of the samples (the kept set
 # is small, so the second SFT is short and gentle), GRPO reward 0.92 -> 1.08 in 20 steps.
@@ -42,11 +45,11 @@ echo "== base model: tiny VLM with random weights (8 heads) -> $RUNS/base"
 
 echo "== 1/4 cold-start SFT on teacher traces"
 "$PY" train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path "$RUNS/base" --data "$DATA" \
-    --output_dir "$RUNS/sft" --pool_frames 8 --max_steps "${SFT_STEPS:-600}" --eval_pairs 8 --eval_before true
+    --output_dir "$RUNS/sft" --max_steps "${SFT_STEPS:-600}" --eval_pairs 8 --eval_before true
 
 echo "== 2/4 rejection sampling"
 "$PY" train/vrt_rejection.py --config train/configs/vrt_rejection.yaml --model_path "$RUNS/sft" --data "$DATA" \
-    --output_dir "$RUNS/rejection" --samples_per_pair 8 --max_new_tokens 128 --temperature 0.7 --dtype float32
+    --output_dir "$RUNS/rejection" --samples_per_pair 8 --temperature 0.7 --dtype float32
 
 echo "== 3/4 SFT on the kept traces"
 "$PY" train/vrt_sft.py --config train/configs/vrt_sft.yaml --model_path "$RUNS/sft" --data "$RUNS/rejection" \
@@ -55,8 +58,8 @@ echo "== 3/4 SFT on the kept traces"
 
 echo "== 4/4 GRPO"
 "$PY" train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path "$RUNS/sft2" --data "$DATA" \
-    --output_dir "$RUNS/grpo" --max_steps "${GRPO_STEPS:-20}" --max_new_tokens 128 --eval_pairs 8 --eval_steps 10 \
-    --save_steps 10 --learning_rate 3e-4 --temperature 0.7
+    --output_dir "$RUNS/grpo" --max_steps "${GRPO_STEPS:-20}" --eval_pairs 8 --eval_steps 10 \
+    --save_steps 10 --learning_rate 3e-4
 
 echo "== stage by stage (8 held-out pairs; SFT: greedy, accuracy reward; GRPO: greedy, total reward)"
 "$PY" - "$RUNS" <<'PYTHON'
@@ -73,9 +76,10 @@ for stage in ("sft", "sft2"):
             m = metrics[key]
             rows.append((f"{stage}:{key}", m["format_valid_rate"], m["overall_accuracy"], m["mean_accuracy_reward"]))
 grpo = json.loads((runs / "grpo" / "metrics.json").read_text())
+overall = json.loads((runs / "grpo" / "vr_thinker.json").read_text())["preset"]["answer"]["overall_key"]
 for key in ("eval_start", "eval_end"):
     m = grpo[key]
-    rows.append((f"grpo:{key}", m["eval/format_valid"], m["eval/accuracy/overall"], m["eval/reward"]))
+    rows.append((f"grpo:{key}", m["eval/format_valid"], m[f"eval/accuracy/{overall}"], m["eval/reward"]))
 print(f"{'stage':18s} {'format':>7s} {'overall':>8s} {'reward':>7s}")
 for name, fmt, acc, reward in rows:
     print(f"{name:18s} {fmt:7.3f} {acc:8.3f} {reward:7.3f}")

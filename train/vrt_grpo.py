@@ -5,7 +5,10 @@
 
 Inputs:
 - ``--model_path``: a finished VR-Thinker stage directory (``vrt_sft`` or ``vrt_grpo``; checked through its
-  ``manifest.json``). Its ``vr_thinker.json`` gives the episode settings and dimensions, which GRPO keeps.
+  ``manifest.json``). Its ``vr_thinker.json`` gives the protocol preset and dimensions, which GRPO keeps; the
+  preset's ``grpo`` section fills every loop setting the config leaves unset (for ``vr-thinker``: the official
+  rewards, KL 0.01 in the reward, clip 0.2 / 0.35, losses summed / 200, temperature 1.0 then 0.9, top_p 0.95,
+  top_k 40, lr 1e-6).
 - ``--data``: a synthetic data directory (``videos/<train_split>.jsonl``) or a record JSONL of video pairs.
 - ``--eval_records`` / ``--eval_pairs N``: a fixed set judged at the start, every ``eval_steps`` and at the end
   (default: the synthetic directory's ``eval_split``).
@@ -31,13 +34,15 @@ from trl import TrlParser
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
+from mmreward.training.distributed import DistributedModeError
 from vr_thinker.env import VideoPairEnv
-from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records
-from vr_thinker.rewards import RewardConfig
+from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records, require_data_parallel
+from vr_thinker.protocol import verdict_labels
 from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
 from vr_thinker.stage_io import (
     LoRAArguments,
     eval_record_file,
+    protocol_summary,
     read_judge_input,
     record_file,
     require_settings,
@@ -51,8 +56,9 @@ INPUT_STAGES = ("vrt_sft", "vrt_grpo")
 
 @dataclass
 class VRTGRPOArguments(LoRAArguments):
-    """Stage settings besides the loop (``GRPOConfig``) and the reward weights (``RewardConfig``). With ``use_lora``
-    the reference model is the policy with its adapters off; ``lora_dropout`` 0 keeps rollout and update equal."""
+    """Stage settings besides the loop (``GRPOConfig``; the rewards are the model's protocol preset's). With
+    ``use_lora`` the reference model is the policy with its adapters off; ``lora_dropout`` 0 keeps rollout and
+    update equal."""
 
     model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
     data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
@@ -67,39 +73,43 @@ class VRTGRPOArguments(LoRAArguments):
     gradient_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[VRTGRPOArguments, RewardConfig, GRPOConfig]:
-    parser = TrlParser((VRTGRPOArguments, RewardConfig, GRPOConfig))
-    args, reward, loop = parser.parse_args_and_config(argv)
+def parse_args(argv: list[str] | None = None) -> tuple[VRTGRPOArguments, GRPOConfig]:
+    parser = TrlParser((VRTGRPOArguments, GRPOConfig))
+    args, loop = parser.parse_args_and_config(argv)
     require_settings(parser, model_path=args.model_path, data=args.data, output_dir=loop.output_dir)
-    return args, reward, loop
+    return args, loop
 
 
 def write_example(model, processor, pair: JudgePair, loop: GRPOLoop, path: Path) -> None:
     """The final policy's greedy episode on one pair, as HTML."""
-    env = VideoPairEnv(pair.prompt, pair.video_1, pair.video_2, loop.dimensions, loop.env_config)
+    env = VideoPairEnv(pair.prompt, pair.video_1, pair.video_2, loop.preset, loop.dimensions)
     model.eval()
     HFRolloutEngine(model, processor).rollout([env], SamplingConfig(do_sample=False,
                                                                     max_new_tokens=loop.cfg.max_new_tokens))
-    label = {k: {1: "a", 2: "b", 0: "tie"}[v] for k, v in pair.label.items()}
-    write_trace_html(path, env, title=pair.id, label=label)
+    write_trace_html(path, env, title=pair.id, label=verdict_labels(pair.label, loop.preset, loop.dimensions))
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, reward_cfg, cfg = parse_args(argv)
+    args, cfg = parse_args(argv)
     out = Path(cfg.output_dir)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     accelerator = Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), log_with="tensorboard",
                               project_dir=str(out / "logs"))
+    try:
+        require_data_parallel(accelerator)
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
     if accelerator.is_main_process:
         start_run_dir(out)
     accelerator.wait_for_everyone()
 
-    model_manifest, env_config, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
+    model_manifest, preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
     train_path = record_file(args.data, args.train_split)
-    pairs = pairs_from_records(list(read_records(train_path))[: args.max_pairs], dimensions)
+    pairs = pairs_from_records(list(read_records(train_path))[: args.max_pairs], preset, dimensions)
     eval_path = eval_record_file(args.eval_pairs, args.eval_records, args.data, args.eval_split)
-    eval_pairs = pairs_from_records(list(read_records(eval_path))[: args.eval_pairs], dimensions) if eval_path else []
+    eval_pairs = (pairs_from_records(list(read_records(eval_path))[: args.eval_pairs], preset, dimensions)
+                  if eval_path else [])
 
     set_seed(cfg.seed)
     model, processor = load_vlm(VLMLoadConfig(
@@ -108,25 +118,26 @@ def main(argv: list[str] | None = None) -> dict:
         tool_chat_template=True,
     ))
     if accelerator.is_main_process:
-        resolved = {**asdict(args), **asdict(reward_cfg), **asdict(cfg)}
+        resolved = {**asdict(args), **asdict(cfg.resolved(preset))}
         (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    loop = GRPOLoop(model, processor, pairs, env_config, dimensions, cfg, reward_cfg, eval_pairs=eval_pairs,
+    loop = GRPOLoop(model, processor, pairs, preset, dimensions, cfg, eval_pairs=eval_pairs,
                     accelerator=accelerator, log_dir=out / "logs")
     metrics = loop.train()
     accelerator.wait_for_everyone()
 
     if accelerator.is_main_process:
-        trained = save_trained_judge(loop.unwrapped(), processor, out, env_config, dimensions)
+        trained = save_trained_judge(loop.unwrapped(), processor, out, preset, dimensions)
         write_example(trained, processor, (eval_pairs or pairs)[0], loop, out / "example_trace.html")
         metrics.update(train_pairs=len(pairs), eval_pairs=len(eval_pairs))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(train_path),
-                  "eval": str(eval_path) if eval_path else None}
+                  "eval": str(eval_path) if eval_path else None, "protocol": protocol_summary(preset, dimensions)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
         summary = {"steps": metrics["steps"]}
         for key in ("eval_start", "eval_end"):
             if metrics.get(key):
-                summary[key] = {k: metrics[key][k] for k in ("eval/reward", "eval/accuracy/overall")}
+                overall = f"eval/accuracy/{preset.answer.overall_key}"
+                summary[key] = {k: metrics[key][k] for k in ("eval/reward", overall)}
         print(json.dumps(summary))
     accelerator.wait_for_everyone()
     accelerator.end_training()

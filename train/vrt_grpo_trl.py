@@ -4,8 +4,8 @@
         --data runs/synthetic --output_dir runs/vrt_grpo_trl
 
 Same inputs as ``train/vrt_grpo.py`` (a ``vrt_sft`` / ``vrt_grpo`` stage directory whose ``vr_thinker.json`` gives the
-episode settings; a synthetic directory or record JSONL) and the same reward, but TRL's tool loop trains one
-append-only sequence per trace, so every tool image stays in the context (``memory_window`` is forced to None; the
+protocol preset; a synthetic directory or record JSONL) and the same reward, but TRL's tool loop trains one
+append-only sequence per trace, so every tool image stays in the context (the memory window is turned off; the
 saved ``vr_thinker.json`` records that). TRL settings (``num_generations``, ``beta`` = KL coefficient, ``epsilon`` /
 ``epsilon_high``, ``max_completion_length`` for a whole trace, ``max_tool_calling_iterations``, ``use_vllm``, ...)
 come from TRL's ``GRPOConfig``; see docs/vr_thinker_scale_out.md for the comparison with the own loop.
@@ -28,9 +28,16 @@ from trl import GRPOConfig, GRPOTrainer, TrlParser
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
-from vr_thinker.rewards import RewardConfig
-from vr_thinker.stage_io import LoRAArguments, read_judge_input, record_file, require_settings, save_trained_judge
-from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_env_config, judge_dataset, make_reward_function
+from mmreward.training.distributed import ModeCheckedTrainerMixin
+from vr_thinker.stage_io import (
+    LoRAArguments,
+    protocol_summary,
+    read_judge_input,
+    record_file,
+    require_settings,
+    save_trained_judge,
+)
+from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_preset, judge_dataset, make_reward_function
 
 STAGE = "vrt_grpo_trl"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")
@@ -38,7 +45,7 @@ INPUT_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")
 
 @dataclass
 class TRLBaselineArguments(LoRAArguments):
-    """Stage settings besides TRL's ``GRPOConfig`` and the reward weights (``RewardConfig``)."""
+    """Stage settings besides TRL's ``GRPOConfig`` (the rewards are the model's protocol preset's)."""
 
     model_path: str = field(default="", metadata={"help": "vrt_sft / vrt_grpo stage output directory"})
     data: str = field(default="", metadata={"help": "synthetic data dir or a record JSONL of video pairs"})
@@ -48,22 +55,26 @@ class TRLBaselineArguments(LoRAArguments):
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, RewardConfig, GRPOConfig]:
-    parser = TrlParser((TRLBaselineArguments, RewardConfig, GRPOConfig))
-    args, reward, training = parser.parse_args_and_config(argv)
+class ModeCheckedGRPOTrainer(ModeCheckedTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer, stopped with an error when its Accelerator is not in the launch's mode."""
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, GRPOConfig]:
+    parser = TrlParser((TRLBaselineArguments, GRPOConfig))
+    args, training = parser.parse_args_and_config(argv)
     require_settings(parser, model_path=args.model_path, data=args.data, output_dir=training.output_dir)
-    return args, reward, training
+    return args, training
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args, reward_cfg, training = parse_args(argv)
+    args, training = parse_args(argv)
     out = Path(training.output_dir)
     state = PartialState()
     if state.is_main_process:
         start_run_dir(out)
     state.wait_for_everyone()
-    model_manifest, saved_env, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
-    env_config = baseline_env_config(saved_env)
+    model_manifest, saved_preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
+    preset = baseline_preset(saved_preset)
     records_path = record_file(args.data, args.train_split)
     records = list(read_records(records_path))[: args.max_pairs]
 
@@ -73,22 +84,22 @@ def main(argv: list[str] | None = None) -> dict:
     processor.tokenizer.padding_side = "left"  # TRL generates from left-padded prompts
     # TRL checkpoints and logs go below the stage directory, outside the checksummed files. Set in place:
     # dataclasses.replace would rerun GRPOConfig's checks on fields it already derived.
-    resolved = {**asdict(args), **asdict(reward_cfg), **training.to_dict()}
+    resolved = {**asdict(args), **training.to_dict()}
     training.output_dir = str(out / "checkpoints")
-    training.max_tool_calling_iterations = training.max_tool_calling_iterations or env_config.max_tool_calls
-    trainer = GRPOTrainer(
+    training.max_tool_calling_iterations = training.max_tool_calling_iterations or preset.limits.max_tool_calls
+    trainer = ModeCheckedGRPOTrainer(
         model=model,
-        reward_funcs=[make_reward_function(dimensions, reward_cfg)],
+        reward_funcs=[make_reward_function(preset, dimensions)],
         args=training,
-        train_dataset=judge_dataset(records, dimensions, env_config),
+        train_dataset=judge_dataset(records, preset, dimensions),
         processing_class=processor,
-        environment_factory=lambda: TRLJudgeEnvironment(env_config, dimensions),
+        environment_factory=lambda: TRLJudgeEnvironment(preset, dimensions),
     )
     result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     state.wait_for_everyone()
     metrics: dict = {}
     if state.is_main_process:
-        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env_config, dimensions)
+        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, preset, dimensions)
         history = [row for row in trainer.state.log_history if "reward" in row]
         metrics = {
             "steps": result.global_step,
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
         }
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
         (out / "resolved_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(records_path)}
+        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(records_path),
+                  "protocol": protocol_summary(preset, dimensions)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics={k: v for k, v in metrics.items() if k != "log"})
         print(json.dumps({k: metrics[k] for k in ("steps", "reward_first", "reward_last")}))
     state.wait_for_everyone()

@@ -44,11 +44,12 @@ from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import PreferenceRecord, read_records
 from mmreward.manifest import finalize_run_dir, start_run_dir
 from vr_thinker.cold_start import EpisodeTrace, trace_to_dict
-from vr_thinker.env import EnvConfig, EpisodeStatus, VideoPairEnv
-from vr_thinker.protocol import OVERALL, verdicts_from_label
-from vr_thinker.rewards import format_reward, keep_for_rejection_sampling
+from vr_thinker.env import EpisodeStatus, VideoPairEnv
+from vr_thinker.presets import DimensionSpec, ProtocolPreset
+from vr_thinker.protocol import OVERALL, label_verdicts
+from vr_thinker.rewards import keep_for_rejection_sampling
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
-from vr_thinker.stage_io import read_judge_input, record_file, require_settings
+from vr_thinker.stage_io import protocol_summary, read_judge_input, record_file, require_settings
 
 STAGE = "vrt_rejection"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo")
@@ -68,10 +69,12 @@ class VRTRejectionArguments:
     samples_per_pair: int = field(default=8, metadata={"help": "K: traces sampled per pair"})
     keep_per_pair: int = field(default=0, metadata={"help": "most distinct kept traces per pair (0: all)"})
     pairs_per_batch: int = field(default=4, metadata={"help": "pairs generated together (x K episodes)"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (first turn)"})
+    later_temperature: float | None = field(default=None, metadata={"help": "sampling temperature of later turns"})
     top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
     top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
-    max_new_tokens: int = field(default=512, metadata={"help": "token limit per assistant turn"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "token limit per assistant turn (default: "
+                                                                       "the preset's)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     dtype: str = field(default="auto", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
@@ -80,7 +83,7 @@ class VRTRejectionArguments:
 
     def __post_init__(self) -> None:
         for name in ("samples_per_pair", "pairs_per_batch", "max_new_tokens"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.keep_per_pair < 0:
             raise ValueError("keep_per_pair must be >= 0")
@@ -134,7 +137,8 @@ def check_settings(out: Path, args: VRTRejectionArguments, model_manifest: dict[
         "model": str(Path(args.model_path).resolve()),
         "model_checksums": model_manifest.get("checksums", {}),
         **{k: getattr(args, k) for k in ("data", "split", "samples_per_pair", "keep_per_pair", "pairs_per_batch",
-                                         "temperature", "top_p", "top_k", "max_new_tokens", "seed")},
+                                         "temperature", "later_temperature", "top_p", "top_k", "max_new_tokens",
+                                         "seed")},
     }
     path = out / SHARD_DIR / "settings.json"
     if path.exists():
@@ -163,23 +167,24 @@ def pair_seeds(seed: int, records: Sequence[PreferenceRecord], k: int) -> list[i
 # ------------------------------------------------------------------------------------------------------ scoring
 
 
-def sample_stats(trace: RolloutTrace, label: dict[str, int]) -> dict[str, Any]:
+def sample_stats(trace: RolloutTrace, label: dict[str, int], preset: ProtocolPreset) -> dict[str, Any]:
     """What the statistics need from one sample: kept, format, status, tool calls, which verdicts were right."""
+    answered = trace.status == EpisodeStatus.ANSWERED.value
     return {
-        "kept": keep_for_rejection_sampling(trace.outcome, label) and trace.status == EpisodeStatus.ANSWERED.value,
-        "format_valid": format_reward(trace.outcome.turn_valid) == 1.0 and trace.status == EpisodeStatus.ANSWERED.value,
+        "kept": keep_for_rejection_sampling(trace.outcome, label, preset) and answered,
+        "format_valid": trace.outcome.format_valid and answered,
         "status": trace.status,
         "tool_calls": trace.outcome.num_tool_calls,
         "right": {k: trace.outcome.verdicts.get(k) == v for k, v in label.items()},
     }
 
 
-def pair_line(record: PreferenceRecord, traces: Sequence[RolloutTrace], dims: dict[str, str], env: EnvConfig,
-              keep_per_pair: int, root: Path, source: str) -> dict[str, Any]:
+def pair_line(record: PreferenceRecord, traces: Sequence[RolloutTrace], seeds: Sequence[int], preset: ProtocolPreset,
+              dims: Sequence[DimensionSpec], keep_per_pair: int, root: Path, source: str) -> dict[str, Any]:
     """One shard line: the pair's kept traces (trace format, distinct, at most ``keep_per_pair``) and statistics."""
-    label_names = {k: record.label[k] for k in [*dims, OVERALL]}
-    label = verdicts_from_label(label_names)
-    samples = [sample_stats(t, label) for t in traces]
+    label_names = {k: record.label[k] for k in [*(d.label for d in dims), OVERALL]}
+    label = label_verdicts(label_names, preset, dims)
+    samples = [sample_stats(t, label, preset) for t in traces]
     kept: list[dict[str, Any]] = []
     seen: set[tuple[str, ...]] = set()
     for k, (trace, stats) in enumerate(zip(traces, samples)):
@@ -189,8 +194,8 @@ def pair_line(record: PreferenceRecord, traces: Sequence[RolloutTrace], dims: di
         seen.add(texts)
         episode = EpisodeTrace(
             id=f"{record.id}#{k}", prompt=record.prompt, video_1=Path(record.a.video), video_2=Path(record.b.video),
-            turns=list(texts), frames=[list(f) for f in trace.tool_calls], dimensions=dict(dims), label=label_names,
-            env=env, source=source,
+            turns=list(texts), frames=[list(f) for f in trace.tool_calls], preset=preset, dimensions=tuple(dims),
+            label=label_names, seed=seeds[k], source=source,
         )
         kept.append(trace_to_dict(episode, root))
     varies = record.meta.get("varies") if isinstance(record.meta, dict) else None
@@ -232,8 +237,8 @@ def summarise(lines: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -
 # --------------------------------------------------------------------------------------------------------- main
 
 
-def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], env: EnvConfig, dims: dict[str, str],
-                 state: PartialState, out: Path) -> dict[str, float]:
+def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], preset: ProtocolPreset,
+                 dims: Sequence[DimensionSpec], state: PartialState, out: Path) -> dict[str, float]:
     """Sample this process's remaining pairs, streaming one line per pair into its shard file."""
     model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype,
                                               attn_implementation=args.attn_implementation, tool_chat_template=True))
@@ -250,13 +255,17 @@ def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], e
         if not todo:
             continue
         k = args.samples_per_pair
-        envs = [VideoPairEnv(r.prompt, r.a.video, r.b.video, dims, env) for r in todo for _ in range(k)]
-        sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+        seeds = pair_seeds(args.seed, todo, k)
+        envs = [VideoPairEnv(r.prompt, r.a.video, r.b.video, preset, dims, seed=seed)
+                for r, seed in zip([r for r in todo for _ in range(k)], seeds)]
+        sampling = SamplingConfig(max_new_tokens=args.max_new_tokens or preset.limits.max_new_tokens,
+                                  temperature=args.temperature, later_temperature=args.later_temperature,
                                   top_p=args.top_p, top_k=args.top_k)
-        traces = engine.rollout(envs, sampling, seeds=pair_seeds(args.seed, todo, k))
+        traces = engine.rollout(envs, sampling, seeds=seeds)
         with path.open("a", encoding="utf-8") as handle:
             for j, record in enumerate(todo):
-                line = pair_line(record, traces[j * k : (j + 1) * k], dims, env, args.keep_per_pair, out, source)
+                line = pair_line(record, traces[j * k : (j + 1) * k], seeds[j * k : (j + 1) * k], preset, dims,
+                                 args.keep_per_pair, out, source)
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
@@ -273,19 +282,19 @@ def main(argv: list[str] | None = None) -> dict:
     if state.is_main_process:
         start_run_dir(out)
     state.wait_for_everyone()
-    model_manifest, env, dims = read_judge_input(args.model_path, INPUT_STAGES)
+    model_manifest, preset, dims = read_judge_input(args.model_path, INPUT_STAGES)
     path = record_file(args.data, args.split)
     records = list(read_records(path))[: args.max_pairs]
     for record in records:
         if record.a.video is None or record.b.video is None:
             raise SystemExit(f"{path}: record {record.id!r} needs a video on both sides")
-        missing = [k for k in [*dims, OVERALL] if k not in record.label]
+        missing = [k for k in [*(d.label for d in dims), OVERALL] if k not in record.label]
         if missing:
             raise SystemExit(f"{path}: record {record.id!r} has no label for {missing}")
 
     check_settings(out, args, model_manifest, write=state.is_main_process)
     state.wait_for_everyone()
-    timing = sample_shard(args, records, env, dims, state, out)
+    timing = sample_shard(args, records, preset, dims, state, out)
     timings = gather_object([timing]) if state.num_processes > 1 else [timing]
     state.wait_for_everyone()
     metrics: dict[str, Any] = {}
@@ -304,7 +313,8 @@ def main(argv: list[str] | None = None) -> dict:
                        pairs_sampled_by_this_run=sum(t["pairs"] for t in timings))
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         (out / "resolved_config.yaml").write_text(yaml.safe_dump(asdict(args), sort_keys=False))
-        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(path)}
+        inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(path),
+                  "protocol": protocol_summary(preset, dims)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
         print(json.dumps({k: metrics[k] for k in ("pairs", "samples", "acceptance_rate", "kept_traces")}))
     state.wait_for_everyone()

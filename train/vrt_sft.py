@@ -11,8 +11,10 @@ Inputs:
 - ``--data``: a synthetic data directory (teacher traces are written from ``videos/<train_split>.jsonl``), a
   previous stage's output directory holding ``traces.jsonl`` (e.g. rejection sampling), or a trace JSONL file from
   a stronger judge (format in ``vr_thinker/cold_start.py``; every line is replayed and checked).
+- ``--preset`` (default ``vr-thinker``) with ``--preset_overrides``: the protocol of teacher traces and of trace
+  lines that name none; the trained judge records the traces' protocol in ``vr_thinker.json`` and the manifest.
 
-Output directory: the model (LoRA merged into the weights) and processor, ``vr_thinker.json`` (episode settings
+Output directory: the model (LoRA merged into the weights) and processor, ``vr_thinker.json`` (the protocol preset
 for ``VRThinkerJudge.from_pretrained``), ``traces.jsonl`` (the training traces), ``example_trace.html`` (a
 training trace), ``eval_trace.html`` (the trained judge on a held-out pair, with ``--eval_pairs``),
 ``resolved_config.yaml``, ``metrics.json``, ``checkpoints/`` (trainer checkpoints and logs) and ``manifest.json``
@@ -31,6 +33,7 @@ from pathlib import Path
 import yaml
 from accelerate import PartialState
 from peft import PeftModel
+from torch.distributed.fsdp import FSDPModule
 from transformers import set_seed
 from trl import SFTConfig, SFTTrainer, TrlParser
 
@@ -38,12 +41,26 @@ from mmreward.backbones.tiny import TINY_SPEC, tiny_backbone_once, tiny_spec_fam
 from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
+from mmreward.training.distributed import (
+    DistributedModeError,
+    ModeCheckedTrainerMixin,
+    describe_mode,
+    hf_trainer_device_args,
+    shards_weights,
+)
 from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
-from vr_thinker.env import EnvConfig
 from vr_thinker.judge import VRThinkerJudge, score_results
+from vr_thinker.presets import DimensionSpec, ProtocolPreset
 from vr_thinker.rollout import SamplingConfig
 from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
-from vr_thinker.stage_io import LoRAArguments, eval_record_file, require_settings, save_trained_judge
+from vr_thinker.stage_io import (
+    LoRAArguments,
+    PresetArguments,
+    eval_record_file,
+    protocol_summary,
+    require_settings,
+    save_trained_judge,
+)
 from vr_thinker.trace_html import write_trace_html
 
 STAGE = "vrt_sft"
@@ -51,7 +68,7 @@ TRACES_NAME = "traces.jsonl"
 
 
 @dataclass
-class VRTSFTArguments(LoRAArguments):
+class VRTSFTArguments(LoRAArguments, PresetArguments):
     """Stage settings besides TRL's ``SFTConfig`` (learning rate, steps, batch size, output_dir, ...)."""
 
     model_path: str = field(default=TINY_SPEC, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
@@ -63,12 +80,6 @@ class VRTSFTArguments(LoRAArguments):
     motion_frames: int = field(default=4, metadata={"help": "consecutive frames per teacher tool call"})
     require_correct: bool = field(default=False, metadata={"help": "imported traces: drop wrong verdicts"})
     skip_invalid: bool = field(default=False, metadata={"help": "imported traces: skip bad lines instead of failing"})
-    pool_frames: int = field(default=16, metadata={"help": "frames per video pool (tool indices address them)"})
-    initial_frames: int = field(default=4, metadata={"help": "frames per video in the first user turn"})
-    max_frames_per_call: int = field(default=8, metadata={"help": "indices allowed per select_frames call"})
-    max_tool_calls: int = field(default=3, metadata={"help": "select_frames calls allowed per episode"})
-    memory_window: int | None = field(default=1, metadata={"help": "tool turns whose images stay; None keeps all"})
-    system_prompt: str | None = field(default=None, metadata={"help": "replace the default system prompt"})
     merge_rows: bool = field(default=True, metadata={"help": "one row for turns whose contexts extend each other"})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 | auto"})
     attn_implementation: str = field(default="sdpa", metadata={"help": "sdpa | eager | flash_attention_2"})
@@ -79,24 +90,35 @@ class VRTSFTArguments(LoRAArguments):
     eval_split: str = field(default="val", metadata={"help": "synthetic split to evaluate on"})
     eval_pairs: int = field(default=0, metadata={"help": "held-out pairs judged greedily after training; 0 = none"})
     eval_before: bool = field(default=False, metadata={"help": "also judge them with the untrained model"})
-    eval_max_new_tokens: int = field(default=512, metadata={"help": "token limit per generated turn in evaluation"})
+    eval_max_new_tokens: int | None = field(default=None, metadata={"help": "token limit per generated turn in "
+                                                                          "evaluation (default: the preset's)"})
     eval_batch_size: int = field(default=8, metadata={"help": "episodes generated together in evaluation"})
 
-    def env_config(self) -> EnvConfig:
-        return EnvConfig(
-            pool_frames=self.pool_frames,
-            initial_frames=self.initial_frames,
-            max_frames_per_call=self.max_frames_per_call,
-            max_tool_calls=self.max_tool_calls,
-            memory_window=self.memory_window,
-            system_prompt=self.system_prompt,
-        )
+
+class ModeCheckedSFTTrainer(ModeCheckedTrainerMixin, SFTTrainer):
+    """TRL's SFTTrainer in the launch's distributed mode (FSDP on CPU too), or an error saying why not."""
+
+    def compute_loss(self, model, inputs, *args, **kwargs):
+        head = self.accelerator.unwrap_model(model).get_output_embeddings()
+        if isinstance(head, FSDPModule):
+            # accelerate gives the LM head its own FSDP2 unit, and TRL's fused loss reads `lm_head.weight` without
+            # calling the head: it would get the sharded DTensor, whose `full_tensor()` backward keeps only this
+            # process's gradient (no average over processes). Unsharded first, it is the plain full weight, and
+            # FSDP reduces its gradient like every other.
+            head.unshard()
+        return super().compute_loss(model, inputs, *args, **kwargs)
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfig]:
     parser = TrlParser((VRTSFTArguments, SFTConfig))
     args, training = parser.parse_args_and_config(argv)
     require_settings(parser, data=args.data, output_dir=training.output_dir)
+    try:  # the launch's mode on CPU too (gloo): DDP, DeepSpeed or FSDP
+        device_args = hf_trainer_device_args(training.use_cpu)
+    except DistributedModeError as err:
+        parser.error(str(err))
+    if device_args:
+        training = replace(training, **device_args)
     return args, training
 
 
@@ -117,11 +139,11 @@ def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]
 def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
     """Training traces and a description of where they came from."""
     data = Path(args.data)
-    env = args.env_config()
+    preset, dims = args.protocol()
     if data.is_dir() and (data / "videos" / f"{args.train_split}.jsonl").is_file():
         records = list(read_records(data / "videos" / f"{args.train_split}.jsonl"))[: args.max_pairs]
         teacher = TeacherConfig(style=args.teacher_style, motion_frames=args.motion_frames, seed=args.teacher_seed)
-        return teacher_traces(records, env, teacher), {"kind": "teacher", "records": len(records)}
+        return teacher_traces(records, preset, teacher, dims), {"kind": "teacher", "records": len(records)}
     if data.is_dir():
         manifest = read_manifest(data)
         path = data / TRACES_NAME
@@ -132,7 +154,7 @@ def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
         path, source = data, {"kind": "import"}
     else:
         raise SystemExit(f"--data {data}: neither a synthetic data dir, a stage dir nor a trace file")
-    traces = read_traces(path, env, skip_invalid=args.skip_invalid, require_correct=args.require_correct)
+    traces = read_traces(path, preset, skip_invalid=args.skip_invalid, require_correct=args.require_correct)
     source.update(file=str(path), skipped=[str(e) for e in traces.skipped])
     return list(traces)[: args.max_pairs], source
 
@@ -142,13 +164,13 @@ def eval_records(args: VRTSFTArguments) -> list:
     return list(read_records(path))[: args.eval_pairs] if path is not None else []
 
 
-def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: VRTSFTArguments,
-             html_path: Path | None = None) -> dict:
+def evaluate(model, processor, preset: ProtocolPreset, dims: tuple[DimensionSpec, ...], records: list,
+             args: VRTSFTArguments, html_path: Path | None = None) -> dict:
     """Greedy judge episodes on held-out records; metrics, and the first episode as HTML when asked."""
     if isinstance(model, PeftModel):  # untrained adapters are zero: the base model gives the same outputs
         model = model.get_base_model()
-    sampling = SamplingConfig(do_sample=False, max_new_tokens=args.eval_max_new_tokens)
-    judge = VRThinkerJudge(model, processor, env, dims, sampling, batch_size=args.eval_batch_size)
+    sampling = SamplingConfig(do_sample=False, max_new_tokens=args.eval_max_new_tokens or preset.limits.max_new_tokens)
+    judge = VRThinkerJudge(model, processor, preset, dims, sampling, batch_size=args.eval_batch_size)
     start = time.perf_counter()
     results = judge.compare_records(records)
     metrics = score_results(results, records).as_dict()
@@ -158,15 +180,15 @@ def evaluate(model, processor, env: EnvConfig, dims: dict, records: list, args: 
     return metrics
 
 
-def common_env(traces: list[EpisodeTrace]) -> tuple[EnvConfig, dict]:
-    """The episode settings and dimensions every trace shares (the judge must use the ones it was trained with)."""
+def common_protocol(traces: list[EpisodeTrace]) -> tuple[ProtocolPreset, tuple[DimensionSpec, ...]]:
+    """The preset and dimensions every trace shares (the judge must use the ones it was trained with)."""
     if not traces:
         raise SystemExit("no training traces")
-    env, dims = traces[0].env, traces[0].dimensions
+    preset, dims = traces[0].preset, traces[0].dimensions
     for trace in traces:
-        if trace.env != env or trace.dimensions != dims:
-            raise SystemExit(f"trace {trace.id!r} uses other episode settings or dimensions than {traces[0].id!r}")
-    return env, dims
+        if trace.preset.to_dict() != preset.to_dict() or trace.dimensions != dims:
+            raise SystemExit(f"trace {trace.id!r} uses another protocol or other dimensions than {traces[0].id!r}")
+    return preset, dims
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -181,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     started = time.perf_counter()
     traces, source = load_traces(args)
-    env, dims = common_env(traces)
+    preset, dims = common_protocol(traces)
     rows = TraceRows(traces, merge=args.merge_rows)
     held_out = eval_records(args)
     data_seconds = time.perf_counter() - started
@@ -189,27 +211,39 @@ def main(argv: list[str] | None = None) -> dict:
     # HF Trainer's resume reads checkpoint weights by raw state-dict keys, which for Qwen-VL models saved by
     # transformers 5 do not match the live model's (nothing loads, only a warning): full fine-tuning resumes
     # from the checkpoint's weights through from_pretrained instead (optimizer, scheduler, RNG, step still
-    # come from the Trainer's resume).
-    resume_weights = training.resume_from_checkpoint if training.resume_from_checkpoint and not args.use_lora else None
+    # come from the Trainer's resume). An FSDP checkpoint holds only sharded weights (no model directory), which
+    # the Trainer loads itself by the live model's keys.
+    checkpoint = training.resume_from_checkpoint
+    holds_model = checkpoint is not None and (Path(checkpoint) / "config.json").is_file()
+    resume_weights = checkpoint if holds_model and not args.use_lora else None
     model, processor = load_vlm(VLMLoadConfig(
         path=resume_weights or model_dir, dtype=args.dtype, attn_implementation=args.attn_implementation,
         freeze_vision=args.freeze_vision, lora=args.lora(), tool_chat_template=True,
     ))
     metrics: dict = {}
     if held_out and args.eval_before and state.is_main_process:
-        metrics["eval_before"] = evaluate(model.to(state.device), processor, env, dims, held_out, args)
+        metrics["eval_before"] = evaluate(model.to(state.device), processor, preset, dims, held_out, args)
 
     # Trainer checkpoints and logs go below the stage directory, outside the checksummed files.
     trainer_args = replace(training, output_dir=str(out / "checkpoints"), remove_unused_columns=False,
                            assistant_only_loss=True)
     collator = VRThinkerSFTCollator(processor, max_length=training.max_length)
-    trainer = SFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(), processing_class=processor,
-                         data_collator=collator)
+    try:
+        trainer = ModeCheckedSFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(),
+                                        processing_class=processor, data_collator=collator)
+    except DistributedModeError as err:
+        raise SystemExit(f"error: {err}") from err
+    sharded = shards_weights(trainer.accelerator)
+    if sharded and args.use_lora:
+        raise SystemExit("error: LoRA adapters cannot be merged from sharded weights (ZeRO-3 / FSDP); "
+                         "train LoRA under DDP or ZeRO-2")
     result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     state.wait_for_everyone()
+    full_state = trainer.accelerator.get_state_dict(trainer.model_wrapped) if sharded else None  # collective: gathers
 
     if state.is_main_process:
-        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, env, dims)
+        save_trained_judge(trainer.accelerator.unwrap_model(trainer.model), processor, out, preset, dims,
+                           state_dict=full_state)
         write_traces(out / TRACES_NAME, traces)
         write_trace_html(out / "example_trace.html", replay(traces[0]), title=traces[0].id, label=traces[0].label)
         resolved = {**asdict(args), **training.to_dict(), "model_path": model_dir}
@@ -218,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     if held_out and state.is_main_process:
         judge_model, _ = load_vlm(VLMLoadConfig(path=str(out), dtype=args.dtype))  # what a user loads
-        metrics["eval_after"] = evaluate(judge_model.to(state.device), processor, env, dims, held_out, args,
+        metrics["eval_after"] = evaluate(judge_model.to(state.device), processor, preset, dims, held_out, args,
                                          html_path=out / "eval_trace.html")
     if state.is_main_process:
         calls = Counter(t.num_tool_calls for t in traces)
@@ -234,8 +268,10 @@ def main(argv: list[str] | None = None) -> dict:
             source=source,
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        inputs = {"model": model_dir, "model_stage": model_manifest.get("stage"), "data": args.data}
-        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
+        inputs = {"model": model_dir, "model_stage": model_manifest.get("stage"), "data": args.data,
+                  "protocol": protocol_summary(preset, dims)}
+        finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics,
+                         extra={"distributed": describe_mode(trainer.accelerator)})
         summary = {k: metrics[k] for k in ("traces", "rows", "train_loss") if k in metrics}
         for key in ("eval_before", "eval_after"):
             if key in metrics:

@@ -1,16 +1,18 @@
-"""Cold-start traces for VR-Thinker SFT: written by a teacher from known ground truth, or imported.
+"""Cold-start traces for VR-Thinker SFT in a preset's protocol: written by a teacher from known ground truth, or
+imported.
 
-A trace is one recorded judging episode: the prompt, the two videos, the assistant turns in order and the frame
-indices each tool call showed. Replaying it through :class:`~vr_thinker.env.VideoPairEnv` rebuilds the exact
-conversation (frames, observations, memory window), so a trace file stays small and every trace is checked to be a
-valid episode: every turn parses, every tool call is accepted, the frames shown match the recorded ones, and the
-episode ends with an answer.
+A trace is one recorded judging episode: the prompt, the two videos, the protocol preset, the assistant turns in
+order and the frame numbers each tool call showed. Replaying it through :class:`~vr_thinker.env.VideoPairEnv`
+rebuilds the exact conversation (frames, tool replies, memory window), so a trace file stays small and every trace
+is checked to be a valid episode: every turn is well-formed, every tool call shows the recorded frames, and the
+episode ends with a final answer.
 
 Sources:
 - :func:`teacher_trace` writes a trace for a labelled synthetic video pair from its label and ``meta`` (what each
   side draws, its degradation, its motion): the first turn describes the initial frames, tool calls look at runs of
-  consecutive frames (where jitter or a frozen clip shows), and the answer states the labelled verdicts with the
-  reason for each. 0-3 tool calls per trace, chosen per pair by a seeded generator.
+  consecutive frames of both videos (where jitter or a frozen clip shows), each non-final turn states a recommended
+  answer with a confidence, and the final answer states the labelled verdicts. 0-3 tool calls per trace, chosen
+  per pair by a seeded generator.
 - :func:`read_traces` imports traces produced by a stronger judge (same JSONL format; see below) and validates
   every line by replaying it; a bad line raises :class:`TraceError` naming ``file:line``.
 
@@ -18,14 +20,17 @@ Trace JSONL, one object per line::
 
     {"id": "pair-1", "prompt": "two red circles",
      "video_1": "videos/a.mp4", "video_2": "videos/b.mp4",      # relative to the JSONL's folder, or absolute
-     "dimensions": {"VQ": "...", "MQ": "...", "TA": "..."},    # optional: names (list) or name -> description
+     "preset": "vr-thinker", "preset_overrides": ["frames.per_video=8"],     # optional (default: vr-thinker)
+     "dimensions": "videogen",                                 # optional: a dimension set of the preset
      "label": {"VQ": "a", "MQ": "tie", "TA": "a", "overall": "a"},   # optional; "a" = Video 1
-     "env": {"pool_frames": 16, "memory_window": 1},           # optional: EnvConfig fields the episode used
+     "seed": 0,                                                # optional: the episode's tool seed
      "source": "teacher",                                      # optional free text
      "conversation": [
-        {"role": "assistant", "content": "<think>...</think>\\n<tool_call>\\n{...}\\n</tool_call>"},
-        {"role": "tool", "frames": [6, 7, 8, 9]},
-        {"role": "assistant", "content": "<think>...</think>\\nVQ: \\\\boxed{1}\\n...Overall: \\\\boxed{1}"}]}
+        {"role": "assistant", "content": "<synthesis>...</synthesis><think>...</think><recommend answer>...
+                                          </recommend answer><tool_call>{...}</tool_call>"},
+        {"role": "tool", "frames": [3, 4, 11, 12]},            # frame numbers shown (1-based, both videos)
+        {"role": "assistant", "content": "<synthesis>...</synthesis><think>...</think><final answer>TA=1, VQ=1,
+                                          MQ=0, OA=1</final answer>"}]}
 
 An assistant turn may instead carry its call in the OpenAI form, ``"tool_calls": [{"function": {"name":
 "select_frames", "arguments": {"target_frames": [...]}}}]``; it is turned into the protocol's ``<tool_call>`` text.
@@ -37,7 +42,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
@@ -45,20 +50,14 @@ import numpy as np
 
 from mmreward.data.media import MediaError
 from mmreward.data.records import PreferenceRecord
-from vr_thinker.env import EnvConfig, EpisodeStatus, VideoPairEnv
-from vr_thinker.protocol import (
-    DEFAULT_DIMENSIONS,
-    OVERALL,
-    OVERALL_LINE_NAME,
-    TOOL_NAME,
-    normalize_dimensions,
-    verdicts_from_label,
-)
+from vr_thinker.env import EpisodeStatus, VideoPairEnv
+from vr_thinker.presets import DimensionSpec, PresetError, ProtocolPreset, load_preset
+from vr_thinker.protocol import OVERALL, TOOL_NAME, label_verdicts
 
 DIMENSION_NAMES = {"VQ": "visual quality", "MQ": "motion quality", "TA": "text alignment"}
 _COUNT_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
-_TRACE_FIELDS = {"id", "prompt", "video_1", "video_2", "dimensions", "label", "env", "source", "conversation"}
-_ENV_FIELDS = {f.name for f in fields(EnvConfig)}
+_TRACE_FIELDS = {"id", "prompt", "video_1", "video_2", "preset", "preset_overrides", "dimensions", "label", "seed",
+                 "source", "conversation"}
 
 
 class TraceError(ValueError):
@@ -76,8 +75,10 @@ class TraceError(ValueError):
 
 @dataclass
 class EpisodeTrace:
-    """One recorded episode. ``turns``: assistant texts in order; ``frames``: pool indices shown after each
-    accepted tool call (as the environment showed them: sorted, distinct); ``label``: record label or None."""
+    """One recorded episode. ``turns``: assistant texts in order; ``frames``: per tool call, the frame numbers
+    (1-based) it showed (empty for a call answered with a notice or an error); ``label``: record label or None;
+    ``dimensions``: the judged dimensions (None: the preset's default set; (): the overall verdict only); ``seed``: the
+    episode's tool seed."""
 
     id: str
     prompt: str
@@ -85,17 +86,22 @@ class EpisodeTrace:
     video_2: Path
     turns: list[str]
     frames: list[list[int]]
-    dimensions: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_DIMENSIONS))
+    preset: ProtocolPreset = field(default_factory=load_preset)
+    dimensions: tuple[DimensionSpec, ...] | None = None
     label: dict[str, str] | None = None
-    env: EnvConfig = field(default_factory=EnvConfig)
+    seed: int = 0
     source: str = ""
+
+    def __post_init__(self) -> None:
+        # None: the preset's default set; () judges the overall verdict only.
+        self.dimensions = tuple(self.preset.dimensions()) if self.dimensions is None else tuple(self.dimensions)
 
     @property
     def num_tool_calls(self) -> int:
-        return len(self.frames)
+        return len(self.turns) - 1
 
     def make_env(self) -> VideoPairEnv:
-        return VideoPairEnv(self.prompt, self.video_1, self.video_2, self.dimensions, self.env)
+        return VideoPairEnv(self.prompt, self.video_1, self.video_2, self.preset, self.dimensions, seed=self.seed)
 
 
 def trace_from_env(
@@ -116,10 +122,11 @@ def trace_from_env(
         video_1=Path(video_1),
         video_2=Path(video_2),
         turns=[t.text for t in env.turns],
-        frames=[list(t.frames) for t in env.turns if t.frames],
-        dimensions=dict(env.dimensions),
+        frames=[[i + 1 for i in t.frames] for t in env.turns if t.tool is not None],
+        preset=env.preset,
+        dimensions=env.dimensions,
         label=dict(label) if label is not None else None,
-        env=env.config,
+        seed=env.seed,
         source=source,
     )
 
@@ -137,28 +144,29 @@ def replay(trace: EpisodeTrace, require_correct: bool = False) -> VideoPairEnv:
         if env.done:
             raise ValueError(f"turn {number}: the episode already ended ({env.status.value}) before it")
         result = env.step(text)
-        problems = env.turns[-1].problems
+        problems = env.turns[-1].check.problems
         if problems:
-            raise ValueError(f"turn {number} is not valid ({result.status.value}): " + "; ".join(map(str, problems)))
-        if result.status == EpisodeStatus.RUNNING:
+            raise ValueError(f"turn {number} is not well-formed ({result.status.value}): " + "; ".join(map(str, problems)))
+        if env.turns[-1].tool is not None:
             expected = next(calls, None)
             if expected is None:
                 raise ValueError(f"turn {number} called {TOOL_NAME} but the trace records no frames for the call")
-            if list(result.info["frames"]) != list(expected):
+            if result.info["frames"] != list(expected):
                 raise ValueError(
                     f"turn {number}: the environment showed frames {result.info['frames']} but the trace records "
-                    f"{list(expected)} (different frame pool settings?)"
+                    f"{list(expected)} (other preset settings or seed?)"
                 )
-        elif result.status != EpisodeStatus.ANSWERED:
+        elif result.status not in (EpisodeStatus.RUNNING, EpisodeStatus.ANSWERED):
             raise ValueError(f"turn {number} ended the episode with status {result.status.value}")
     if not env.done:
-        raise ValueError(f"the trace ends after {len(trace.turns)} turns without an answer")
+        raise ValueError(f"the trace ends after {len(trace.turns)} turns without a final answer")
     if next(calls, None) is not None:
         raise ValueError(f"the trace records {len(trace.frames)} tool results but made {env.num_tool_calls} calls")
     if require_correct:
         if trace.label is None:
             raise ValueError("require_correct needs a label")
-        wrong = [k for k, v in verdicts_from_label(trace.label).items() if env.verdicts.get(k) != v]
+        wanted = label_verdicts(trace.label, env.preset, env.dimensions)
+        wrong = [k for k, v in wanted.items() if env.verdicts.get(k) != v]
         if wrong:
             raise ValueError(f"verdicts {env.verdicts} disagree with the label on {wrong}")
     return env
@@ -171,10 +179,9 @@ def replay(trace: EpisodeTrace, require_correct: bool = False) -> VideoPairEnv:
 class TeacherConfig:
     """How teacher traces are written.
 
-    style: "full" writes reasoning that describes what each video shows, and a synthesis after each tool result
-        (notes that survive the memory window); "brief" writes short fixed phrases with the same actions and
-        verdicts (a tiny test model learns the format from it in a few steps).
-    motion_frames: consecutive pool frames per tool call (capped by the env's ``max_frames_per_call``).
+    style: "full" writes a synthesis and reasoning that describe what each video shows; "brief" writes short fixed
+        phrases with the same actions and verdicts (a tiny test model learns the format from it in a few steps).
+    motion_frames: consecutive pool frames of each video per tool call (capped by half the per-call limit).
     skip_evident_share: share of pairs whose motion fault is visible in the initial frames (a frozen clip) that
         are answered without a tool call.
     second_look_share / third_look_share: share of traces that check a second (then third) stretch of frames.
@@ -227,24 +234,24 @@ def _rng(seed: int, record_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(digest[:8], "little")])
 
 
-def _distinct_runs(env: VideoPairEnv) -> list[int]:
-    """Pool indices whose source frames are distinct in both videos (the first pool index of each source frame),
-    so a run of them shows consecutive moments of the clip."""
-    size = min(env.pool_sizes)
+def _distinct_positions(env: VideoPairEnv) -> list[int]:
+    """Pool positions whose source frames are distinct in both videos (the first position of each source frame),
+    so a run of them shows consecutive moments of the clips."""
     picked, seen = [], set()
-    for index in range(size):
-        key = (int(env.pools[0].indices[index]), int(env.pools[1].indices[index]))
+    for position in range(env.preset.frames.per_video):
+        key = (int(env.pools[0].indices[position]), int(env.pools[1].indices[position]))
         if key not in seen:
             seen.add(key)
-            picked.append(index)
+            picked.append(position)
     return picked
 
 
 def _plan_calls(facts: tuple[_SideFacts, _SideFacts], env: VideoPairEnv, cfg: TeacherConfig,
                 rng: np.random.Generator) -> list[list[int]]:
-    """Runs of consecutive frames to look at: the middle of the clip first, then other stretches."""
-    distinct = _distinct_runs(env)
-    length = min(cfg.motion_frames, env.config.max_frames_per_call, len(distinct))
+    """Frame numbers of each call: a run of consecutive positions of Video 1 and the same positions of Video 2,
+    the middle of the clips first, then other stretches."""
+    distinct = _distinct_positions(env)
+    length = min(cfg.motion_frames, env.preset.frames.max_per_call // 2, len(distinct))
     if length < 2:
         return []
     evident = any(f.motion == "frozen" for f in facts) and not all(f.motion == "frozen" for f in facts)
@@ -253,30 +260,33 @@ def _plan_calls(facts: tuple[_SideFacts, _SideFacts], env: VideoPairEnv, cfg: Te
         wanted += 1
         if rng.random() < cfg.third_look_share:
             wanted += 1
-    wanted = min(wanted, env.config.max_tool_calls)
+    wanted = min(wanted, env.preset.limits.max_tool_calls, env.preset.limits.max_turns - 1)
     last_start = len(distinct) - length
+    per_video = env.preset.frames.per_video
     # Middle first, then the start and the end of the clip, each jittered a little so traces differ.
     anchors = [last_start // 2, 0, last_start][:wanted]
     calls = []
     for anchor in anchors:
         start = int(np.clip(anchor + rng.integers(-1, 2), 0, last_start))
-        calls.append(distinct[start : start + length])
+        run = distinct[start : start + length]
+        calls.append([p + 1 for p in run] + [per_video + p + 1 for p in run])
     return calls
 
 
-def _tool_call_text(frames: Sequence[int]) -> str:
-    call = {"name": TOOL_NAME, "arguments": {"target_frames": list(frames)}}
+def _tool_call_text(numbers: Sequence[int]) -> str:
+    call = {"name": TOOL_NAME, "arguments": {"target_frames": list(numbers)}}
     return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
 
 
-def _answer_lines(dimensions: Iterable[str], verdicts: Mapping[str, int]) -> str:
-    lines = [f"{dim}: \\boxed{{{verdicts[dim]}}}" for dim in dimensions]
-    lines.append(f"{OVERALL_LINE_NAME}: \\boxed{{{verdicts[OVERALL]}}}")
-    return "\n".join(lines)
+def _answer_text(verdicts: Mapping[str, int], keys: Sequence[str], confidence: tuple[str, int] | None = None) -> str:
+    pairs = [f"{k}={verdicts[k]}" for k in keys]
+    if confidence is not None:
+        pairs.append(f"{confidence[0]}={confidence[1]}")
+    return ", ".join(pairs)
 
 
-def _frames_text(frames: Sequence[int]) -> str:
-    return ", ".join(str(i) for i in frames)
+def _numbers_text(numbers: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in numbers)
 
 
 _QUALITY = {"none": "sharp and clean", "noise": "covered in heavy noise", "blur": "blurred"}
@@ -298,27 +308,31 @@ class _Writer:
     def __init__(self, record: PreferenceRecord, facts: tuple[_SideFacts, _SideFacts], style: str):
         self.record, self.facts, self.style = record, facts, style
 
+    def synthesis(self, seen_motion: bool) -> str:
+        if self.style == "brief":
+            return "Seen."
+        a, b = self.facts
+        motion = ""
+        if seen_motion:
+            motion = (f" Video 1 motion: {_MOTION_SHORT.get(a.motion, a.motion)}; Video 2 motion: "
+                      f"{_MOTION_SHORT.get(b.motion, b.motion)}.")
+        return (f"Video 1 shows {a.content}, {_QUALITY.get(a.quality, a.quality)}. Video 2 shows {b.content}, "
+                f"{_QUALITY.get(b.quality, b.quality)}.{motion}")
+
     def opening(self, initial: Sequence[int], next_call: Sequence[int] | None) -> str:
         if self.style == "brief":
             return "Look at the motion." if next_call else "Answer."
         a, b = self.facts
-        parts = [
-            f'The prompt asks for {self.record.prompt}. In the initial frames ({_frames_text(initial)}) '
-            f"Video 1 shows {a.content} and Video 2 shows {b.content}.",
-            self._alignment(),
-            f"Video 1 looks {_QUALITY.get(a.quality, a.quality)} and Video 2 looks {_QUALITY.get(b.quality, b.quality)}.",
-        ]
+        parts = [f"The prompt asks for {self.record.prompt}. The initial frames are {_numbers_text(initial)}.",
+                 self._alignment()]
         frozen = [v for v, f in ((1, a), (2, b)) if f.motion == "frozen"]
         if len(frozen) == 1:
-            other = 3 - frozen[0]
-            parts.append(
-                f"The objects of Video {frozen[0]} stay at the same place in every initial frame while those of "
-                f"Video {other} change position, so Video {frozen[0]} looks frozen."
-            )
+            parts.append(f"The objects of Video {frozen[0]} stay at the same place in every initial frame while "
+                         f"those of Video {3 - frozen[0]} change position, so Video {frozen[0]} looks frozen.")
         else:
             parts.append("The initial frames are far apart, so they cannot show whether the motion is smooth.")
         if next_call:
-            parts.append(f"I will look at the consecutive frames {_frames_text(next_call)} of both videos.")
+            parts.append(f"I will select frames {_numbers_text(next_call)} to compare consecutive moments.")
         return " ".join(parts)
 
     def _alignment(self) -> str:
@@ -330,96 +344,94 @@ class _Writer:
             return f"Video {good} matches the prompt and Video {bad} does not."
         return "Neither matches the prompt."
 
-    def after_call(self, frames: Sequence[int], next_call: Sequence[int] | None) -> str:
+    def after_call(self, numbers: Sequence[int], next_call: Sequence[int] | None) -> str:
         if self.style == "brief":
             return "Look again." if next_call else "Answer."
         a, b = self.facts
         if a.motion == b.motion:
-            text = f"In frames {_frames_text(frames)} the objects of both videos {_MOTION.get(a.motion, a.motion)}."
+            text = f"In frames {_numbers_text(numbers)} the objects of both videos {_MOTION.get(a.motion, a.motion)}."
         else:
-            text = (
-                f"In frames {_frames_text(frames)} the objects of Video 1 {_MOTION.get(a.motion, a.motion)}, "
-                f"while those of Video 2 {_MOTION.get(b.motion, b.motion)}."
-            )
+            text = (f"In frames {_numbers_text(numbers)} the objects of Video 1 {_MOTION.get(a.motion, a.motion)}, "
+                    f"while those of Video 2 {_MOTION.get(b.motion, b.motion)}.")
         if next_call:
-            text += f" To confirm, I will check frames {_frames_text(next_call)}."
+            text += f" To confirm, I will select frames {_numbers_text(next_call)}."
         return text
 
-    def synthesis(self) -> str:
-        a, b = self.facts
-        return (
-            f"Video 1: {a.content}, {_QUALITY.get(a.quality, a.quality)}, {_MOTION_SHORT.get(a.motion, a.motion)} "
-            f"motion. Video 2: {b.content}, {_QUALITY.get(b.quality, b.quality)}, "
-            f"{_MOTION_SHORT.get(b.motion, b.motion)} motion."
-        )
-
-    def decision(self, dimensions: Sequence[str], verdicts: Mapping[str, int], priority: Sequence[str]) -> str:
+    def decision(self, dimensions: Sequence[DimensionSpec], verdicts: Mapping[str, int], overall_key: str,
+                 priority: Sequence[str]) -> str:
         if self.style == "brief":
             return ""
-        lines = [f"{DIMENSION_NAMES.get(d, d).capitalize()}: {_which(verdicts[d])}." for d in dimensions]
-        overall = verdicts[OVERALL]
+        lines = [f"{DIMENSION_NAMES.get(d.key, d.name).capitalize()}: {_which(verdicts[d.key])}." for d in dimensions]
+        overall = verdicts[overall_key]
         if overall == 0:
             lines.append("No dimension differs, so overall it is a tie.")
         else:
-            deciding = next((d for d in priority if d in verdicts and verdicts[d] == overall), None)
+            deciding = next((k for k in priority if k in verdicts and verdicts[k] == overall), None)
             reason = f" on {DIMENSION_NAMES.get(deciding, deciding)}" if deciding else ""
             lines.append(f"Overall Video {overall} wins{reason}.")
         return " ".join(lines)
 
 
-def _turn(think: str, synthesis: str | None, action: str) -> str:
-    text = f"<think>{think}</think>\n"
-    if synthesis:
-        text += f"<synthesis>{synthesis}</synthesis>\n"
+def _turn(preset: ProtocolPreset, synthesis: str, think: str, recommend: str | None, action: str) -> str:
+    tags = preset.answer
+    text = f"<{tags.synthesis_tag}>{synthesis}</{tags.synthesis_tag}>\n<{tags.think_tag}>{think}</{tags.think_tag}>\n"
+    if recommend is not None:
+        text += f"<{tags.recommend_tag}>{recommend}</{tags.recommend_tag}>\n"
     return text + action
 
 
 def teacher_trace(
     record: PreferenceRecord,
-    env_config: EnvConfig = EnvConfig(),
+    preset: ProtocolPreset,
     config: TeacherConfig = TeacherConfig(),
-    dimensions: Sequence[str] | Mapping[str, str] | None = None,
+    dimensions: Sequence[DimensionSpec] | None = None,
     overall_priority: Sequence[str] = ("TA", "MQ", "VQ"),
 ) -> tuple[EpisodeTrace, VideoPairEnv]:
-    """Teacher trace of a labelled synthetic video pair (Video 1 = side a) and its finished environment.
+    """Teacher trace of a labelled synthetic video pair (Video 1 = side a) under ``preset`` and its finished
+    environment.
 
-    dimensions: judged dimensions (default: the label's, without overall, in label order).
-    overall_priority: the order in which the data's rule lets a dimension decide ``overall`` (the synthetic
-        set's default); used only to phrase the reason of the overall verdict.
-    Raises ``ValueError`` naming the record when it is not a video pair with a usable label and meta.
+    dimensions: judged dimensions (default: the preset's default set; their label keys must be in the label).
+    overall_priority: the answer keys in the order in which the data's rule lets a dimension decide the overall
+        verdict (the synthetic set's default); used only to phrase the reason of the overall verdict.
+    A recommended answer (before the last look) marks motion quality a tie with low confidence until the motion
+    was seen. Raises ``ValueError`` naming the record when it is not a video pair with a usable label and meta.
     """
     if record.a.video is None or record.b.video is None:
         raise ValueError(f"record {record.id!r}: teacher traces need a video on both sides")
     facts = (_side_facts(record, "a"), _side_facts(record, "b"))
-    dims = normalize_dimensions(
-        dimensions if dimensions is not None else [k for k in record.label if k != OVERALL]
-    )
-    label = {k: record.label[k] for k in [*dims, OVERALL] if k in record.label}
-    if set(label) != {*dims, OVERALL}:
-        raise ValueError(f"record {record.id!r}: label {record.label} lacks some of {[*dims, OVERALL]}")
-    verdicts = verdicts_from_label(label)
-    env = VideoPairEnv(record.prompt, record.a.video, record.b.video, dims, env_config)
+    dims = tuple(dimensions) if dimensions is not None else tuple(preset.dimensions())
+    missing = [d.label for d in dims if d.label not in record.label] + ([OVERALL] if OVERALL not in record.label else [])
+    if missing:
+        raise ValueError(f"record {record.id!r}: label {record.label} lacks {missing}")
+    label = {k: record.label[k] for k in [*(d.label for d in dims), OVERALL]}
+    verdicts = label_verdicts(label, preset, dims)
+    keys = [*(d.key for d in dims), preset.answer.overall_key]
+    seed = int(_rng(config.seed, record.id).integers(2**31))
+    env = VideoPairEnv(record.prompt, record.a.video, record.b.video, preset, dims, seed=seed)
     env.reset()
     calls = _plan_calls(facts, env, config, _rng(config.seed, record.id))
     writer = _Writer(record, facts, config.style)
-    answer = _answer_lines(dims, verdicts)
+    final = f"<{preset.answer.final_tag}>{_answer_text(verdicts, keys)}</{preset.answer.final_tag}>"
+    confidence_key = preset.answer.confidence_key
     turns = []
+    initial = [i + 1 for i in env.initial_indices()]
     first_call = calls[0] if calls else None
-    opening = writer.opening(env.initial_indices(1), first_call)
+    opening = writer.opening(initial, first_call)
+    decision = writer.decision(dims, verdicts, preset.answer.overall_key, overall_priority)
     if first_call is None:
-        decision = writer.decision(list(dims), verdicts, overall_priority)
-        turns.append(_turn(f"{opening} {decision}".strip(), None, answer))
+        turns.append(_turn(preset, writer.synthesis(False), f"{opening} {decision}".strip(), None, final))
     else:
-        turns.append(_turn(opening, None, _tool_call_text(first_call)))
-        for k, frames in enumerate(calls):
+        early = {**verdicts, "MQ": 0} if "MQ" in verdicts else dict(verdicts)
+        recommend = _answer_text(early, keys, (confidence_key, 3 if early != verdicts else 2))
+        turns.append(_turn(preset, writer.synthesis(False), opening, recommend, _tool_call_text(first_call)))
+        for k, numbers in enumerate(calls):
             following = calls[k + 1] if k + 1 < len(calls) else None
-            think = writer.after_call(frames, following)
-            synthesis = writer.synthesis() if config.style == "full" else None
+            think = writer.after_call(numbers, following)
             if following is not None:
-                turns.append(_turn(think, synthesis, _tool_call_text(following)))
+                recommend = _answer_text(verdicts, keys, (confidence_key, 2))
+                turns.append(_turn(preset, writer.synthesis(True), think, recommend, _tool_call_text(following)))
             else:
-                decision = writer.decision(list(dims), verdicts, overall_priority)
-                turns.append(_turn(f"{think} {decision}".strip(), synthesis, answer))
+                turns.append(_turn(preset, writer.synthesis(True), f"{think} {decision}".strip(), None, final))
     trace = EpisodeTrace(
         id=record.id,
         prompt=record.prompt,
@@ -427,31 +439,32 @@ def teacher_trace(
         video_2=Path(record.b.video),
         turns=turns,
         frames=[],
-        dimensions=dict(dims),
+        preset=preset,
+        dimensions=dims,
         label=label,
-        env=env_config,
+        seed=seed,
         source=f"teacher:{config.style}",
     )
     for text in turns:
         result = env.step(text)
-        if result.info["frames"]:
+        if env.turns[-1].tool is not None:
             trace.frames.append(list(result.info["frames"]))
     # A teacher trace that the environment rejects is a bug in this module, not bad data.
-    if any(t.problems for t in env.turns) or env.status != EpisodeStatus.ANSWERED or env.verdicts != verdicts:
-        problems = [str(p) for t in env.turns for p in t.problems]
+    if any(t.check.problems for t in env.turns) or env.status != EpisodeStatus.ANSWERED or env.verdicts != verdicts:
+        problems = [str(p) for t in env.turns for p in t.check.problems]
         raise RuntimeError(f"record {record.id!r}: teacher trace rejected ({env.status}, {problems})")
     return trace, env
 
 
 def teacher_traces(
     records: Iterable[PreferenceRecord],
-    env_config: EnvConfig = EnvConfig(),
+    preset: ProtocolPreset,
     config: TeacherConfig = TeacherConfig(),
-    dimensions: Sequence[str] | Mapping[str, str] | None = None,
+    dimensions: Sequence[DimensionSpec] | None = None,
     overall_priority: Sequence[str] = ("TA", "MQ", "VQ"),
 ) -> list[EpisodeTrace]:
     """Teacher traces of many records (see :func:`teacher_trace`)."""
-    return [teacher_trace(r, env_config, config, dimensions, overall_priority)[0] for r in records]
+    return [teacher_trace(r, preset, config, dimensions, overall_priority)[0] for r in records]
 
 
 # ------------------------------------------------------------------------------------------------- JSONL I/O
@@ -543,19 +556,40 @@ def _resolve(value: Any, root: Path, what: str) -> Path:
     return path
 
 
-def _env_config(raw: Any, base: EnvConfig) -> EnvConfig:
-    if raw is None:
-        return base
-    if not isinstance(raw, dict):
-        raise ValueError("env must be an object of EnvConfig fields")
-    unknown = set(raw) - _ENV_FIELDS
-    if unknown:
-        raise ValueError(f"env has unknown field(s) {sorted(unknown)}; allowed: {sorted(_ENV_FIELDS)}")
-    return EnvConfig(**{**asdict(base), **raw})
+def _preset(raw: Mapping[str, Any], default: ProtocolPreset) -> ProtocolPreset:
+    """The preset a trace line names (with its overrides), or ``default`` when it names none."""
+    name, overrides = raw.get("preset"), raw.get("preset_overrides") or []
+    if name is None and not overrides:
+        return default
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise ValueError("preset_overrides must be a list of key=value strings")
+    if isinstance(name, dict):
+        return ProtocolPreset.from_dict(name, where="trace preset")
+    if name is not None and not isinstance(name, str):
+        raise ValueError("preset must be a preset name or file")
+    try:
+        return load_preset(name or default.name, overrides)
+    except PresetError as err:
+        raise ValueError(str(err)) from err
 
 
-def parse_trace(raw: Any, root: Path, env_config: EnvConfig = EnvConfig()) -> EpisodeTrace:
-    """One JSONL object -> :class:`EpisodeTrace` (not replayed). Relative video paths resolve against ``root``."""
+def _dimensions(raw: Any, preset: ProtocolPreset) -> tuple[DimensionSpec, ...]:
+    if raw is None or isinstance(raw, str):
+        try:
+            return tuple(preset.dimensions(raw))
+        except PresetError as err:
+            raise ValueError(str(err)) from err
+    if not isinstance(raw, list) or not all(isinstance(d, dict) for d in raw):
+        raise ValueError("dimensions must be a dimension set name or a list of {key, label, name, description}")
+    try:
+        return tuple(DimensionSpec(**d) for d in raw)
+    except TypeError as err:
+        raise ValueError(f"dimensions: {err}") from err
+
+
+def parse_trace(raw: Any, root: Path, preset: ProtocolPreset | None = None) -> EpisodeTrace:
+    """One JSONL object -> :class:`EpisodeTrace` (not replayed). Relative video paths resolve against ``root``;
+    ``preset`` is used when the line names none (default: vr-thinker)."""
     if not isinstance(raw, dict):
         raise ValueError(f"a trace must be a JSON object, got {type(raw).__name__}")
     missing = [k for k in ("id", "prompt", "video_1", "video_2", "conversation") if k not in raw]
@@ -568,17 +602,16 @@ def parse_trace(raw: Any, root: Path, env_config: EnvConfig = EnvConfig()) -> Ep
         raise ValueError(f"id must be a non-empty string, got {raw['id']!r}")
     if not isinstance(raw["prompt"], str):
         raise ValueError("prompt must be a string")
+    chosen = _preset(raw, preset if preset is not None else load_preset())
+    dimensions = _dimensions(raw.get("dimensions"), chosen)
     label = raw.get("label")
     if label is not None:
         if not isinstance(label, dict) or OVERALL not in label:
             raise ValueError(f"label must be an object with {OVERALL!r}")
-        verdicts_from_label(label)  # raises on unknown values
-    dims_raw = raw.get("dimensions")
-    if dims_raw is None:
-        dims_raw = [k for k in label if k != OVERALL] if label is not None else DEFAULT_DIMENSIONS
-    dimensions = normalize_dimensions(dims_raw)
-    if label is not None and set(label) != {*dimensions, OVERALL}:
-        raise ValueError(f"label keys {sorted(label)} differ from the dimensions {sorted(dimensions)} + overall")
+        label_verdicts(label, chosen, dimensions)  # raises on unknown values
+    seed = raw.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError("seed must be an integer")
     turns, frames = _parse_conversation(raw["conversation"])
     source = raw.get("source", "")
     if not isinstance(source, str):
@@ -590,16 +623,17 @@ def parse_trace(raw: Any, root: Path, env_config: EnvConfig = EnvConfig()) -> Ep
         video_2=_resolve(raw["video_2"], root, "video_2"),
         turns=turns,
         frames=frames,
+        preset=chosen,
         dimensions=dimensions,
         label=dict(label) if label is not None else None,
-        env=_env_config(raw.get("env"), env_config),
+        seed=seed,
         source=source,
     )
 
 
 def read_traces(
     path: str | Path,
-    env_config: EnvConfig = EnvConfig(),
+    preset: ProtocolPreset | None = None,
     skip_invalid: bool = False,
     require_correct: bool = False,
     validate: bool = True,
@@ -607,10 +641,9 @@ def read_traces(
     """Read a trace JSONL file (teacher output or a stronger judge's conversations).
 
     Every line is parsed and, with ``validate``, replayed through the environment (videos decoded) so that only
-    clean episodes come back. ``env_config`` supplies the settings a line's ``env`` does not override.
-    ``require_correct`` also rejects traces whose verdicts disagree with their label. A bad line raises
-    :class:`TraceError` naming ``file:line`` and the id; with ``skip_invalid`` it is left out and its error kept
-    in ``TraceSet.skipped``. Ids must be unique.
+    clean episodes come back. ``preset`` is the protocol of lines that name none. ``require_correct`` also rejects
+    traces whose verdicts disagree with their label. A bad line raises :class:`TraceError` naming ``file:line``
+    and the id; with ``skip_invalid`` it is left out and its error kept in ``TraceSet.skipped``. Ids must be unique.
     """
     path = Path(path)
     root = path.parent.resolve()
@@ -629,7 +662,7 @@ def read_traces(
                     raise ValueError(f"malformed JSON: {err}") from err
                 if isinstance(raw, dict) and isinstance(raw.get("id"), str):
                     trace_id = raw["id"]
-                trace = parse_trace(raw, root, env_config)
+                trace = parse_trace(raw, root, preset)
                 if trace.id in first_line:
                     raise ValueError(f"duplicate id (first seen on line {first_line[trace.id]})")
                 if validate:
@@ -646,7 +679,8 @@ def read_traces(
 
 
 def trace_to_dict(trace: EpisodeTrace, root: Path) -> dict[str, Any]:
-    """JSONL object of a clean trace (tool calls, then the answer); video paths relative to ``root``."""
+    """JSONL object of a clean trace (tool calls, then the answer); video paths relative to ``root``. A call
+    answered with a notice or an error is written as a tool message with no frames."""
     if len(trace.frames) != len(trace.turns) - 1:
         raise ValueError(f"trace {trace.id!r}: {len(trace.turns)} turns need {len(trace.turns) - 1} tool results")
     conversation: list[dict[str, Any]] = []
@@ -659,12 +693,23 @@ def trace_to_dict(trace: EpisodeTrace, root: Path) -> dict[str, Any]:
         "prompt": trace.prompt,
         "video_1": Path(os.path.relpath(Path(trace.video_1).resolve(), root)).as_posix(),
         "video_2": Path(os.path.relpath(Path(trace.video_2).resolve(), root)).as_posix(),
-        "dimensions": trace.dimensions,
+        **_preset_fields(trace.preset),
+        "dimensions": [asdict(d) for d in trace.dimensions],
         "label": trace.label,
-        "env": asdict(trace.env),
+        "seed": trace.seed,
         "source": trace.source,
         "conversation": conversation,
     }
+
+
+def _preset_fields(preset: ProtocolPreset) -> dict[str, Any]:
+    """How a trace line names its preset: the name and overrides when they rebuild it, else the whole preset."""
+    try:
+        if load_preset(preset.name, list(preset.overrides)).to_dict() == preset.to_dict():
+            return {"preset": preset.name, "preset_overrides": list(preset.overrides)}
+    except PresetError:
+        pass
+    return {"preset": preset.to_dict()}
 
 
 def write_traces(path: str | Path, traces: Iterable[EpisodeTrace]) -> Path:

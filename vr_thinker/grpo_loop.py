@@ -6,8 +6,8 @@ One step (per process):
    roll out ``group_size`` episodes of each with :class:`~vr_thinker.rollout.HFRolloutEngine` (sampling; episode g
    of the pair at data position n has the seed ``episode_seed(seed, "train", n, g)``, whatever process or rollout
    batch it lands in).
-2. Score every group with :func:`vr_thinker.rewards.group_rewards` and turn the totals into group-normalised
-   advantages, shared by all turns of a trace (:func:`vr_thinker.grpo.group_advantages`).
+2. Score every group with the preset's rewards (:func:`vr_thinker.rewards.group_rewards`) and turn the totals into
+   group-normalised advantages, shared by all turns of a trace (:func:`vr_thinker.grpo.group_advantages`).
 3. Build one row per assistant turn with the exact windowed context it saw (:func:`vr_thinker.grpo.rollout_rows`),
    weights that normalise the loss per trace, reference log-probs (adapters disabled for LoRA, else a frozen copy
    of the starting model; skipped when ``kl_coef == 0``) and, when a rollout serves several updates, the old
@@ -15,15 +15,23 @@ One step (per process):
 4. ``updates_per_rollout`` optimizer steps over the rows in micro-batches (gradients synchronised across DDP
    processes only on the last micro-batch), clipped gradient norm, AdamW, a transformers LR schedule.
 
-Logged every ``logging_steps`` (TensorBoard under ``log_dir`` and ``train_log.jsonl``): reward and its components
-(accuracy, format, exploration), verdict accuracy per dimension, tool calls, response length, turns, episode
+Settings the config leaves unset (None) come from the preset's ``grpo`` section: for ``vr-thinker`` the official
+ones (KL 0.01 in the reward, clip 0.2 / 0.35, token losses summed and divided by 200, temperature 1.0 on the first
+turn and 0.9 later, top_p 0.95, top_k 40, lr 1e-6).
+
+Logged every ``logging_steps`` (TensorBoard under ``log_dir`` and ``train_log.jsonl``): reward and its terms
+(accuracy, format, curiosity, calls, CoT gain, exploration), verdict accuracy per dimension, tool calls, response length, turns, episode
 statuses, KL, clip fractions, entropy, loss, gradient norm, learning rate, timings. With ``eval_pairs`` the policy is
 also run on a fixed set every ``eval_steps`` (greedy or with fixed per-pair sampling seeds) and its mean reward logged.
 
 Checkpoints ``checkpoints/step_N`` (model, optimizer, scheduler, loop state, RNG of every process) are written
 atomically every ``save_steps``; a restarted loop resumes from the newest one, and log lines written after it by a
-killed run are dropped. Supported launches: one process (CPU or GPU) and DDP. Sharded engines (ZeRO-3, FSDP) would
-need the full weights gathered for generation, which the HF rollout engine does not do.
+killed run are dropped. Supported launches: one process (CPU or GPU) and DDP; a DeepSpeed or FSDP launch is refused
+(`require_data_parallel`): rollouts generate with the HF model on every process, which under ZeRO-3 / FSDP holds only
+a shard of the weights (generation would gather them layer by layer on every token), the frozen reference model is a
+full copy per process (sharding the policy alone would not fit a model that needs sharding), and under DeepSpeed the
+optimizer steps inside backward, after this loop's micro-batch accumulation and gradient guard would have run. For
+models that need sharding, ``train/vrt_grpo_trl.py`` runs TRL's GRPOTrainer, which handles those engines itself.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +56,7 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import unwrap_peft
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
+from mmreward.training.distributed import DEEPSPEED, FSDP, DistributedModeError, actual_mode, requested_mode
 from mmreward.training.trainer import (
     TrainerState,
     append_log,
@@ -55,29 +64,45 @@ from mmreward.training.trainer import (
     save_checkpoint_atomically,
     use_fused_adamw,
 )
-from vr_thinker.env import EnvConfig, VideoPairEnv
+from vr_thinker.env import VideoPairEnv
 from vr_thinker.grpo import (
     ADVANTAGE_SCALES,
+    KL_PLACES,
+    LOSS_AGGREGATIONS,
     GRPOLossConfig,
     PolicyRow,
     PolicyRowCollator,
     group_advantages,
     grpo_token_loss,
+    k3_kl,
+    kl_in_advantages,
     rollout_rows,
     token_logprobs,
     token_weights,
 )
-from vr_thinker.protocol import OVERALL, DimensionsLike, normalize_dimensions, verdicts_from_label
-from vr_thinker.rewards import RewardConfig, group_rewards
+from vr_thinker.presets import DimensionSpec, ProtocolPreset
+from vr_thinker.protocol import label_verdicts
+from vr_thinker.rewards import RewardTerms, group_rewards
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
 
 Video = str | Path | VideoClip
 
 
+def require_data_parallel(accelerator: Accelerator) -> None:
+    """Raise `DistributedModeError` unless the launch asked for and got one process or DDP (see the module doc)."""
+    wanted, got = requested_mode(), actual_mode(accelerator)
+    if wanted in (DEEPSPEED, FSDP) or got in (DEEPSPEED, FSDP):
+        raise DistributedModeError(
+            f"the VR-Thinker GRPO loop runs on one process or DDP, not {wanted if wanted in (DEEPSPEED, FSDP) else got}: "
+            "its rollouts generate with the full model on every process and it keeps a full reference copy; "
+            "launch it with train/accelerate/ddp.yaml, or use train/vrt_grpo_trl.py for sharded training"
+        )
+
+
 @dataclass(frozen=True)
 class JudgePair:
-    """One labelled pair to judge: ``label`` holds protocol verdicts (1 = Video 1 better, 2, 0 = tie) for every
-    dimension and "overall"."""
+    """One labelled pair to judge: ``label`` holds verdicts by answer key (1 = Video 1 better, 2, 0 = tie) for every
+    judged dimension and the overall key."""
 
     id: str
     prompt: str
@@ -86,18 +111,19 @@ class JudgePair:
     label: dict[str, int]
 
 
-def pairs_from_records(records: Sequence[PreferenceRecord], dimensions: DimensionsLike) -> list[JudgePair]:
+def pairs_from_records(records: Sequence[PreferenceRecord], preset: ProtocolPreset,
+                       dimensions: Sequence[DimensionSpec]) -> list[JudgePair]:
     """Video records (side a = Video 1) as judging pairs over ``dimensions`` + overall; raises naming the record
     when a side has no video or the label lacks a judged dimension."""
-    dims = list(normalize_dimensions(dimensions))
     pairs = []
+    wanted = [d.label for d in dimensions] + ["overall"]
     for record in records:
         if record.a.video is None or record.b.video is None:
             raise ValueError(f"record {record.id!r}: GRPO needs a video on both sides")
-        missing = [k for k in [*dims, OVERALL] if k not in record.label]
+        missing = [k for k in wanted if k not in record.label]
         if missing:
-            raise ValueError(f"record {record.id!r}: label has no {missing} (judged: {[*dims, OVERALL]})")
-        label = verdicts_from_label({k: record.label[k] for k in [*dims, OVERALL]})
+            raise ValueError(f"record {record.id!r}: label has no {missing} (judged: {wanted})")
+        label = label_verdicts(record.label, preset, dimensions)
         pairs.append(JudgePair(record.id, record.prompt, record.a.video, record.b.video, label))
     return pairs
 
@@ -108,32 +134,39 @@ class GRPOConfig:
 
     A step is one rollout batch (``pairs_per_step`` pairs x ``group_size`` episodes per process) followed by
     ``updates_per_rollout`` optimizer steps on it; ``max_steps``, ``logging_steps``, ``eval_steps`` and
-    ``save_steps`` count steps.
+    ``save_steps`` count steps. Fields left None take the preset's GRPO defaults (:meth:`resolved`).
     """
 
     output_dir: str = field(default="", metadata={"help": "stage output directory (checkpoints/, logs/)"})
     seed: int = field(default=0, metadata={"help": "seed of the data order and the rollout sampling"})
     max_steps: int = field(default=100, metadata={"help": "rollout steps"})
     pairs_per_step: int = field(default=2, metadata={"help": "pairs rolled out per step and process"})
-    group_size: int = field(default=8, metadata={"help": "G: episodes per pair (one advantage group)"})
+    group_size: int | None = field(default=None, metadata={"help": "G: episodes per pair (one advantage group)"})
     updates_per_rollout: int = field(default=1, metadata={"help": "optimizer steps per rollout batch (mu)"})
     micro_batch_rows: int = field(default=4, metadata={"help": "training rows per forward"})
     rollout_batch_size: int = field(default=0, metadata={"help": "episodes per generation batch (0: all at once)"})
-    learning_rate: float = field(default=1e-6, metadata={"help": "AdamW learning rate"})
+    learning_rate: float | None = field(default=None, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
     warmup_steps: int = field(default=0, metadata={"help": "warm-up optimizer steps"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
-    clip_low: float = field(default=0.2, metadata={"help": "ratio clipped below at 1 - clip_low"})
-    clip_high: float = field(default=0.28, metadata={"help": "ratio clipped above at 1 + clip_high (DAPO)"})
-    kl_coef: float = field(default=0.01, metadata={"help": "k3 KL coefficient (0: no reference model)"})
-    entropy_coef: float = field(default=0.0, metadata={"help": "entropy bonus coefficient"})
+    clip_low: float | None = field(default=None, metadata={"help": "ratio clipped below at 1 - clip_low"})
+    clip_high: float | None = field(default=None, metadata={"help": "ratio clipped above at 1 + clip_high (DAPO)"})
+    kl_coef: float | None = field(default=None, metadata={"help": "k3 KL coefficient (0: no reference model)"})
+    kl_in: str | None = field(default=None, metadata={"help": "reward (official) | loss: where the KL enters"})
+    entropy_coef: float | None = field(default=None, metadata={"help": "entropy bonus coefficient"})
+    loss_aggregation: str | None = field(default=None, metadata={"help": "constant | token_mean | trace_mean"})
+    loss_constant: float | None = field(default=None, metadata={"help": "divisor of the summed token losses"})
     advantage_scale: str = field(default="std", metadata={"help": "std (GRPO) | none (Dr. GRPO)"})
-    advantage_eps: float = field(default=1e-4, metadata={"help": "added to the group std"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (log-probs use it too)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling (1 = off)"})
-    top_k: int = field(default=0, metadata={"help": "top-k sampling (0 = off)"})
-    max_new_tokens: int = field(default=512, metadata={"help": "token limit per assistant turn"})
+    advantage_eps: float | None = field(default=None, metadata={"help": "added to the group std"})
+    advantage_population_std: bool = field(default=True, metadata={"help": "population std (official) or unbiased"})
+    reward_variant: str | None = field(default=None, metadata={"help": "official | paper (default: the preset's)"})
+    temperature: float | None = field(default=None, metadata={"help": "sampling temperature of the first turn"})
+    later_temperature: float | None = field(default=None, metadata={"help": "sampling temperature of later turns"})
+    logprob_temperature: float = field(default=1.0, metadata={"help": "logits are divided by it for log-probs"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling (1 = off)"})
+    top_k: int | None = field(default=None, metadata={"help": "top-k sampling (0 = off)"})
+    max_new_tokens: int | None = field(default=None, metadata={"help": "token limit per assistant turn"})
     merge_rows: bool = field(default=True, metadata={"help": "one row for turns whose contexts extend each other"})
     logging_steps: int = field(default=1, metadata={"help": "log every N steps"})
     eval_steps: int = field(default=0, metadata={"help": "run the fixed eval set every N steps (0: start and end)"})
@@ -149,41 +182,60 @@ class GRPOConfig:
         problems = []
         for name in ("max_steps", "pairs_per_step", "group_size", "updates_per_rollout", "micro_batch_rows",
                      "logging_steps", "eval_samples", "max_new_tokens", "save_total_limit"):
-            if getattr(self, name) < 1:
+            value = getattr(self, name)
+            if value is not None and value < 1:
                 problems.append(f"{name} must be >= 1")
         if self.advantage_scale not in ADVANTAGE_SCALES:
             problems.append(f"advantage_scale must be one of {ADVANTAGE_SCALES}")
-        if self.temperature <= 0:
-            problems.append("temperature must be > 0")
+        for name in ("temperature", "later_temperature", "logprob_temperature"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} must be > 0")
+        if self.kl_in is not None and self.kl_in not in KL_PLACES:
+            problems.append(f"kl_in must be one of {KL_PLACES}")
+        if self.loss_aggregation is not None and self.loss_aggregation not in LOSS_AGGREGATIONS:
+            problems.append(f"loss_aggregation must be one of {LOSS_AGGREGATIONS}")
+        if self.reward_variant not in (None, "official", "paper"):
+            problems.append("reward_variant must be official or paper")
         if problems:
             raise ValueError("; ".join(problems))
 
+    def resolved(self, preset: ProtocolPreset) -> GRPOConfig:
+        """A copy with every unset (None) setting taken from the preset's GRPO defaults."""
+        defaults = preset.grpo
+        values = {name: getattr(defaults, name) for name in (
+            "group_size", "learning_rate", "clip_low", "clip_high", "kl_coef", "kl_in", "entropy_coef",
+            "loss_aggregation", "loss_constant", "advantage_eps", "temperature", "later_temperature", "top_p",
+            "top_k", "max_new_tokens") if getattr(self, name) is None}
+        if self.reward_variant is None:
+            values["reward_variant"] = preset.reward.variant
+        return replace(self, **values)
+
     def loss(self) -> GRPOLossConfig:
-        return GRPOLossConfig(self.clip_low, self.clip_high, self.kl_coef, self.entropy_coef)
+        return GRPOLossConfig(self.clip_low, self.clip_high, self.kl_coef, self.kl_in, self.entropy_coef)
 
     def sampling(self, greedy: bool = False) -> SamplingConfig:
         """How episodes are generated (seeds are given per episode)."""
         return SamplingConfig(max_new_tokens=self.max_new_tokens, do_sample=not greedy, temperature=self.temperature,
-                              top_k=self.top_k, top_p=self.top_p)
+                              later_temperature=self.later_temperature, top_k=self.top_k, top_p=self.top_p)
 
 
-def trace_summary(traces: Sequence[RolloutTrace], pairs: Sequence[JudgePair], rewards: Sequence[Any],
-                  dimensions: Sequence[str]) -> dict[str, float]:
-    """Means over traces: reward and components, verdict accuracy per dimension, tool calls, response length,
+def trace_summary(traces: Sequence[RolloutTrace], pairs: Sequence[JudgePair], rewards: Sequence[RewardTerms],
+                  keys: Sequence[str]) -> dict[str, float]:
+    """Means over traces: reward and its terms, verdict accuracy per answer key, tool calls, response length,
     turns, and the share of each episode status."""
     n = len(traces)
     out = {
         "reward/mean": sum(r.total for r in rewards) / n,
         "reward/std": float(np.std([r.total for r in rewards])),
-        "reward/accuracy": sum(r.accuracy for r in rewards) / n,
-        "reward/format": sum(r.format for r in rewards) / n,
-        "reward/exploration": sum(r.exploration for r in rewards) / n,
+        **{f"reward/{term}": sum(getattr(r, term) for r in rewards) / n
+           for term in ("accuracy", "format", "curiosity", "calls", "cot_gain", "exploration")},
         "tool_calls/mean": sum(t.outcome.num_tool_calls for t in traces) / n,
         "tool_calls/any": sum(t.outcome.num_tool_calls > 0 for t in traces) / n,
         "response_length/mean": sum(t.num_generated_tokens for t in traces) / n,
         "turns/mean": sum(len(t.turns) for t in traces) / n,
     }
-    for key in [*dimensions, OVERALL]:
+    for key in keys:
         out[f"accuracy/{key}"] = sum(t.outcome.verdicts.get(key) == p.label[key] for t, p in zip(traces, pairs)) / n
     for status, count in Counter(t.status for t in traces).items():
         out[f"status/{status}"] = count / n
@@ -194,8 +246,8 @@ class GRPOLoop:
     """Trains ``model`` (HF Qwen-VL or a ``peft.PeftModel``; trainable parameters already chosen) with GRPO on
     ``pairs``; ``train()`` runs or resumes to ``config.max_steps`` and returns the final metrics.
 
-    env_config / dimensions: the episode settings (must be the ones the model was trained with).
-    eval_pairs: a fixed set judged at the start, every ``eval_steps`` and at the end (mean reward logged).
+    preset / dimensions: the protocol (must be the one the model was trained with); its GRPO defaults fill the
+    config's unset settings. eval_pairs: a fixed set judged at the start, every ``eval_steps`` and at the end.
     """
 
     def __init__(
@@ -203,24 +255,26 @@ class GRPOLoop:
         model: Any,
         processor: Any,
         pairs: Sequence[JudgePair],
-        env_config: EnvConfig,
-        dimensions: DimensionsLike,
+        preset: ProtocolPreset,
+        dimensions: Sequence[DimensionSpec],
         config: GRPOConfig,
-        reward_config: RewardConfig = RewardConfig(),
         eval_pairs: Sequence[JudgePair] = (),
         accelerator: Accelerator | None = None,
         log_dir: str | Path | None = None,
     ):
         if not pairs:
             raise ValueError("no training pairs")
-        self.cfg, self.reward_cfg, self.loss_cfg = config, reward_config, config.loss()
+        config = config.resolved(preset)
+        self.cfg, self.loss_cfg = config, config.loss()
         self.output_dir = Path(config.output_dir)
         self.log_dir = Path(log_dir) if log_dir is not None else self.output_dir / "logs"
         self.accelerator = accelerator or Accelerator(
             cpu=config.use_cpu or not torch.cuda.is_available(), log_with="tensorboard", project_dir=str(self.log_dir)
         )
+        require_data_parallel(self.accelerator)
         self.pairs, self.eval_pairs = list(pairs), list(eval_pairs)
-        self.env_config, self.dimensions = env_config, normalize_dimensions(dimensions)
+        self.preset, self.dimensions = preset, tuple(dimensions)
+        self.keys = [*(d.key for d in self.dimensions), preset.answer.overall_key]
         self.processor = processor
         self.collator = PolicyRowCollator(processor)
         self.state = TrainerState()  # the step, which is also the data position
@@ -276,9 +330,10 @@ class GRPOLoop:
             picked.append(self.pairs[int(order[offset])])
         return picked
 
-    def _envs(self, pairs: Sequence[JudgePair], copies: int) -> list[VideoPairEnv]:
-        return [VideoPairEnv(p.prompt, p.video_1, p.video_2, self.dimensions, self.env_config)
-                for p in pairs for _ in range(copies)]
+    def _envs(self, pairs: Sequence[JudgePair], copies: int, seeds: Sequence[int]) -> list[VideoPairEnv]:
+        """Episodes of each pair; episode i's seed also draws its tool's over-limit reductions."""
+        return [VideoPairEnv(p.prompt, p.video_1, p.video_2, self.preset, self.dimensions, seed=seed)
+                for p, seed in zip([p for p in pairs for _ in range(copies)], seeds)]
 
     def rollout(self, envs: list[VideoPairEnv], sampling: SamplingConfig, seeds: Sequence[int]) -> list[RolloutTrace]:
         """Episodes generated by the current policy (eval mode, no gradients), in batches of
@@ -307,22 +362,24 @@ class GRPOLoop:
         acc, cfg = self.accelerator, self.cfg
         started = time.perf_counter()
         pairs = self.step_pairs(self.state.step)
-        envs = self._envs(pairs, cfg.group_size)
         seeds = [episode_seed(cfg.seed, "train", position, g)
                  for position in self.step_positions(self.state.step) for g in range(cfg.group_size)]
+        envs = self._envs(pairs, cfg.group_size, seeds)
         traces = self.rollout(envs, cfg.sampling(), seeds)
         rollout_s = time.perf_counter() - started
 
-        rewards = []
+        rewards: list[RewardTerms] = []
         for g, pair in enumerate(pairs):
             group = traces[g * cfg.group_size : (g + 1) * cfg.group_size]
-            rewards += group_rewards([t.outcome for t in group], pair.label, self.reward_cfg)
+            rewards += group_rewards(group, pair.label, self.preset, step=self.state.step,
+                                     variant=cfg.reward_variant)
         group_ids = [i // cfg.group_size for i in range(len(traces))]
-        advantages = group_advantages([r.total for r in rewards], group_ids, cfg.advantage_scale, cfg.advantage_eps)
+        advantages = group_advantages([r.total for r in rewards], group_ids, cfg.advantage_scale, cfg.advantage_eps,
+                                      cfg.advantage_population_std)
         rows = rollout_rows(traces, cfg.merge_rows)
-        row_weights = torch.tensor(token_weights(rows))
-        row_advantages = advantages[[row.trace for row in rows]]
         micro = self._micro_batches(rows)
+        row_weights = torch.tensor(token_weights(rows, cfg.loss_aggregation, cfg.loss_constant, len(micro)))
+        row_advantages = advantages[[row.trace for row in rows]]
         batches = [self.collator([rows[i] for i in chunk]) for chunk in micro]
 
         device = acc.device
@@ -332,10 +389,10 @@ class GRPOLoop:
             if self.loss_cfg.kl_coef > 0:
                 with self._reference() as reference:
                     reference.eval()
-                    ref_logps = [token_logprobs(reference, b, cfg.temperature)[0] for b in batches]
+                    ref_logps = [token_logprobs(reference, b, cfg.logprob_temperature)[0] for b in batches]
             if cfg.updates_per_rollout > 1:  # with one update the old policy is the current one (ratio 1)
                 self.unwrapped().eval()
-                old_logps = [token_logprobs(self.model, b, cfg.temperature)[0] for b in batches]
+                old_logps = [token_logprobs(self.model, b, cfg.logprob_temperature)[0] for b in batches]
 
         self.model.train()
         totals = {"loss": 0.0, "kl": 0.0, "entropy": 0.0, "low": 0.0, "high": 0.0, "tokens": 0.0}
@@ -345,14 +402,18 @@ class GRPOLoop:
             for index, (chunk, batch) in enumerate(zip(micro, batches)):
                 last = index == len(micro) - 1
                 with acc.no_sync(self.model) if not last else nullcontext():
-                    logp, entropy = token_logprobs(self.model, batch, cfg.temperature, with_entropy=True,
+                    logp, entropy = token_logprobs(self.model, batch, cfg.logprob_temperature, with_entropy=True,
                                                    entropy_grad=entropy_mode)
                     token_rows = batch["token_rows"].to(device)
                     weights = row_weights[chunk].to(device)[token_rows]
                     old = old_logps[index].to(device) if old_logps[index] is not None else logp.detach()
                     ref = ref_logps[index].to(device) if ref_logps[index] is not None else None
-                    terms = grpo_token_loss(logp, old, row_advantages[chunk].to(device)[token_rows], self.loss_cfg,
-                                            ref_logp=ref, entropy=entropy)
+                    token_advantages = row_advantages[chunk].to(device)[token_rows]
+                    if ref is not None and self.loss_cfg.kl_in == "reward":
+                        # The KL of the rollout policy to the reference is a reward, summed to each turn's end.
+                        token_advantages = kl_in_advantages(token_advantages, k3_kl(old, ref),
+                                                            batch["loss_mask"], self.loss_cfg.kl_coef)
+                    terms = grpo_token_loss(logp, old, token_advantages, self.loss_cfg, ref_logp=ref, entropy=entropy)
                     loss = (terms.loss * weights).sum()
                     if not torch.isfinite(loss):
                         raise FloatingPointError(f"non-finite GRPO loss at step {self.state.step + 1}")
@@ -372,8 +433,7 @@ class GRPOLoop:
         self.state.step += 1
 
         tokens = max(totals["tokens"], 1.0)
-        metrics = trace_summary(traces, [p for p in pairs for _ in range(cfg.group_size)], rewards,
-                                list(self.dimensions))
+        metrics = trace_summary(traces, [p for p in pairs for _ in range(cfg.group_size)], rewards, self.keys)
         metrics.update({
             "loss": totals["loss"] / cfg.updates_per_rollout,
             "kl": totals["kl"] / tokens,
@@ -403,10 +463,12 @@ class GRPOLoop:
         rows = []
         if mine:
             seeds = [episode_seed(cfg.seed, "eval", pair.id, j) for pair in mine for j in range(cfg.eval_samples)]
-            traces = self.rollout(self._envs(mine, cfg.eval_samples), cfg.sampling(greedy=cfg.eval_greedy), seeds)
+            traces = self.rollout(self._envs(mine, cfg.eval_samples, seeds), cfg.sampling(greedy=cfg.eval_greedy),
+                                  seeds)
             for g, pair in enumerate(mine):
                 group = traces[g * cfg.eval_samples : (g + 1) * cfg.eval_samples]
-                for trace, reward in zip(group, group_rewards([t.outcome for t in group], pair.label, self.reward_cfg)):
+                scored = group_rewards(group, pair.label, self.preset, step=self.state.step, variant=cfg.reward_variant)
+                for trace, reward in zip(group, scored):
                     rows.append((trace, pair, reward))
         gathered = gather_object([(t.outcome, t.status, t.num_generated_tokens, p.label, r) for t, p, r in rows])
         n = len(gathered)
@@ -417,7 +479,7 @@ class GRPOLoop:
             "eval/response_length": sum(length for _, _, length, _, _ in gathered) / n,
             "eval/episodes": float(n),
         }
-        for key in [*self.dimensions, OVERALL]:
+        for key in self.keys:
             out[f"eval/accuracy/{key}"] = sum(o.verdicts.get(key) == label[key] for o, _, _, label, _ in gathered) / n
         return out
 

@@ -1,32 +1,25 @@
-"""VR-Thinker conversation protocol: prompts, the ``select_frames`` tool, message builders and a strict parser.
+"""The VR-Thinker turn protocol of a preset: what an assistant turn must look like, what the tool does with it, the
+messages of an episode and how verdicts map to record labels.
 
-The judge compares two videos ("Video 1" and "Video 2") for a text prompt. It sees a few frames of each, may ask
-for more with ``select_frames``, and ends with one verdict per dimension plus an overall verdict.
+An assistant turn (tags as in the official code; whitespace between blocks is free, any other text outside them
+is a format error)::
 
-Assistant turn layout (whitespace between blocks is free; anything else outside the blocks is a problem)::
+    <synthesis> what the frames showed </synthesis>
+    <think> reasoning </think>
+    then EITHER
+    <recommend answer>TA=1, VQ=0, MQ=1, OA=1, CF=2</recommend answer>
+    <tool_call>{"name": "select_frames", "arguments": {"target_frames": [13, 25, 61, 73]}}</tool_call>
+    OR
+    <final answer>TA=1, VQ=0, MQ=1, OA=1</final answer>
 
-    <think> free-form reasoning </think>
-    <synthesis> optional summary of what the frames showed </synthesis>
-    then EITHER exactly one tool call (Hermes/Qwen format):
-    <tool_call>
-    {"name": "select_frames", "arguments": {"target_frames": [3, 10, 17]}}
-    </tool_call>
-    OR the final answer, one line per dimension (in any order) and an ``Overall`` line, nothing else:
-    VQ: \\boxed{1}
-    MQ: \\boxed{2}
-    TA: \\boxed{0}
-    Overall: \\boxed{1}
+Frame numbers are 1-based over the two pools concatenated: Video 1 is 1..P, Video 2 P+1..2P (P frames per video).
+Verdict values: 1 = Video 1 better, 2 = Video 2 better, 0 = tie; ``CF`` (1-3, high to low) is the confidence of a
+recommended answer. A ``\\boxed{V}`` inside the final answer is its overall verdict (the official reward reads the
+box) and must agree with ``OA`` when both are given.
 
-Verdicts: 1 = Video 1 is better, 2 = Video 2 is better, 0 = tie. Line names match case-insensitively; boxes
-inside ``<think>``/``<synthesis>`` are ignored, so the model may reason about verdicts freely.
-
-Frame addressing: every video is sampled into a frame pool; pool index ``i`` of Video 1 and of Video 2 is the
-same position in the pool (with the default count-based pool, the same relative moment). ``target_frames`` are
-pool indices and one call shows the chosen indices of *both* videos, so the model compares the same moments.
-
-Messages use the transformers multimodal chat format (``{"type": "image", "image": PIL.Image}`` /
-``{"type": "text", "text": ...}`` parts); assistant turns keep the generated text verbatim (tool call included)
-so re-rendering a conversation reproduces exactly the tokens the model produced.
+:func:`check_turn` states the protocol in one place: format validity, the parsed tool call and its result (frames
+to show, or the notice / error text for the model), whether the turn ends the episode, and the answer. It never
+raises on model output. Deliberate differences from the official code are listed in docs/vr_thinker_protocol.md.
 """
 
 from __future__ import annotations
@@ -36,55 +29,54 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 from PIL import Image
 
+from vr_thinker.presets import DimensionSpec, ProtocolPreset, fill
+
 TOOL_NAME = "select_frames"
-OVERALL = "overall"
-OVERALL_LINE_NAME = "Overall"
-VERDICT_VALUES = (0, 1, 2)
-VERDICT_FROM_LABEL = {"a": 1, "b": 2, "tie": 0}
+OVERALL = "overall"  # the record label key of the overall verdict
+LABEL_VERDICTS = {"a": 1, "b": 2, "tie": 0}
 
-DEFAULT_DIMENSIONS: dict[str, str] = {
-    "VQ": "visual quality: sharpness, artifacts, aesthetics of individual frames",
-    "MQ": "motion quality: smooth, physically plausible, temporally consistent motion",
-    "TA": "text alignment: how well the video matches the prompt",
-}
-
-DimensionsLike = Mapping[str, str] | Sequence[str]
+Message = dict[str, Any]
 
 
 class ProblemCode(str, Enum):
-    """Names of everything that can be wrong with an assistant turn (parser and environment)."""
+    """Everything that can be wrong with an assistant turn (format) or its tool call (answered by the tool)."""
 
-    TRUNCATED = "truncated"  # generation hit the token limit or a block tag is never closed
-    NO_THINK = "no_think"
-    TEXT_BEFORE_THINK = "text_before_think"
-    MULTIPLE_THINK = "multiple_think"
-    MISPLACED_SYNTHESIS = "misplaced_synthesis"
-    UNBALANCED_TAG = "unbalanced_tag"  # a closing tag without its opening tag
-    NO_ACTION = "no_action"  # neither a tool call nor an answer
-    UNEXPECTED_TEXT = "unexpected_text"
+    # format of the turn
+    TRUNCATED = "truncated"  # generation hit the token limit
+    MISSING_TAG = "missing_tag"
+    UNCLOSED_TAG = "unclosed_tag"
+    DUPLICATE_TAG = "duplicate_tag"
+    STRAY_CLOSING_TAG = "stray_closing_tag"
+    TAG_ORDER = "tag_order"
+    TEXT_OUTSIDE_TAGS = "text_outside_tags"
+    NO_ACTION = "no_action"  # neither a tool call nor a final answer
+    CALL_AND_ANSWER = "call_and_answer"
+    CALL_WITHOUT_RECOMMEND = "call_without_recommend"
+    RECOMMEND_WITHOUT_CALL = "recommend_without_call"
     MULTIPLE_TOOL_CALLS = "multiple_tool_calls"
-    TOOL_CALL_AND_ANSWER = "tool_call_and_answer"
-    NO_JSON = "no_json"
-    INVALID_JSON = "invalid_json"
-    UNKNOWN_TOOL = "unknown_tool"
-    INVALID_ARGUMENTS = "invalid_arguments"
-    WRONG_KEY = "wrong_key"
-    NOT_A_LIST = "not_a_list"
-    NON_INT_INDEX = "non_int_index"
-    EMPTY_FRAMES = "empty_frames"
-    MISSING_BOX = "missing_box"
-    UNKNOWN_BOX_VALUE = "unknown_box_value"
+    ANSWER_SYNTAX = "answer_syntax"
+    UNKNOWN_KEY = "unknown_key"
+    DUPLICATE_KEY = "duplicate_key"
+    MISSING_KEY = "missing_key"
+    BAD_VALUE = "bad_value"
+    BAD_CONFIDENCE = "bad_confidence"
     MULTIPLE_BOXES = "multiple_boxes"
-    UNKNOWN_DIMENSION = "unknown_dimension"
-    DUPLICATE_VERDICT = "duplicate_verdict"
-    MISSING_VERDICT = "missing_verdict"
-    # Found by the environment, which knows the frame pool and the budget.
-    INDEX_OUT_OF_RANGE = "index_out_of_range"
-    TOO_MANY_FRAMES = "too_many_frames"
+    BOX_DISAGREES = "box_disagrees"
+    # the tool call (the turn stays well-formed; the tool answers with an error or a notice)
+    INVALID_JSON = "invalid_json"
+    NOT_AN_OBJECT = "not_an_object"
+    UNKNOWN_TOOL = "unknown_tool"
+    BAD_ARGUMENTS = "bad_arguments"
+    NOT_A_LIST = "not_a_list"
+    NON_INT_FRAME = "non_int_frame"
+    EMPTY_FRAMES = "empty_frames"
+    OUT_OF_RANGE = "out_of_range"
+    OVER_LIMIT = "over_limit"
 
 
 @dataclass(frozen=True)
@@ -97,400 +89,374 @@ class Problem:
 
 
 @dataclass
-class ParsedTurn:
-    """Typed result of :func:`parse_assistant_turn`.
+class ToolResult:
+    """What the tool does with a call. kind: ``frames`` (show ``frames``, 0-based pool indices, in the order asked),
+    ``notice`` (a message instead of frames: too many frames asked) or ``error`` (an execution error message).
+    requested: the frame numbers as the call gave them (None when they could not be read)."""
 
-    kind: "tool_call" / "answer" for a turn without problems, else "invalid".
-    attempted: what the turn tried to do even when invalid ("tool_call" when any ``<tool_call>`` tag is present,
-        "answer" when the text after the reasoning has a ``\\boxed{}`` or a line naming a dimension or Overall,
-        else "none"); the environment uses it to decide between a retry and ending the episode (answer).
-    verdicts: the verdicts that could be read (dimension name as given by the caller, plus "overall"), also for an
-        invalid answer, so a partly broken answer still scores the verdicts it carries.
-    """
-
-    kind: Literal["tool_call", "answer", "invalid"]
-    attempted: Literal["tool_call", "answer", "none"]
-    think: str | None = None
-    synthesis: str | None = None
-    tool_name: str | None = None
-    tool_args: dict[str, Any] | None = None
-    target_frames: list[int] | None = None
-    verdicts: dict[str, int] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
+    kind: str
+    frames: list[int] = field(default_factory=list)
+    message: str = ""
+    requested: list[int] | None = None
+    problem: Problem | None = None
+    reduced: bool = False
 
     @property
-    def ok(self) -> bool:
-        return not self.problems
+    def error(self) -> bool:
+        return self.kind == "error"
+
+
+@dataclass
+class TurnState:
+    """What :func:`check_turn` needs besides the text.
+
+    calls_made: tool calls the tool already answered in this episode; turn_index: 0-based number of this assistant
+    turn; context_tokens / output_tokens: tokens of the context the turn was generated from and of the turn (None:
+    not counted, no context cap); images: images in that context; truncated: generation stopped at the token limit;
+    rng: draws the official over-limit reduction (None: a fresh seeded generator, so results repeat).
+    """
+
+    calls_made: int = 0
+    turn_index: int = 0
+    context_tokens: int | None = None
+    output_tokens: int | None = None
+    images: int = 0
+    truncated: bool = False
+    rng: np.random.Generator | None = None
+    dimensions: Sequence[DimensionSpec] | None = None
+
+
+@dataclass
+class TurnCheck:
+    """The protocol's reading of one assistant turn.
+
+    format_valid: the turn follows the layout and its answer syntax (``problems`` says why not).
+    tool_call: the tool's result for a call that runs (None: no call, or a call that does not run because the
+        turn ends the episode). final: the turn ends the episode; end_reason says why (``answer``, ``no_tool_call``,
+        ``format``, ``call_budget``, ``turn_limit``, ``context``, ``images``, or "" while it goes on).
+    answer: verdicts of the final answer by answer key (with the overall key), None without one.
+    recommend: the recommended answer's verdicts (with ``CF``), None without one.
+    attempted_call: the turn ends with a tool call (whether or not it runs).
+    """
+
+    format_valid: bool
+    problems: list[Problem]
+    final: bool
+    end_reason: str
+    tool_call: ToolResult | None = None
+    answer: dict[str, int] | None = None
+    recommend: dict[str, int] | None = None
+    attempted_call: bool = False
+    synthesis: str | None = None
+    think: str | None = None
 
     @property
     def codes(self) -> list[ProblemCode]:
         return [p.code for p in self.problems]
 
 
-@dataclass(frozen=True)
-class Frame:
-    """One pool frame shown to the model. video: 1 or 2; index: pool index; timestamp in seconds if known."""
-
-    video: int
-    index: int
-    image: Image.Image
-    timestamp: float | None = None
-
-    @property
-    def label(self) -> str:
-        time = f" ({self.timestamp:.2f} s)" if self.timestamp is not None else ""
-        return f"Video {self.video}, frame {self.index}{time}:"
+# ---------------------------------------------------------------------------------------------------- parsing
 
 
-# ----------------------------------------------------------------------------------------------------------- prompts
-
-
-def normalize_dimensions(dimensions: DimensionsLike) -> dict[str, str]:
-    """Dimension name -> description. Names must be unique (case-insensitively), non-empty, single words of
-    letters/digits/underscores, and not "overall" (always judged separately)."""
-    if isinstance(dimensions, Mapping):
-        items = [(str(k), str(v)) for k, v in dimensions.items()]
-    else:
-        items = [(str(k), DEFAULT_DIMENSIONS.get(str(k), "")) for k in dimensions]
-    seen: set[str] = set()
-    for name, _ in items:
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
-            raise ValueError(f"dimension name {name!r} must be a word of letters, digits and underscores")
-        if name.lower() == OVERALL or name.lower() in seen:
-            raise ValueError(f"dimension name {name!r} is reserved or repeated")
-        seen.add(name.lower())
-    return dict(items)
-
-
-def select_frames_tool(max_frames_per_call: int = 8) -> dict[str, Any]:
-    """The ``select_frames`` schema in the OpenAI/Qwen function format (pass as ``tools=[...]``)."""
-    return {
-        "type": "function",
-        "function": {
-            "name": TOOL_NAME,
-            "description": (
-                "Show more frames of both videos. Each index is a position in the frame pool; the same "
-                f"positions of Video 1 and Video 2 are shown. At most {max_frames_per_call} indices per call."
-            ),
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "target_frames": {
-                        "type": "array",
-                        "items": {"type": "integer"},
-                        "description": "Frame pool indices (0-based) to view in both videos.",
-                    }
-                },
-                "required": ["target_frames"],
-            },
-        },
-    }
-
-
-SELECT_FRAMES_TOOL = select_frames_tool()
-
-
-def build_system_prompt(max_tool_calls: int = 3, max_frames_per_call: int = 8) -> str:
-    return (
-        "You are a careful video judge. You compare two videos generated for the same text prompt, Video 1 and "
-        "Video 2, on several quality dimensions and overall.\n"
-        "You first see a few frames of each video. Each frame is labelled with its video and its index in the "
-        "video's frame pool. If you need to see more, call the select_frames tool with pool indices: it shows the "
-        f"frames at those indices in both videos, at most {max_frames_per_call} indices per call and at most "
-        f"{max_tool_calls} calls in total. Older tool images may be removed from your context; keep notes.\n"
-        "Every reply starts with your reasoning inside <think>...</think>, optionally followed by a summary of "
-        "what the frames showed inside <synthesis>...</synthesis>. Then give EITHER exactly one tool call:\n"
-        '<tool_call>\n{"name": "select_frames", "arguments": {"target_frames": [2, 9]}}\n</tool_call>\n'
-        "OR your final answer: one line per dimension and a last line for the overall verdict, each of the form "
-        "`NAME: \\boxed{V}` where V is 1 if Video 1 is better, 2 if Video 2 is better, 0 for a tie. "
-        "Write nothing else after the reasoning."
-    )
-
-
-SYSTEM_PROMPT = build_system_prompt()
-
-
-def answer_template(dimensions: DimensionsLike) -> str:
-    """The expected answer lines, e.g. ``VQ: \\boxed{1|2|0}`` ... ``Overall: \\boxed{1|2|0}``."""
-    names = [*normalize_dimensions(dimensions), OVERALL_LINE_NAME]
-    return "\n".join(f"{name}: \\boxed{{1|2|0}}" for name in names)
-
-
-def system_message(text: str = SYSTEM_PROMPT) -> dict[str, Any]:
-    return {"role": "system", "content": [{"type": "text", "text": text}]}
-
-
-def build_first_user_message(
-    prompt: str,
-    dimensions: DimensionsLike,
-    frames: Sequence[Frame],
-    pool_sizes: tuple[int, int],
-) -> dict[str, Any]:
-    """First user turn: the prompt, the dimensions, the pool sizes and the initial frames (each labelled)."""
-    dims = normalize_dimensions(dimensions)
-    dim_lines = "\n".join(f"- {name}: {desc}" if desc else f"- {name}" for name, desc in dims.items())
-    header = (
-        f'Prompt: "{prompt}"\n\n'
-        f"Judge these dimensions and overall:\n{dim_lines}\n\n"
-        f"Frame pools: Video 1 has frames 0-{pool_sizes[0] - 1}, Video 2 has frames 0-{pool_sizes[1] - 1}.\n"
-        "Initial frames:\n"
-    )
-    content: list[dict[str, Any]] = [{"type": "text", "text": header}]
-    content += _frame_parts(frames)
-    content.append({"type": "text", "text": f"\nFinal answer format:\n{answer_template(dims)}"})
-    return {"role": "user", "content": content}
-
-
-def build_frames_message(frames: Sequence[Frame], notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Tool result of a successful ``select_frames`` call: labelled frames, then any notes."""
-    indices = sorted({f.index for f in frames})
-    content: list[dict[str, Any]] = [{"type": "text", "text": f"Frames {indices}:\n"}]
-    content += _frame_parts(frames)
-    if notes:
-        content.append({"type": "text", "text": "\n" + "\n".join(notes)})
-    return {"role": "tool", "content": content}
-
-
-def build_feedback_message(problems: Sequence[Problem], as_tool: bool, notes: Sequence[str] = ()) -> dict[str, Any]:
-    """Observation after an unusable turn. A broken tool call is answered in the tool role (it is the call's
-    result); any other unusable turn gets a user message."""
-    lines = ["Your last message could not be used:", *(f"- {p}" for p in problems), *notes]
-    lines.append(
-        "Reply with <think>...</think>, then either one <tool_call> for select_frames or the final answer lines."
-    )
-    return {"role": "tool" if as_tool else "user", "content": [{"type": "text", "text": "\n".join(lines)}]}
-
-
-def build_assistant_message(text: str) -> dict[str, Any]:
-    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
-
-
-def image_placeholder() -> dict[str, Any]:
-    """What replaces a frame image that left the memory window (its label text stays in front of it)."""
-    return {"type": "text", "text": "[image removed from context]\n"}
-
-
-def _frame_parts(frames: Sequence[Frame]) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = []
-    for frame in frames:
-        parts.append({"type": "text", "text": f"{frame.label}\n"})
-        parts.append({"type": "image", "image": frame.image})
-    return parts
-
-
-def verdicts_from_label(label: Mapping[str, str]) -> dict[str, int]:
-    """Record label ("a"/"b"/"tie" per dimension, Video 1 = side a) -> protocol verdicts (1/2/0)."""
-    out = {}
-    for dim, value in label.items():
-        if value not in VERDICT_FROM_LABEL:
-            raise ValueError(f"label {dim!r} has value {value!r}; expected one of {sorted(VERDICT_FROM_LABEL)}")
-        out[dim] = VERDICT_FROM_LABEL[value]
-    return out
-
-
-# ------------------------------------------------------------------------------------------------------------ parser
-
-_TAG = re.compile(r"<(/?)(think|synthesis|tool_call)>")
-_BOX = re.compile(r"\\boxed\{([^{}]*)\}")
-_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s*:\s*(.*)$")
+def _tags(preset: ProtocolPreset) -> list[str]:
+    a = preset.answer
+    return [a.synthesis_tag, a.think_tag, a.recommend_tag, "tool_call", a.final_tag]
 
 
 @dataclass
 class _Block:
-    kind: Literal["text", "think", "synthesis", "tool_call"]
+    tag: str
     body: str
-    closed: bool = True
+    start: int
+    end: int
 
 
-def _split_blocks(text: str, problems: list[Problem]) -> list[_Block]:
-    """Split the text into tagged blocks and free text. Inside a block only its own closing tag ends it."""
+def _blocks(text: str, tags: Sequence[str], problems: list[Problem]) -> list[_Block]:
+    """The tagged blocks in order. Inside a block only its own closing tag ends it; a closing tag with no opening
+    and an opening tag never closed are problems."""
+    pattern = re.compile("<(/?)(" + "|".join(re.escape(t) for t in tags) + ")>")
     blocks: list[_Block] = []
     pos = 0
     while True:
-        match = _TAG.search(text, pos)
+        match = pattern.search(text, pos)
         if match is None:
-            blocks.append(_Block("text", text[pos:]))
-            return [b for b in blocks if b.kind != "text" or b.body.strip()]
-        closing, name = match.group(1), match.group(2)
-        blocks.append(_Block("text", text[pos : match.start()]))
+            return blocks
+        closing, tag = match.group(1), match.group(2)
         if closing:
-            problems.append(Problem(ProblemCode.UNBALANCED_TAG, f"</{name}> without <{name}>"))
+            problems.append(Problem(ProblemCode.STRAY_CLOSING_TAG, f"</{tag}> without <{tag}>"))
             pos = match.end()
             continue
-        end = text.find(f"</{name}>", match.end())
+        end = text.find(f"</{tag}>", match.end())
         if end < 0:
-            problems.append(Problem(ProblemCode.TRUNCATED, f"<{name}> is never closed"))
-            blocks.append(_Block(name, text[match.end() :], closed=False))  # type: ignore[arg-type]
-            return [b for b in blocks if b.kind != "text" or b.body.strip()]
-        blocks.append(_Block(name, text[match.end() : end]))  # type: ignore[arg-type]
-        pos = end + len(name) + 3
+            problems.append(Problem(ProblemCode.UNCLOSED_TAG, f"<{tag}> is never closed"))
+            blocks.append(_Block(tag, text[match.end():], match.start(), len(text)))
+            return blocks
+        blocks.append(_Block(tag, text[match.end():end], match.start(), end + len(tag) + 3))
+        pos = end + len(tag) + 3
 
 
-def _parse_tool_call(body: str, problems: list[Problem]) -> tuple[str | None, dict | None, list[int] | None]:
-    body = body.strip()
-    try:
-        call = json.loads(body)
-    except json.JSONDecodeError as err:
-        if "{" not in body:
-            problems.append(Problem(ProblemCode.NO_JSON, f"tool call holds no JSON object: {body[:80]!r}"))
+_BOX = re.compile(r"\\boxed\{([^{}]*)\}")
+_PAIR = re.compile(r"^\s*([A-Za-z]+)\s*=\s*(\S+)\s*$")
+
+
+def parse_answer(body: str, keys: Sequence[str], preset: ProtocolPreset, recommend: bool,
+                 problems: list[Problem]) -> dict[str, int]:
+    """Verdicts of an answer block (``KEY=V`` pairs separated by commas, semicolons or newlines; keys match
+    case-insensitively). ``keys``: the dimension keys; the overall key is always expected, the confidence key in a
+    recommended answer. A final answer may hold one ``\\boxed{V}``, read as the overall verdict."""
+    ans = preset.answer
+    where = ans.recommend_tag if recommend else ans.final_tag
+    expected = [*keys, ans.overall_key] + ([ans.confidence_key] if recommend else [])
+    by_lower = {k.lower(): k for k in expected}
+    boxes = _BOX.findall(body)
+    box = None
+    if boxes and recommend:
+        problems.append(Problem(ProblemCode.ANSWER_SYNTAX, f"<{where}> may not hold a \\boxed{{}}"))
+    elif len(boxes) > 1:
+        problems.append(Problem(ProblemCode.MULTIPLE_BOXES, f"<{where}> holds {len(boxes)} boxes"))
+    elif boxes:
+        value = boxes[0].strip()
+        if value in ("0", "1", "2"):
+            box = int(value)
         else:
-            problems.append(Problem(ProblemCode.INVALID_JSON, f"tool call is not valid JSON ({err.msg})"))
-        return None, None, None
-    if not isinstance(call, dict):
-        problems.append(Problem(ProblemCode.INVALID_JSON, "tool call JSON must be an object"))
-        return None, None, None
-    name, args = call.get("name"), call.get("arguments")
-    if name != TOOL_NAME:
-        problems.append(Problem(ProblemCode.UNKNOWN_TOOL, f"unknown tool {name!r}; the only tool is {TOOL_NAME}"))
-    extra = sorted(set(call) - {"name", "arguments"})
-    if extra:
-        problems.append(Problem(ProblemCode.WRONG_KEY, f"unexpected keys {extra} in the tool call"))
-    if not isinstance(args, dict):
-        problems.append(Problem(ProblemCode.INVALID_ARGUMENTS, "'arguments' must be a JSON object"))
-        return name if isinstance(name, str) else None, None, None
-    if set(args) != {"target_frames"}:
-        problems.append(
-            Problem(ProblemCode.WRONG_KEY, f"arguments must have exactly the key 'target_frames', got {sorted(args)}")
-        )
-        return name, args, None
-    frames = args["target_frames"]
-    if not isinstance(frames, list):
-        problems.append(Problem(ProblemCode.NOT_A_LIST, "'target_frames' must be a list of integers"))
-        return name, args, None
-    # bool is an int subclass in Python; JSON true/false are not frame indices.
-    bad = [f for f in frames if not isinstance(f, int) or isinstance(f, bool)]
-    if bad:
-        problems.append(Problem(ProblemCode.NON_INT_INDEX, f"frame indices must be integers, got {bad}"))
-        return name, args, None
-    if not frames:
-        problems.append(Problem(ProblemCode.EMPTY_FRAMES, "'target_frames' is empty"))
-        return name, args, None
-    return name, args, list(frames)
-
-
-def _parse_answer(text: str, dims: Mapping[str, str], problems: list[Problem]) -> dict[str, int]:
-    names = {name.lower(): name for name in dims}
-    names[OVERALL] = OVERALL
+            problems.append(Problem(ProblemCode.BAD_VALUE, f"\\boxed{{{value}}} is not 1, 2 or 0"))
+    rest = _BOX.sub(" ", body)
     verdicts: dict[str, int] = {}
-    mentioned: set[str] = set()  # names that have a line, even a broken one (reported there, not as missing)
-    if "\\boxed" not in text:
-        problems.append(Problem(ProblemCode.MISSING_BOX, "the answer has no \\boxed{} verdicts"))
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
+    for piece in re.split(r"[,;\n]", rest):
+        if not piece.strip():
             continue
-        match = _LINE.match(line)
+        match = _PAIR.match(piece)
         if match is None:
-            problems.append(Problem(ProblemCode.UNEXPECTED_TEXT, f"not a `NAME: \\boxed{{V}}` line: {line[:80]!r}"))
+            problems.append(Problem(ProblemCode.ANSWER_SYNTAX, f"<{where}>: {piece.strip()[:60]!r} is not KEY=V"))
             continue
-        shown = match.group(1)
-        key = names.get(shown.lower())
+        key = by_lower.get(match.group(1).lower())
         if key is None:
-            problems.append(Problem(ProblemCode.UNKNOWN_DIMENSION, f"unknown dimension {shown!r}"))
+            problems.append(Problem(ProblemCode.UNKNOWN_KEY, f"<{where}>: unknown key {match.group(1)!r}"))
             continue
-        if key in mentioned:
-            problems.append(Problem(ProblemCode.DUPLICATE_VERDICT, f"{shown} is given twice"))
+        if key in verdicts:
+            problems.append(Problem(ProblemCode.DUPLICATE_KEY, f"<{where}>: {key} is given twice"))
             continue
-        mentioned.add(key)
-        value = match.group(2).strip()
-        boxes = _BOX.findall(value)
-        if not boxes:
-            problems.append(Problem(ProblemCode.MISSING_BOX, f"{shown} has no \\boxed{{}} verdict"))
+        value = match.group(2)
+        allowed = ans.confidence_values if key == ans.confidence_key else (0, 1, 2)
+        if not value.isdigit() or int(value) not in allowed:
+            code = ProblemCode.BAD_CONFIDENCE if key == ans.confidence_key else ProblemCode.BAD_VALUE
+            problems.append(Problem(code, f"<{where}>: {key}={value} is not one of {list(allowed)}"))
             continue
-        if len(boxes) > 1:
-            problems.append(Problem(ProblemCode.MULTIPLE_BOXES, f"{shown} has {len(boxes)} boxes"))
-            continue
-        if _BOX.fullmatch(value) is None:
-            problems.append(Problem(ProblemCode.UNEXPECTED_TEXT, f"text around the box in {line[:80]!r}"))
-        box = boxes[0].strip()
-        if box not in {"0", "1", "2"}:
-            problems.append(Problem(ProblemCode.UNKNOWN_BOX_VALUE, f"{shown}: \\boxed{{{box}}} is not 1, 2 or 0"))
-            continue
-        verdicts[key] = int(box)
-    for name in [*dims, OVERALL]:
-        if name not in mentioned:
-            line_name = OVERALL_LINE_NAME if name == OVERALL else name
-            problems.append(Problem(ProblemCode.MISSING_VERDICT, f"no {line_name} line"))
+        verdicts[key] = int(value)
+    if box is not None:
+        if ans.overall_key in verdicts and verdicts[ans.overall_key] != box:
+            problems.append(Problem(ProblemCode.BOX_DISAGREES,
+                                    f"\\boxed{{{box}}} and {ans.overall_key}={verdicts[ans.overall_key]} disagree"))
+        verdicts.setdefault(ans.overall_key, box)
+    for key in expected:
+        if key not in verdicts and not any(p.detail.startswith(f"<{where}>: {key}=") for p in problems):
+            problems.append(Problem(ProblemCode.MISSING_KEY, f"<{where}> has no {key}"))
     return verdicts
 
 
-def _looks_like_answer(text: str, dims: Mapping[str, str]) -> bool:
-    """An answer attempt has a box or at least one line naming a dimension or Overall; other free text is not
-    an answer (the model gets a retry instead of ending the episode)."""
-    if _BOX.search(text):
-        return True
-    names = {name.lower() for name in dims} | {OVERALL}
-    lines = (_LINE.match(line.strip()) for line in text.splitlines())
-    return any(m is not None and m.group(1).lower() in names for m in lines)
+def _parse_call(body: str) -> tuple[list[int] | None, Problem | None]:
+    """Frame numbers of a ``select_frames`` call, or the problem the tool reports."""
+    try:
+        call = json.loads(body)
+    except json.JSONDecodeError as err:
+        return None, Problem(ProblemCode.INVALID_JSON, f"the tool call is not valid JSON: {err}")
+    if not isinstance(call, dict):
+        return None, Problem(ProblemCode.NOT_AN_OBJECT, "the tool call must be a JSON object with name and arguments")
+    if call.get("name") != TOOL_NAME:
+        return None, Problem(ProblemCode.UNKNOWN_TOOL, f"unknown tool {call.get('name')!r}; the tool is {TOOL_NAME}")
+    args = call.get("arguments")
+    if not isinstance(args, dict) or "target_frames" not in args:
+        return None, Problem(ProblemCode.BAD_ARGUMENTS, "arguments must be an object with 'target_frames'")
+    frames = args["target_frames"]
+    if not isinstance(frames, list):
+        return None, Problem(ProblemCode.NOT_A_LIST, "'target_frames' must be a list of frame numbers")
+    # bool is an int subclass in Python; JSON true/false are not frame numbers.
+    bad = [f for f in frames if not isinstance(f, int) or isinstance(f, bool)]
+    if bad:
+        return None, Problem(ProblemCode.NON_INT_FRAME, f"frame numbers must be integers, got {bad}")
+    if not frames:
+        return [], Problem(ProblemCode.EMPTY_FRAMES, "'target_frames' is empty")
+    return list(frames), None
 
 
-def parse_assistant_turn(text: str, dimensions: DimensionsLike, truncated: bool = False) -> ParsedTurn:
-    """Parse one assistant turn strictly (layout in the module docstring).
+def reduce_frames(numbers: list[int], rng: np.random.Generator) -> list[int]:
+    """The official reduction of a list above the per-call limit: first half, last half (``numbers[-n // 2:]``,
+    the larger half for odd n), every second number, or a random half (sorted), each with probability 1/4."""
+    n = len(numbers)
+    choice = int(rng.integers(4))
+    if choice == 0:
+        return numbers[: n // 2]
+    if choice == 1:
+        return numbers[-n // 2:]
+    if choice == 2:
+        return numbers[::2]
+    picked = rng.choice(np.arange(n), size=n // 2, replace=False)
+    return sorted(numbers[i] for i in picked)
 
-    truncated: set by the caller when generation stopped at its token limit (no end-of-turn token); the turn is
-    then invalid even if it looks complete. Never raises on model output.
-    """
-    dims = normalize_dimensions(dimensions)
+
+def run_tool(numbers: list[int] | None, problem: Problem | None, preset: ProtocolPreset,
+             rng: np.random.Generator) -> ToolResult:
+    """The tool's answer to a call: frames to show, or a notice / execution error for the model."""
+    prompt, limit, total = preset.prompt, preset.frames.max_per_call, preset.total_frames
+    if problem is not None:
+        return ToolResult("error", message=fill(prompt.execution_error, message=problem.detail), requested=numbers,
+                          problem=problem)
+    assert numbers is not None
+    outside = [x for x in numbers if not 1 <= x <= total]
+    if outside:
+        text = fill(prompt.out_of_range_message, total=total)
+        return ToolResult("notice", message=fill(prompt.tool_notice, message=text), requested=numbers,
+                          problem=Problem(ProblemCode.OUT_OF_RANGE, f"frames {outside} are outside 1-{total}"))
+    shown, reduced = numbers, False
+    if len(numbers) > limit:
+        if preset.frames.over_limit == "reduce" and rng.random() < preset.frames.reduce_probability:
+            shown, reduced = reduce_frames(numbers, rng)[:limit], True
+        else:
+            text = fill(prompt.over_limit_message, count=len(numbers), limit=limit)
+            return ToolResult("notice", message=fill(prompt.tool_notice, message=text), requested=numbers,
+                              problem=Problem(ProblemCode.OVER_LIMIT, f"{len(numbers)} frames asked, at most {limit}"))
+    return ToolResult("frames", frames=[x - 1 for x in shown], requested=numbers, reduced=reduced)
+
+
+def check_turn(text: str, state: TurnState, preset: ProtocolPreset) -> TurnCheck:
+    """Read one assistant turn under ``preset`` (layout in the module docstring). Never raises on model output."""
+    dims = state.dimensions if state.dimensions is not None else preset.dimensions()
+    keys = [d.key for d in dims]
+    ans = preset.answer
     problems: list[Problem] = []
-    if truncated:
+    if state.truncated:
         problems.append(Problem(ProblemCode.TRUNCATED, "generation stopped at the token limit"))
-    blocks = _split_blocks(text, problems)
+    blocks = _blocks(text, _tags(preset), problems)
+    order = [b.tag for b in blocks]
+    for tag in set(order):
+        if order.count(tag) > 1:
+            code = ProblemCode.MULTIPLE_TOOL_CALLS if tag == "tool_call" else ProblemCode.DUPLICATE_TAG
+            problems.append(Problem(code, f"<{tag}> appears {order.count(tag)} times"))
+    # Text outside the blocks.
+    pos, outside = 0, []
+    for block in blocks:
+        outside.append(text[pos:block.start])
+        pos = block.end
+    outside.append(text[pos:])
+    if any(chunk.strip() for chunk in outside):
+        problems.append(Problem(ProblemCode.TEXT_OUTSIDE_TAGS, "text outside the tags"))
 
-    thinks = [i for i, b in enumerate(blocks) if b.kind == "think"]
-    think = synthesis = None
-    rest_start = 0
-    if not thinks:
-        problems.append(Problem(ProblemCode.NO_THINK, "the turn must start with <think>...</think>"))
+    first = {}
+    for block in blocks:
+        first.setdefault(block.tag, block)
+    for tag in (ans.synthesis_tag, ans.think_tag):
+        if tag not in first:
+            problems.append(Problem(ProblemCode.MISSING_TAG, f"no <{tag}>"))
+    has_call, has_final, has_rec = "tool_call" in first, ans.final_tag in first, ans.recommend_tag in first
+    if has_call and has_final:
+        problems.append(Problem(ProblemCode.CALL_AND_ANSWER, "a tool call and a final answer in one turn"))
+    elif not has_call and not has_final:
+        problems.append(Problem(ProblemCode.NO_ACTION, f"neither a tool call nor <{ans.final_tag}>"))
+    if has_call and not has_rec:
+        problems.append(Problem(ProblemCode.CALL_WITHOUT_RECOMMEND, f"a tool call needs <{ans.recommend_tag}> first"))
+    if has_rec and not has_call:
+        problems.append(Problem(ProblemCode.RECOMMEND_WITHOUT_CALL, f"<{ans.recommend_tag}> must be followed by a call"))
+    expected_order = [ans.synthesis_tag, ans.think_tag, ans.recommend_tag, "tool_call", ans.final_tag]
+    seen = [t for t in dict.fromkeys(order)]
+    if seen != sorted(seen, key=expected_order.index):
+        problems.append(Problem(ProblemCode.TAG_ORDER, f"tags in the order {seen}; expected {expected_order}"))
+
+    recommend = answer = None
+    if has_rec:
+        recommend = parse_answer(first[ans.recommend_tag].body, keys, preset, True, problems)
+    if has_final:
+        answer = parse_answer(first[ans.final_tag].body, keys, preset, False, problems)
+    format_valid = not problems
+    synthesis = first[ans.synthesis_tag].body.strip() if ans.synthesis_tag in first else None
+    think = first[ans.think_tag].body.strip() if ans.think_tag in first else None
+
+    # The turn is a tool call when it ends with one (as the official loop decides).
+    attempted = text.rstrip().endswith("</tool_call>") and has_call
+    check = TurnCheck(format_valid, problems, final=True, end_reason="", answer=answer, recommend=recommend,
+                      attempted_call=attempted, synthesis=synthesis, think=think)
+    if not attempted:
+        check.end_reason = "answer" if has_final and format_valid else ("format" if not format_valid else "no_tool_call")
+        return check
+    limits = preset.limits
+    if not format_valid:
+        check.end_reason = "format"
+    elif state.calls_made >= limits.max_tool_calls:
+        check.end_reason = "call_budget"
+    elif state.turn_index + 1 >= limits.max_turns:
+        check.end_reason = "turn_limit"
+    elif (limits.max_context_tokens is not None and state.context_tokens is not None
+          and state.context_tokens + (state.output_tokens or 0) > limits.max_context_tokens):
+        check.end_reason = "context"
+    elif limits.max_images is not None and state.images > limits.max_images:
+        check.end_reason = "images"
+    if check.end_reason:
+        return check
+    numbers, problem = _parse_call(first["tool_call"].body)
+    rng = state.rng if state.rng is not None else np.random.default_rng(0)
+    check.tool_call = run_tool(numbers, problem, preset, rng)
+    check.final = False
+    return check
+
+
+# --------------------------------------------------------------------------------------------------- messages
+
+
+def text_part(text: str) -> dict[str, Any]:
+    return {"type": "text", "text": text}
+
+
+def system_message(preset: ProtocolPreset, dimensions: Sequence[DimensionSpec]) -> Message:
+    return {"role": "system", "content": [text_part(preset.system_text(dimensions))]}
+
+
+def first_user_message(preset: ProtocolPreset, prompt: str, dimensions: Sequence[DimensionSpec],
+                       frames: Sequence[Image.Image]) -> Message:
+    """The initial frames (one video input, or images) followed by the task text."""
+    media: list[dict[str, Any]]
+    if preset.prompt.first_turn_media == "video":
+        media = [{"type": "video", "video": list(frames), "fps": preset.prompt.initial_video_fps}]
     else:
-        think = blocks[thinks[0]].body.strip()
-        rest_start = thinks[-1] + 1
-        if len(thinks) > 1:
-            problems.append(Problem(ProblemCode.MULTIPLE_THINK, f"{len(thinks)} <think> blocks"))
-        if thinks[0] != 0:
-            problems.append(Problem(ProblemCode.TEXT_BEFORE_THINK, "text before <think>"))
-    rest = blocks[rest_start:]
-    if rest and rest[0].kind == "synthesis":
-        synthesis = rest[0].body.strip()
-        rest = rest[1:]
-    if any(b.kind == "synthesis" for b in rest):
-        problems.append(Problem(ProblemCode.MISPLACED_SYNTHESIS, "<synthesis> must directly follow </think>"))
-        rest = [b for b in rest if b.kind != "synthesis"]
+        media = [{"type": "image", "image": frame} for frame in frames]
+    return {"role": "user", "content": [*media, text_part(preset.first_turn_text(prompt, dimensions))]}
 
-    calls = [b for b in rest if b.kind == "tool_call"]
-    texts = [b for b in rest if b.kind == "text"]
-    if calls:
-        if len(calls) > 1:
-            problems.append(Problem(ProblemCode.MULTIPLE_TOOL_CALLS, f"{len(calls)} tool calls; one per turn"))
-        if any(_BOX.search(b.body) for b in texts):
-            problems.append(Problem(ProblemCode.TOOL_CALL_AND_ANSWER, "a tool call and an answer in one turn"))
-        elif texts:
-            problems.append(Problem(ProblemCode.UNEXPECTED_TEXT, "text outside the tool call"))
-        name = args = frames = None
-        if calls[0].closed:
-            name, args, frames = _parse_tool_call(calls[0].body, problems)
-        ok = not problems
-        return ParsedTurn(
-            kind="tool_call" if ok else "invalid",
-            attempted="tool_call",
-            think=think,
-            synthesis=synthesis,
-            tool_name=name,
-            tool_args=args,
-            target_frames=frames,
-            problems=problems,
-        )
-    answer = "\n".join(b.body for b in texts)
-    if not _looks_like_answer(answer, dims):
-        if not any(p.code == ProblemCode.TRUNCATED for p in problems):
-            detail = "no tool call and no answer (`NAME: \\boxed{V}` lines) after the reasoning"
-            problems.append(Problem(ProblemCode.NO_ACTION, detail))
-        return ParsedTurn("invalid", "none", think=think, synthesis=synthesis, problems=problems)
-    verdicts = _parse_answer(answer, dims, problems)
-    return ParsedTurn(
-        kind="invalid" if problems else "answer",
-        attempted="answer",
-        think=think,
-        synthesis=synthesis,
-        verdicts=verdicts,
-        problems=problems,
-    )
+
+def tool_reply_message(preset: ProtocolPreset, result: ToolResult, images: Sequence[Image.Image] = ()) -> Message:
+    """The tool's reply: the frames (after the reply text), or the notice / error text."""
+    role = preset.prompt.tool_reply_role
+    if result.kind == "frames":
+        return {"role": role, "content": [text_part(preset.prompt.tool_reply),
+                                          *({"type": "image", "image": image} for image in images)]}
+    return {"role": role, "content": [text_part(result.message)]}
+
+
+def assistant_message(text: str) -> Message:
+    return {"role": "assistant", "content": [text_part(text)]}
+
+
+# ----------------------------------------------------------------------------------------------------- labels
+
+
+def label_verdicts(label: Mapping[str, str], preset: ProtocolPreset,
+                   dimensions: Sequence[DimensionSpec] | None = None) -> dict[str, int]:
+    """A record label ("a"/"b"/"tie" by label key, "overall" included) as verdicts by answer key. Dimensions the
+    label lacks are left out; a value that is not a/b/tie raises naming it."""
+    dims = dimensions if dimensions is not None else preset.dimensions()
+    out = {}
+    for key, label_key in [*((d.key, d.label) for d in dims), (preset.answer.overall_key, OVERALL)]:
+        if label_key not in label:
+            continue
+        value = label[label_key]
+        if value not in LABEL_VERDICTS:
+            raise ValueError(f"label {label_key!r} has value {value!r}; expected one of {sorted(LABEL_VERDICTS)}")
+        out[key] = LABEL_VERDICTS[value]
+    if preset.answer.overall_key not in out:
+        raise ValueError(f"label has no {OVERALL!r}: {dict(label)}")
+    return out
+
+
+def verdict_labels(verdicts: Mapping[str, int], preset: ProtocolPreset,
+                   dimensions: Sequence[DimensionSpec] | None = None) -> dict[str, str]:
+    """Verdicts by answer key as record label values ("a"/"b"/"tie") by label key ("overall" for the overall)."""
+    dims = dimensions if dimensions is not None else preset.dimensions()
+    names = {d.key: d.label for d in dims} | {preset.answer.overall_key: OVERALL}
+    return {names[k]: preset.answer.verdicts[v] for k, v in verdicts.items() if k in names}

@@ -28,7 +28,8 @@ from trl.chat_template_utils import get_training_chat_template, has_generation_m
 
 from vr_thinker.cold_start import EpisodeTrace, replay
 from vr_thinker.env import Message, VideoPairEnv
-from vr_thinker.protocol import build_assistant_message
+from vr_thinker.protocol import assistant_message
+from vr_thinker.rollout.context import message_media, seconds_per_grid
 
 IGNORE_INDEX = -100
 
@@ -87,7 +88,7 @@ def episode_rows(env: VideoPairEnv, trace_id: str = "", merge: bool = True) -> l
     rows: list[SFTRow] = []
     for k, turn in enumerate(env.turns):
         context = env.messages(before_turn=k)
-        assistant = build_assistant_message(turn.text)
+        assistant = assistant_message(turn.text)
         if merge and rows and _extends(rows[-1].messages, context):
             rows[-1].messages = [*context, assistant]
             rows[-1].loss_turns.append(k)
@@ -177,7 +178,7 @@ class VRThinkerSFTCollator:
             raise ValueError("examples of one batch must share the tool schema (same max_frames_per_call)")
         out = self.processor.apply_chat_template(
             [ex["messages"] for ex in examples],
-            tools=tools,
+            tools=tools or None,
             chat_template=self.chat_template,
             tokenize=True,
             return_dict=True,
@@ -203,4 +204,10 @@ class VRThinkerSFTCollator:
             ids = [ex["trace_id"] for ex in examples]
             raise ValueError(f"a row of traces {ids} has {length} tokens > max_length={self.max_length}")
         out["labels"] = labels
+        if "second_per_grid_ts" in out:
+            # The rollout places video frames in time from the message's frame rate; the processor would take
+            # it from video metadata the frame lists do not have.
+            spans = [seconds_per_grid(self.processor, fps) for ex in examples
+                     for kind, _, fps in message_media(ex["messages"]) if kind == "video"]
+            out["second_per_grid_ts"] = torch.tensor(spans)
         return dict(out)

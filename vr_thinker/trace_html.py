@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vr_thinker.env import VideoPairEnv
-from vr_thinker.protocol import OVERALL, VERDICT_FROM_LABEL
+from vr_thinker.protocol import label_verdicts
 
 _STYLE = """
 body { font-family: sans-serif; max-width: 70em; margin: 1em auto; color: #222; }
@@ -38,70 +38,72 @@ def _png(image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _frames_html(env: VideoPairEnv, indices_1: Sequence[int], indices_2: Sequence[int]) -> str:
-    rows = []
-    for video, indices in ((1, indices_1), (2, indices_2)):
-        figures = []
-        for index in indices:
-            if index >= env.pool_sizes[video - 1]:
-                continue
-            frame = env.frame(video, index)
-            figures.append(
-                f'<figure><img src="{_png(frame.image)}" alt="Video {video} frame {index}">'
-                f"<figcaption>V{video} #{index}</figcaption></figure>"
-            )
-        rows.append(f'<div class="frames"><b>Video {video}</b> {"".join(figures)}</div>')
-    return "\n".join(rows)
+def _frames_html(env: VideoPairEnv, indices: Sequence[int]) -> str:
+    """Figures of pool indices (0-based), labelled with their frame number and video."""
+    per_video = env.preset.frames.per_video
+    figures = []
+    for index in indices:
+        video = 1 if index < per_video else 2
+        figures.append(f'<figure><img src="{_png(env.frame(index))}" alt="frame {index + 1}">'
+                       f"<figcaption>{index + 1} (Video {video})</figcaption></figure>")
+    return f'<div class="frames">{"".join(figures)}</div>'
 
 
 def _verdict_table(env: VideoPairEnv, label: Mapping[str, str] | None) -> str:
-    names = [*env.dimensions, OVERALL]
-    expected = {k: VERDICT_FROM_LABEL[v] for k, v in label.items()} if label else {}
+    preset = env.preset
+    expected = label_verdicts(label, preset, env.dimensions) if label else {}
+    keys = [*(d.key for d in env.dimensions), preset.answer.overall_key]
     cells = []
-    for name in names:
-        got = env.verdicts.get(name)
+    for key in keys:
+        got = env.verdicts.get(key)
         text = "-" if got is None else str(got)
-        if name in expected:
-            cls = "right" if got == expected[name] else "wrong"
-            text = f'<span class="{cls}">{text}</span> (label {expected[name]})'
-        cells.append(f"<td>{text}</td>")
-    header = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    return f'<table class="verdicts"><tr>{header}</tr><tr>{"".join(cells)}</tr></table>'
+        if key in expected:
+            cls = "right" if got == expected[key] else "wrong"
+            text = f'<span class="{cls}">{text}</span> (label {expected[key]})'
+        cells.append((key, text))
+    head = "".join(f"<th>{html.escape(k)}</th>" for k, _ in cells)
+    body = "".join(f"<td>{t}</td>" for _, t in cells)
+    return f'<table class="verdicts"><tr>{head}</tr><tr>{body}</tr></table>'
 
 
 def render_trace_html(env: VideoPairEnv, title: str = "", label: Mapping[str, str] | None = None) -> str:
-    """HTML page of a finished (or running) episode. ``label``: the record label ("a"/"b"/"tie" per dimension)
-    to mark each verdict right or wrong."""
+    """HTML page of a finished (or running) episode. ``label``: the record label ("a"/"b"/"tie" per label key)
+    to mark verdicts right or wrong."""
     if env.status is None:
-        raise ValueError("the environment was never reset; nothing to render")
-    heading = html.escape(title or "VR-Thinker trace")
+        raise ValueError("the episode was never reset")
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{heading}</title><style>{_STYLE}</style></head><body>",
-        f"<h1>{heading}</h1>",
-        f"<p><b>Prompt:</b> {html.escape(env.prompt)}<br><b>Status:</b> {html.escape(env.status.value)}, "
-        f"{env.num_tool_calls} tool call(s)</p>",
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title or 'VR-Thinker trace')}</h1>",
+        f"<p><b>Prompt:</b> {html.escape(env.prompt)}<br><b>Protocol:</b> {html.escape(env.preset.name)}<br>"
+        f"<b>Status:</b> {html.escape(env.status.value)}, {env.num_tool_calls} tool call(s)</p>",
         _verdict_table(env, label),
         "<h2>Initial frames</h2>",
-        _frames_html(env, env.initial_indices(1), env.initial_indices(2)),
+        _frames_html(env, env.initial_indices()),
     ]
     for number, turn in enumerate(env.turns):
-        parsed = turn.parsed
+        check = turn.check
         parts.append(f'<div class="turn"><h3>Turn {number + 1} ({html.escape(turn.status.value)})</h3>')
-        if parsed.think is not None:
-            parts.append(f'<div class="think">{html.escape(parsed.think)}</div>')
-        if parsed.synthesis is not None:
-            parts.append(f'<div class="synthesis">{html.escape(parsed.synthesis)}</div>')
-        if parsed.kind == "tool_call":
-            parts.append(f'<p class="action">select_frames {html.escape(str(parsed.target_frames))}</p>')
-        elif parsed.kind == "answer":
-            answer = ", ".join(f"{k}: {v}" for k, v in parsed.verdicts.items())
-            parts.append(f'<p class="action">answer {html.escape(answer)}</p>')
-        else:
+        if check.synthesis is not None:
+            parts.append(f'<div class="synthesis">{html.escape(check.synthesis)}</div>')
+        if check.think is not None:
+            parts.append(f'<div class="think">{html.escape(check.think)}</div>')
+        if check.recommend is not None:
+            parts.append(f'<p class="action">recommended: {html.escape(str(check.recommend))}</p>')
+        if turn.tool is not None:
+            asked = turn.tool.requested
+            parts.append(f'<p class="action">select_frames {html.escape(str(asked))} -> {turn.tool.kind}'
+                         + (" (reduced)" if turn.tool.reduced else "") + "</p>")
+            if turn.tool.message:
+                parts.append(f'<pre class="action">{html.escape(turn.tool.message)}</pre>')
+        elif check.answer is not None:
+            answer = ", ".join(f"{k}={v}" for k, v in check.answer.items())
+            parts.append(f'<p class="action">final answer: {html.escape(answer)}</p>')
+        if not check.format_valid or (check.final and check.answer is None):
             parts.append(f'<pre class="action">{html.escape(turn.text)}</pre>')
-        for problem in turn.problems:
+        for problem in check.problems:
             parts.append(f'<p class="problem">{html.escape(str(problem))}</p>')
         if turn.frames:
-            parts.append("<p>Frames shown:</p>" + _frames_html(env, turn.frames, turn.frames))
+            parts.append("<p>Frames shown:</p>" + _frames_html(env, turn.frames))
         parts.append("</div>")
     parts.append("</body></html>")
     return "\n".join(parts)

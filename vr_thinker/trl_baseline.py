@@ -2,7 +2,7 @@
 
 TRL's tool loop keeps one append-only sequence per trace (prompt, completion, tool results, next completion, ...),
 with the tool-result tokens masked out of the loss. It cannot drop older tool images from the context, so this
-baseline runs the VR-Thinker episode with ``memory_window=None`` (every frame stays) and one training sequence per
+baseline runs the VR-Thinker episode with no memory window (every frame stays) and one training sequence per
 trace; the own loop (:mod:`vr_thinker.grpo_loop`) trains each turn on the windowed context it saw. Comparing the two
 on the same data shows what the window costs or saves (context length, memory, accuracy).
 
@@ -13,10 +13,12 @@ Pieces:
   answered with the frames as image parts. Index checks, the per-call frame limit and the call budget are the
   environment's.
 - :func:`judge_dataset`: one row per pair (system prompt, empty user turn the reset fills, pair fields).
-- :func:`make_reward_function`: the VR-Thinker reward of each completion. TRL hands over completions as parsed
-  messages (``reasoning_content`` = the think block, ``tool_calls``, ``content``); each assistant message is put back
-  into the protocol layout and parsed strictly, so the format reward follows :mod:`vr_thinker.protocol`. Groups for
-  the exploration term are the completions of one pair in the process's batch.
+- :func:`make_reward_function`: the preset's reward of each completion. TRL hands over completions as parsed
+  messages (``content``, ``tool_calls``, the ``<think>`` block as ``reasoning_content``; TRL's parser drops the
+  ``<synthesis>`` block before it); each assistant message is put back into the protocol layout and checked
+  strictly, so the format term follows :mod:`vr_thinker.protocol` (the synthesis aside). Groups for
+  the curiosity / exploration terms are the completions of one pair in the process's batch. TRL answers a tool call
+  in its own tool-role layout, not the preset's user-turn replies: a difference of this baseline only.
 """
 
 from __future__ import annotations
@@ -31,54 +33,47 @@ import datasets
 
 from mmreward.data.media import VideoClip
 from mmreward.data.records import PreferenceRecord
-from vr_thinker.env import EnvConfig, VideoPairEnv
-from vr_thinker.protocol import (
-    OVERALL,
-    TOOL_NAME,
-    DimensionsLike,
-    build_system_prompt,
-    normalize_dimensions,
-    parse_assistant_turn,
-    verdicts_from_label,
-)
-from vr_thinker.rewards import RewardConfig, TraceOutcome, group_rewards
+from vr_thinker.env import VideoPairEnv
+from vr_thinker.presets import DimensionSpec, ProtocolPreset
+from vr_thinker.protocol import TOOL_NAME, TurnState, check_turn, label_verdicts
+from vr_thinker.rewards import TraceOutcome, trace_reward
 
 Video = str | Path | VideoClip
 
 
-def baseline_env_config(config: EnvConfig) -> EnvConfig:
-    """The episode settings of the baseline: the same budgets, no memory window (TRL keeps every tool image)."""
-    return replace(config, memory_window=None)
+def baseline_preset(preset: ProtocolPreset) -> ProtocolPreset:
+    """The protocol of the baseline: the same preset without a memory window (TRL keeps every tool image)."""
+    return replace(preset, limits=replace(preset.limits, memory_window=None),
+                   overrides=(*preset.overrides, "limits.memory_window=null"))
 
 
 class TRLJudgeEnvironment:
     """One judging episode per rollout, driven by TRL's tool loop (see the module docstring)."""
 
-    def __init__(self, env_config: EnvConfig, dimensions: DimensionsLike):
-        self.env_config = baseline_env_config(env_config)
-        self.dimensions = normalize_dimensions(dimensions)
+    def __init__(self, preset: ProtocolPreset, dimensions: Sequence[DimensionSpec]):
+        self.preset = baseline_preset(preset)
+        self.dimensions = tuple(dimensions)
         self.env: VideoPairEnv | None = None
 
     def reset(self, pair_id: str, judge_prompt: str, video_1: Video, video_2: Video, **_: Any) -> list[dict[str, Any]]:
-        self.env = VideoPairEnv(judge_prompt, video_1, video_2, self.dimensions, self.env_config)
+        self.env = VideoPairEnv(judge_prompt, video_1, video_2, self.preset, self.dimensions)
         return self.env.reset()[-1]["content"]
 
     def select_frames(self, target_frames: list[int]) -> list[dict[str, Any]]:
-        """Show more frames of both videos: the same pool positions of Video 1 and Video 2.
+        """Show more frames: frame numbers 1..N over both videos, Video 1's first.
 
         Args:
-            target_frames: Frame pool indices (0-based) to view in both videos.
+            target_frames: Frame numbers to view (1-based; Video 2's frames follow Video 1's).
 
         Returns:
-            The chosen frames, each labelled with its video and pool index, or a note on what was wrong.
+            The frames after the protocol's reply text, or the protocol's notice or error text.
         """
         if self.env is None:
             raise RuntimeError("select_frames before reset")
         if self.env.done:
             return [{"type": "text", "text": f"The episode is over ({self.env.status.value}); give your answer."}]
-        call = json.dumps({"name": TOOL_NAME, "arguments": {"target_frames": target_frames}})
         # The environment checks calls in the protocol's layout; the reasoning is scored by the reward function.
-        result = self.env.step(f"<think>-</think>\n<tool_call>\n{call}\n</tool_call>")
+        result = self.env.step(_call_turn(self.preset, self.dimensions, target_frames))
         if result.observation is None:
             return [{"type": "text", "text": f"No frames shown: {result.status.value}. Give your answer."}]
         return result.observation["content"]
@@ -88,17 +83,26 @@ class TRLJudgeEnvironment:
         return self.env.num_tool_calls if self.env is not None else 0
 
 
-def judge_dataset(records: Sequence[PreferenceRecord], dimensions: DimensionsLike,
-                  env_config: EnvConfig) -> datasets.Dataset:
+def _call_turn(preset: ProtocolPreset, dimensions: Sequence[DimensionSpec], frames: Any) -> str:
+    """A well-formed turn carrying only the call (what the environment needs to run the tool)."""
+    tags = preset.answer
+    keys = [*(d.key for d in dimensions), tags.overall_key]
+    recommend = ", ".join(f"{k}=0" for k in keys) + f", {tags.confidence_key}={max(tags.confidence_values)}"
+    call = json.dumps({"name": TOOL_NAME, "arguments": {"target_frames": frames}})
+    return (f"<{tags.synthesis_tag}>-</{tags.synthesis_tag}><{tags.think_tag}>-</{tags.think_tag}>"
+            f"<{tags.recommend_tag}>{recommend}</{tags.recommend_tag}><tool_call>\n{call}\n</tool_call>")
+
+
+def judge_dataset(records: Sequence[PreferenceRecord], preset: ProtocolPreset,
+                  dimensions: Sequence[DimensionSpec]) -> datasets.Dataset:
     """Rows for ``GRPOTrainer``: the system prompt, a user turn that ``reset`` fills with the first observation,
-    and the pair (prompt, video paths, label as JSON of protocol verdicts)."""
-    dims = normalize_dimensions(dimensions)
-    system = env_config.system_prompt or build_system_prompt(env_config.max_tool_calls, env_config.max_frames_per_call)
+    and the pair (prompt, video paths, label as JSON of verdicts by answer key)."""
+    system = preset.system_text(dimensions)
     rows = []
     for record in records:
         if record.a.video is None or record.b.video is None:
             raise ValueError(f"record {record.id!r}: the judge needs a video on both sides")
-        label = verdicts_from_label({k: record.label[k] for k in [*dims, OVERALL]})
+        label = label_verdicts(record.label, preset, dimensions)
         rows.append({
             "prompt": [{"role": "system", "content": system}, {"role": "user", "content": ""}],
             "pair_id": record.id,
@@ -110,17 +114,20 @@ def judge_dataset(records: Sequence[PreferenceRecord], dimensions: DimensionsLik
     return datasets.Dataset.from_list(rows)
 
 
-def assistant_text(message: Mapping[str, Any]) -> str:
-    """A parsed assistant message back in the protocol layout (think block, then the tool call or the answer)."""
-    parts = []
-    reasoning = message.get("reasoning_content")
-    if reasoning is not None:
-        parts.append(f"<think>{reasoning}</think>")
+def assistant_text(message: Mapping[str, Any], preset: ProtocolPreset) -> str:
+    """A parsed assistant message back in the protocol layout. TRL's Qwen response parser keeps the ``<think>`` block
+    as ``reasoning_content`` and drops the text before it, the ``<synthesis>`` block: that one is put back empty, so
+    the baseline's format term cannot check the synthesis (a limitation of this baseline only)."""
+    tags = preset.answer
     content = message.get("content") or ""
     if isinstance(content, list):
         content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    if content.strip():
-        parts.append(content.strip())
+    content = content.strip()
+    reasoning = message.get("reasoning_content")
+    if reasoning is not None:
+        content = (f"<{tags.synthesis_tag}></{tags.synthesis_tag}><{tags.think_tag}>{reasoning}</{tags.think_tag}>"
+                   + content)
+    parts = [content] if content else []
     for call in message.get("tool_calls") or []:
         function = call.get("function", call)
         body = json.dumps({"name": function.get("name"), "arguments": function.get("arguments")})
@@ -128,29 +135,31 @@ def assistant_text(message: Mapping[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def completion_outcome(messages: Sequence[Mapping[str, Any]], dimensions: DimensionsLike,
-                       num_tool_calls: int) -> TraceOutcome:
-    """Format and verdicts of one completion (its assistant messages parsed strictly), with the tool calls the
-    environment accepted."""
-    turns = [parse_assistant_turn(assistant_text(m), dimensions) for m in messages if m.get("role") == "assistant"]
-    verdicts = dict(turns[-1].verdicts) if turns and turns[-1].attempted == "answer" else {}
-    return TraceOutcome(verdicts=verdicts, turn_valid=[t.ok for t in turns], num_tool_calls=num_tool_calls)
+def completion_outcome(messages: Sequence[Mapping[str, Any]], preset: ProtocolPreset,
+                       dimensions: Sequence[DimensionSpec], num_tool_calls: int) -> TraceOutcome:
+    """Format and verdicts of one completion (its assistant messages checked strictly), with the tool calls the
+    environment answered."""
+    checks = [check_turn(assistant_text(m, preset), TurnState(turn_index=i, dimensions=dimensions), preset)
+              for i, m in enumerate(m for m in messages if m.get("role") == "assistant")]
+    verdicts = dict(checks[-1].answer) if checks and checks[-1].answer is not None else {}
+    return TraceOutcome(verdicts=verdicts, turn_valid=[c.format_valid for c in checks], num_tool_calls=num_tool_calls,
+                        recommends=[c.recommend for c in checks], answered=bool(verdicts))
 
 
-def make_reward_function(dimensions: DimensionsLike, config: RewardConfig = RewardConfig()) -> Callable[..., list]:
-    """A ``GRPOTrainer`` reward function giving the VR-Thinker total reward of every completion."""
-    dims = normalize_dimensions(dimensions)
+def make_reward_function(preset: ProtocolPreset, dimensions: Sequence[DimensionSpec]) -> Callable[..., list]:
+    """A ``GRPOTrainer`` reward function giving the preset's total reward of every completion."""
 
     def vr_thinker_reward(completions: list, pair_id: list[str], label: list[str], environments: list | None = None,
                           **_: Any) -> list[float]:
         calls = [env.num_tool_calls for env in environments] if environments else [0] * len(completions)
-        outcomes = [completion_outcome(c, dims, n) for c, n in zip(completions, calls)]
+        outcomes = [completion_outcome(c, preset, dimensions, n) for c, n in zip(completions, calls)]
         totals = [0.0] * len(completions)
         for pair in dict.fromkeys(pair_id):
             index = [i for i, p in enumerate(pair_id) if p == pair]
-            group = group_rewards([outcomes[i] for i in index], json.loads(label[index[0]]), config)
-            for i, reward in zip(index, group):
-                totals[i] = reward.total
+            group = [outcomes[i] for i in index]
+            wanted = {k: int(v) for k, v in json.loads(label[index[0]]).items()}
+            for i in index:
+                totals[i] = trace_reward(outcomes[i], wanted, preset, group=group).total
         return totals
 
     return vr_thinker_reward

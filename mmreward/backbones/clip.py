@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from mmreward.errors import MmrewardError
+
 # open_clip looks for these names first inside a local model directory.
 TINY_WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
@@ -44,7 +46,7 @@ TINY_PREPROCESS_CFG: dict[str, Any] = {
 }
 
 
-class CLIPLoadError(ValueError):
+class CLIPLoadError(MmrewardError, ValueError):
     """A CLIP model name / weights argument that cannot be resolved (the message names it)."""
 
 

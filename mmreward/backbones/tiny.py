@@ -36,6 +36,7 @@ from transformers import (
     Qwen3VLVideoProcessor,
 )
 from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers.modeling_utils import set_zero3_state
 
 from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE
 
@@ -255,7 +256,9 @@ def build_tiny_vlm(
         family, tokenizer, hidden_size, num_layers, num_heads, num_kv_heads,
         intermediate_size, vision_hidden_size, vision_depth, vision_heads,
     )
-    with torch.random.fork_rng(devices=[]):
+    # set_zero3_state: under a DeepSpeed ZeRO-3 launch transformers would build the model partitioned, a collective
+    # that hangs when (as here) one process builds it.
+    with torch.random.fork_rng(devices=[]), set_zero3_state():
         torch.manual_seed(seed)
         model = _MODEL_CLASSES[family](config).eval()
     model.generation_config = GenerationConfig(

@@ -14,8 +14,10 @@ from typing import Any
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from mmreward.backbones.chat_template import ensure_tool_chat_template
+from mmreward.errors import MissingInputError, UsageError
 
 DTYPES: dict[str, torch.dtype | str] = {
     "float32": torch.float32,
@@ -59,8 +61,21 @@ def _resolve_local_files_only(cfg: VLMLoadConfig) -> bool:
     if Path(cfg.path).expanduser().exists():
         return True if cfg.local_files_only is None else cfg.local_files_only
     if not _HUB_ID.match(cfg.path):
-        raise FileNotFoundError(f"model path {cfg.path!r} does not exist and is not a hub id ('org/name')")
+        raise MissingInputError(f"model path {cfg.path!r} does not exist and is not a hub id ('org/name')")
     return False if cfg.local_files_only is None else cfg.local_files_only
+
+
+def check_model_path(path: str, flag: str = "--backbone") -> None:
+    """Refuse, before anything loads, a model path that is neither a model directory (with config.json)
+    nor a hub id; `flag` names the option in the message."""
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise UsageError(f"{flag} {path}: not a model directory (no config.json in it)")
+    elif local.exists():
+        raise UsageError(f"{flag} {path}: a file, not a model directory")
+    elif not _HUB_ID.match(path):
+        raise UsageError(f"{flag} {path}: no such directory, and not a hub id ('org/name')")
 
 
 def unwrap_peft(model: torch.nn.Module) -> PreTrainedModel:
@@ -143,6 +158,11 @@ def load_vlm(cfg_or_path: VLMLoadConfig | str | Path) -> tuple[torch.nn.Module, 
         device_map=cfg.device_map,
         **common,
     )
+    if is_deepspeed_zero3_enabled():
+        # Loading under ZeRO-3, transformers 5.23 records its whole key-conversion table on the model (a plain load
+        # records the renamings that matched), and save_pretrained reverses every entry: the prefix change in it
+        # writes `model.model.*`. Without the record it saves the standard names, as after a plain load.
+        model._weight_conversions = None
     processor = AutoProcessor.from_pretrained(cfg.path, **common, **cfg.processor_kwargs)
     if cfg.tool_chat_template:
         ensure_tool_chat_template(processor)

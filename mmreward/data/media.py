@@ -25,6 +25,8 @@ import decord
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+from mmreward.errors import MmrewardError
+
 if TYPE_CHECKING:
     from mmreward.data.qwen_video import QwenFrames
 
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 
-class MediaError(Exception):
+class MediaError(MmrewardError):
     """A media file that cannot be used; the message starts with the file's path."""
 
     def __init__(self, path: str | Path, reason: str):
@@ -405,7 +407,11 @@ class MediaConfig:
             self.qwen_frames()  # validates the bounds now, not at the first video
 
     def qwen_frames(self) -> "QwenFrames":
-        from mmreward.data.qwen_video import VIDEO_MAX_PIXELS, VIDEO_MIN_PIXELS, QwenFrames  # needs torch
+        from mmreward.data.qwen_video import (  # needs torch
+            VIDEO_MAX_PIXELS,
+            VIDEO_MIN_PIXELS,
+            QwenFrames,
+        )
 
         return QwenFrames(fps=self.fps if self.fps is not None else 2.0,
                           num_frames=self.num_frames if self.fps is None else None,

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, overload
 
+from mmreward.errors import MissingInputError, MmrewardError
+
 __all__ = [
     "RecordError",
     "Side",
@@ -58,7 +60,7 @@ def quote(value: Any, limit: int = _QUOTE_CHARS) -> str:
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
 
-class RecordError(ValueError):
+class RecordError(MmrewardError, ValueError):
     """A bad record; the message names the file, the line and the record id when known."""
 
     def __init__(
@@ -322,7 +324,7 @@ def require_media(records: Iterable[PreferenceRecord], show: int = 5) -> None:
     referenced, missing = missing_media(records)
     if missing:
         first = "; ".join(f"id {quote(rid, 200)} {field} {path}" for rid, field, path in missing[:show])
-        raise FileNotFoundError(f"{len(missing)} of the {referenced} media files the records name do not exist; "
+        raise MissingInputError(f"{len(missing)} of the {referenced} media files the records name do not exist; "
                                 f"first {min(show, len(missing))}: {first}")
 
 

@@ -25,7 +25,7 @@ from mmreward.metrics import (
     position_flip_rate,
     tie_calibration,
 )
-from mmreward.report import Report, plt
+from mmreward.html_report import Report, plt
 
 __all__ = [
     "METRICS_NAME",

@@ -40,7 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from mmreward.data.records import PreferenceRecord, label_to_int
-from mmreward.evaluation.scorers import RECOVERABLE_ERRORS, PairScore, Scorer, swap_record
+from mmreward.errors import MmrewardError
+from mmreward.evaluation.scorers import (
+    RECOVERABLE_ERRORS,
+    PairScore,
+    Scorer,
+    swap_record,
+)
 
 __all__ = [
     "PREDICTIONS_NAME",
@@ -64,11 +70,11 @@ RUN_CONFIG_NAME = "run_config.json"
 SHARD_DIR = "shards"
 
 
-class RunConfigError(RuntimeError):
+class RunConfigError(MmrewardError, RuntimeError):
     """The output directory holds predictions of a different evaluation."""
 
 
-class PredictionsError(ValueError):
+class PredictionsError(MmrewardError, ValueError):
     """A predictions file that cannot be read (the message names file and line)."""
 
 
@@ -233,9 +239,10 @@ def run_identity(scorer: Scorer, cfg: RunnerConfig, identity: dict[str, Any] | N
     return json.loads(json.dumps(full, sort_keys=True, default=str))
 
 
-def check_run_config(out_dir: str | Path, identity: dict[str, Any]) -> None:
+def check_run_config(out_dir: str | Path, identity: dict[str, Any], flag: str = "the output directory") -> None:
     """Raise `RunConfigError` if `out_dir` holds predictions of an evaluation other than `identity`
-    (as built by `run_identity`). Writes nothing, so callers can check before touching the folder."""
+    (as built by `run_identity`); `flag` names the option in the message. Writes nothing, so callers
+    can check before touching the folder."""
     path = Path(out_dir) / RUN_CONFIG_NAME
     if not path.exists():
         return
@@ -244,7 +251,7 @@ def check_run_config(out_dir: str | Path, identity: dict[str, Any]) -> None:
         changed = sorted(k for k in set(previous) | set(identity) if previous.get(k) != identity.get(k))
         raise RunConfigError(
             f"{out_dir}: holds predictions of a different evaluation (differs in {changed}); "
-            f"use another output directory or overwrite it"
+            f"choose another {flag}, or pass --overwrite true to discard them"
         )
 
 

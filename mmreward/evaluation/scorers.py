@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from mmreward.data.media import MediaConfig, MediaError, SizeRule
 from mmreward.data.records import PreferenceRecord, RecordError, RecordSet, Side
+from mmreward.errors import MmrewardError
 
 __all__ = [
     "SampleError",
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 
-class SampleError(ValueError):
+class SampleError(MmrewardError, ValueError):
     """A pair this scorer cannot score (the message names the record); recorded, not fatal."""
 
 
@@ -129,7 +130,9 @@ def load_pair_media(record: PreferenceRecord, media: MediaConfig, final_image_si
 
     final_image_size: the model processor's image resize rule (`mmreward.collate.processor_image_size`),
     so each image is resized once, to the size the model sees."""
-    from mmreward.data.dataset import PreferenceDataset  # torch import deferred until media are needed
+    from mmreward.data.dataset import (
+        PreferenceDataset,  # torch import deferred until media are needed
+    )
 
     dataset = PreferenceDataset(RecordSet([record]), media, final_image_size)
     return dataset[0]
@@ -272,7 +275,7 @@ class RewardModelScorer(BaseScorer):
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
         """The processor's tensors for the batch (`collate.PairCollator` layout: a sides, then b sides)."""
         from mmreward.collate import CollateError
-        from mmreward.pair_forward import PackError
+        from mmreward.forward.packed import PackError
 
         try:
             return self.collator(list(items))

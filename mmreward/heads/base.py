@@ -20,8 +20,10 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
+from mmreward.errors import MmrewardError
 
-class HeadError(ValueError):
+
+class HeadError(MmrewardError, ValueError):
     """An unknown head name or an invalid head configuration."""
 
 
@@ -67,7 +69,9 @@ class RewardHead(nn.Module):
 
     def read_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """`[N, num_reads]` token indices whose final hidden states `forward` reads: the last real token."""
-        from mmreward.collate import last_token_index  # local import: heads stay importable on their own
+        from mmreward.collate import (
+            last_token_index,  # local import: heads stay importable on their own
+        )
 
         return last_token_index(attention_mask)[:, None]
 

@@ -1,13 +1,2 @@
-"""Reward-model training: configs, deterministic data schedule and the accelerate trainer loop."""
-
-from mmreward.training.config import RewardDataArguments, RewardModelArguments, RewardTrainingConfig
-from mmreward.training.trainer import NonFiniteLossError, RewardTrainer, latest_checkpoint
-
-__all__ = [
-    "RewardDataArguments",
-    "RewardModelArguments",
-    "RewardTrainingConfig",
-    "RewardTrainer",
-    "NonFiniteLossError",
-    "latest_checkpoint",
-]
+"""Reward-model training: settings (`config`), deterministic data schedule (`schedule`), sharding modes
+(`distributed`) and the accelerate trainer loop (`trainer`)."""

@@ -7,10 +7,17 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from mmreward.collate import CollateConfig
-from mmreward.losses import PreferenceLossConfig
-from mmreward.data.media import MediaConfig
-from mmreward.model import ScoringSettings, TuningConfig
+from typing import TYPE_CHECKING
+
+from mmreward.cli import module_names
+
+if TYPE_CHECKING:  # the settings' own types load torch: imported where they are built, not to parse flags
+    from mmreward.collate import CollateConfig
+    from mmreward.data.media import MediaConfig
+    from mmreward.losses import PreferenceLossConfig
+    from mmreward.model import ScoringSettings, TuningConfig
+
+HEAD_NAMES = module_names("mmreward.heads", exclude=("base",))  # a head's name is its module's
 
 
 @dataclass
@@ -18,7 +25,7 @@ class RewardModelArguments:
     """The reward model to train."""
 
     backbone: str = field(default="", metadata={"help": "VLM directory (or hub id) the reward model starts from"})
-    head: str = field(default="scalar", metadata={"help": "registered head name (mmreward.heads)"})
+    head: str = field(default="scalar", metadata={"help": "reward head: " + " | ".join(HEAD_NAMES)})
     dimensions: list[str] = field(default_factory=lambda: ["overall"],
                                   metadata={"help": "reward dimensions, e.g. VQ TA overall (label keys)"})
     head_inner_dim: int | None = field(default=None, metadata={"help": "scalar head width d (default: hidden size)"})
@@ -45,17 +52,21 @@ class RewardModelArguments:
         "help": "report rewards normalised by those statistics by default (VideoAlign does)"})
 
     def tuning(self) -> TuningConfig:
+        from mmreward.model import TuningConfig
+
         return TuningConfig(
             mode=self.tuning_mode, freeze_vision=self.freeze_vision, lora_r=self.lora_r,
             lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
             gradient_checkpointing=self.gradient_checkpointing,
         )
 
-    def scoring(self, data: "RewardDataArguments") -> ScoringSettings:
+    def scoring(self, data: RewardDataArguments) -> ScoringSettings:
         """How the trained model reads inputs and reports rewards (saved with it)."""
         if self.normalize and not self.reward_stats:
             raise ValueError("normalize needs reward_stats (the statistics it normalises with)")
         overall = self.overall or ("learned" if "overall" in self.dimensions else "sum")
+        from mmreward.model import ScoringSettings
+
         return ScoringSettings(positions=self.positions, overall=overall, normalize=self.normalize,
                                collate=data.collate(), media=data.media())
 
@@ -73,6 +84,8 @@ class RewardDataArguments:
 
     train_file: str = field(default="", metadata={"help": "training records (JSONL)"})
     val_file: str | None = field(default=None, metadata={"help": "validation records (JSONL)"})
+    skip_invalid: bool = field(default=False, metadata={
+        "help": "leave out bad records (each reported) instead of stopping at the first one"})
     max_train_records: int | None = field(default=None, metadata={"help": "use only the first N training records"})
     max_val_records: int | None = field(default=None, metadata={"help": "use only the first N validation records"})
     max_pixels: int | None = field(default=None, metadata={"help": "downsize images above this many pixels"})
@@ -89,11 +102,15 @@ class RewardDataArguments:
     pair_form: str = field(default="auto", metadata={"help": "naive | shared_prefix | auto"})
 
     def media(self) -> MediaConfig:
+        from mmreward.data.media import MediaConfig
+
         return MediaConfig(num_frames=None if self.video_fps is not None else self.num_frames, fps=self.video_fps,
                            max_pixels=self.max_pixels, video_sampling=self.video_sampling,
                            video_min_pixels=self.video_min_pixels, video_max_pixels=self.video_max_pixels)
 
     def collate(self) -> CollateConfig:
+        from mmreward.collate import CollateConfig
+
         return CollateConfig(
             prompt_template=self.prompt_template, system_prompt=self.system_prompt,
             padding_side=self.padding_side, max_length=self.max_length, pair_form=self.pair_form,
@@ -176,5 +193,7 @@ class RewardTrainingConfig:
         self.warmup_steps = max(self.warmup_steps, math.ceil(self.warmup_ratio * self.max_steps))
 
     def loss(self) -> PreferenceLossConfig:
+        from mmreward.losses import PreferenceLossConfig
+
         return PreferenceLossConfig(kind=self.loss_kind, margin=self.margin, tie_theta=self.tie_theta,
                                     center_coef=self.center_coef)

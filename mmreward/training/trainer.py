@@ -24,15 +24,20 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, gather_object, send_to_device
+from torch.distributed.fsdp import register_fsdp_forward_method
 from torch.utils.data import DataLoader
 from transformers import get_scheduler
 
 from mmreward.backbones.vlm import vision_tower
 from mmreward.collate import PairCollator
 from mmreward.data.dataset import PreferenceDataset
+from mmreward.errors import MmrewardError
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.training.config import RewardTrainingConfig
+from mmreward.training.distributed import DistributedModeError, settle_deepspeed_config
+from mmreward.training.distributed import make_accelerator as make_mode_accelerator
+from mmreward.training.progress import Progress
 from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
 
 CHECKPOINT_DIR = "checkpoints"
@@ -85,17 +90,28 @@ def save_checkpoint_atomically(acc: Accelerator, output_dir: Path, step: int, sa
     return final
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MmrewardError, RuntimeError):
     """A training checkpoint that cannot be loaded safely (the message names the file)."""
 
 
+# Classes besides tensors and plain containers in DeepSpeed's engine files (ZeRO optimizer states).
+DEEPSPEED_CHECKPOINT_CLASSES = frozenset({
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+})
+
+
 def load_checkpoint(acc: Accelerator, path: Path) -> None:
-    """`acc.load_state(path)` after checking that its custom-object pickles hold plain data only.
+    """`acc.load_state(path)` after checking that its pickles hold plain data only.
 
     accelerate loads the objects registered with `register_for_checkpointing` (scheduler, trainer
     state) with `torch.load(weights_only=False)`, which runs whatever code a planted pickle names.
     Each of those files is first read with `weights_only=True` (accelerate's safe loader): it refuses
-    any global outside tensors and plain containers, so a file that passes holds no code.
+    any global outside tensors and plain containers, so a file that passes holds no code. DeepSpeed
+    reads its engine files (`pytorch_model/*.pt`) the same way; their pickles may name nothing beyond
+    what `weights_only` allows and DeepSpeed's own `DEEPSPEED_CHECKPOINT_CLASSES` (checked without
+    reading the tensor data, which for a large model is many gigabytes).
     """
     from accelerate.utils import load as weights_only_load
 
@@ -106,6 +122,13 @@ def load_checkpoint(acc: Accelerator, path: Path) -> None:
             raise CheckpointError(
                 f"{file}: refused to load (not plain checkpoint data: {type(err).__name__}: {err})"
             ) from err
+    for file in sorted(Path(path).glob("*/*.pt")):
+        try:
+            foreign = set(torch.serialization.get_unsafe_globals_in_checkpoint(file)) - DEEPSPEED_CHECKPOINT_CLASSES
+        except Exception as err:  # not a torch zip file, truncated
+            raise CheckpointError(f"{file}: refused to load (unreadable: {type(err).__name__}: {err})") from err
+        if foreign:
+            raise CheckpointError(f"{file}: refused to load (names code outside plain checkpoint data: {sorted(foreign)})")
     acc.load_state(str(path))
 
 
@@ -181,9 +204,10 @@ def use_fused_adamw(acc: Accelerator) -> bool:
 
 
 def make_accelerator(cfg: RewardTrainingConfig, log_dir: str | Path) -> Accelerator:
-    """The Accelerator a run needs: CPU when asked or without a GPU, TensorBoard logs, accumulation."""
-    return Accelerator(
-        cpu=cfg.use_cpu or not torch.cuda.is_available(),
+    """The Accelerator a run needs: the launch's distributed mode (or an error), CPU when asked or without a GPU,
+    TensorBoard logs, accumulation."""
+    return make_mode_accelerator(
+        cfg.use_cpu,
         gradient_accumulation_steps=cfg.grad_accum_steps,
         log_with="tensorboard",
         project_dir=str(log_dir),
@@ -222,13 +246,30 @@ class RewardTrainer:
         self.loss_cfg = cfg.loss()
         self.dimensions = list(model.dimensions)
         self.model = model
+        if self.accelerator.distributed_type == DistributedType.FSDP and model.token_row_embedding() is not None:
+            raise DistributedModeError(
+                "the head's tokens train in an otherwise frozen embedding matrix through a gradient hook on it, "
+                "and FSDP2 replaces that parameter by its shards (the hook would be lost and every row would "
+                "train); run this under DDP or DeepSpeed"
+            )
         self.optimizer = self._optimizer(model)
+        if self.accelerator.distributed_type == DistributedType.DEEPSPEED:
+            # No DataLoader goes through prepare (the loader is built per resume position), so DeepSpeed is told
+            # the micro-batch; it accumulates and clips by its config, so that gets the stage's settings too.
+            settle_deepspeed_config(self.accelerator, train_micro_batch_size_per_gpu=cfg.batch_size,
+                                    gradient_accumulation_steps=cfg.grad_accum_steps,
+                                    gradient_clipping=cfg.max_grad_norm)
+        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.accelerator.distributed_type == DistributedType.FSDP:
+            # Evaluation and the reward statistics call `score`, not the module: FSDP2 gathers the root's shards
+            # only around registered forward methods.
+            register_fsdp_forward_method(self.unwrapped_model(), "score")
+        # Built on the prepared optimizer: with CPU optimizer offload DeepSpeed steps its own CPU Adam, not the
+        # AdamW above. Stepped by hand once per optimizer step (not prepared: accelerate would step it once per
+        # process), and checkpointed with the trainer state.
         self.scheduler = get_scheduler(
             cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
         )
-        # The scheduler is stepped by hand once per optimizer step (not prepared: accelerate would
-        # step it once per process), and checkpointed with the trainer state.
-        self.model, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
         self.accelerator.register_for_checkpointing(self.scheduler, self.state)
         self.schedule = self._schedule()
 
@@ -296,14 +337,31 @@ class RewardTrainer:
                 f"{last if last is not None else 'none (no checkpoint saved yet)'}"
             )
 
+    def _clip_grad_norm(self) -> torch.Tensor:
+        """Clip the synchronised gradients to `max_grad_norm`; returns their norm before clipping.
+
+        Under DeepSpeed the step has already run inside `backward`, clipped by `gradient_clipping` (set to
+        `max_grad_norm` before `prepare`); accelerate then returns that step's norm as a float, and DeepSpeed has
+        skipped the update when the norm was not finite (its overflow check), so the guard still stops the run on
+        the last good weights. FSDP2 returns a DTensor norm, DDP a tensor.
+        """
+        acc, cfg = self.accelerator, self.cfg
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
+        if norm is None:
+            raise RuntimeError(f"{acc.distributed_type} reported no gradient norm; the non-finite guard needs one")
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        return torch.as_tensor(norm, dtype=torch.float32)
+
     def _loader(self, start_micro: int) -> DataLoader:
         stop = self.cfg.max_steps * self.cfg.grad_accum_steps
         sampler = ScheduledBatchSampler(self.schedule, start_micro, stop, self.accelerator.process_index)
         return DataLoader(self.train_data, batch_sampler=sampler, collate_fn=self.collator,
                           num_workers=self.cfg.num_workers)
 
-    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One optimizer step; returns (mean loss, correct [k], decisive count [k], grad norm or None).
+    def _train_step(self, batches) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step; returns (mean loss, correct [k], decisive count [k], grad norm).
 
         Accumulation goes through `accelerator.accumulate`, so DDP skips gradient syncs and DeepSpeed
         / FSDP see their own accumulation boundaries; the optimizer steps on the last micro-batch.
@@ -313,21 +371,18 @@ class RewardTrainer:
         correct = torch.zeros(len(self.dimensions), device=acc.device)
         count = torch.zeros(len(self.dimensions), device=acc.device)
         unwrapped = self.unwrapped_model()
-        grad_norm = None
+        grad_norm = torch.zeros(())
         for _ in range(cfg.grad_accum_steps):
             batch = send_to_device(next(batches), acc.device)
             with acc.accumulate(self.model):
                 rewards = self.model(batch["inputs"])
                 loss, stats = unwrapped.pair_loss(rewards, batch["labels"], batch["label_mask"], self.loss_cfg)
                 self._guard_finite(loss, "loss")
-                acc.backward(loss)
+                acc.backward(loss)  # DeepSpeed reduces, clips and steps in here at the accumulation boundary
                 if acc.sync_gradients:
-                    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-                    # None under DeepSpeed, which clips by its own config (gradient_clipping).
-                    grad_norm = acc.clip_grad_norm_(self.model.parameters(), max_norm)
-                    if grad_norm is not None:
-                        self._guard_finite(grad_norm, "gradient norm")
-                self.optimizer.step()
+                    grad_norm = self._clip_grad_norm()
+                    self._guard_finite(grad_norm, "gradient norm")
+                self.optimizer.step()  # a no-op under DeepSpeed
                 self.optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.detach()
             correct += torch.nan_to_num(stats["accuracy"] * stats["count"]).to(acc.device)
@@ -428,6 +483,7 @@ class RewardTrainer:
         window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
         started, start_step = time.perf_counter(), self.state.step
         last_loss = math.nan
+        progress = Progress(cfg.max_steps, initial=self.state.step, enabled=acc.is_main_process)
         while self.state.step < cfg.max_steps:
             self.model.train()
             phase = self.schedule.phase_name(self.state.step * cfg.grad_accum_steps)
@@ -447,17 +503,19 @@ class RewardTrainer:
                     "train/curriculum": float(phase == "curriculum"),
                     "train/steps_per_s": (step - start_step) / max(time.perf_counter() - started, 1e-9),
                 }
-                if grad_norm is not None:
-                    values["train/grad_norm"] = grad_norm.item()
+                values["train/grad_norm"] = grad_norm.item()
                 for j, dim in enumerate(self.dimensions):
                     if count_all[j] > 0:
                         values[f"train/accuracy/{dim}"] = (correct_all[j] / count_all[j]).item()
                 self._log(values)
                 window = {"loss": 0.0, "steps": 0, "correct": 0.0, "count": 0.0}
+            logged = step % cfg.logging_steps == 0 or step == cfg.max_steps
+            progress.update(step, None if math.isnan(last_loss) else last_loss, logged=logged)
             if cfg.eval_steps and step % cfg.eval_steps == 0 and step < cfg.max_steps:
                 self._log(self.evaluate())
             if cfg.save_steps and step % cfg.save_steps == 0 and step < cfg.max_steps:
                 self.save_checkpoint()
+        progress.close()
         elapsed = time.perf_counter() - started
         metrics: dict[str, Any] = {
             "steps": self.state.step,

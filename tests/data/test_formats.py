@@ -9,20 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mmreward.data.formats import READERS, describe_missing_labels, missing_label_counts, read_benchmark
+from mmreward.data.formats import MODULES, READERS, describe_missing_labels, missing_label_counts, read_benchmark
 from mmreward.data.formats.multimodal_rewardbench import category_of
 from mmreward.data.formats.vl_rewardbench import subset_of
 from mmreward.data.records import RecordError, read_records, write_records
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "benchmarks"
-SOURCES = {
-    "videogen_rewardbench": "videogen-rewardbench.csv",
-    "genai_bench_video": "test-00000-of-00001.parquet",
-    "mjbench_video": "test.json",
-    "vl_rewardbench": "test-00000-of-00001.parquet",
-    "multimodal_rewardbench": "all_data.json",
-    "mmrlhf_rewardbench": "mm_reward_bench.jsonl",
-}
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
+# Each reader's fixture: tests/fixtures/benchmarks/<name>/<its SOURCE_FILE> (make_fixtures.py writes them).
+SOURCES = {name: module.SOURCE_FILE for name, module in MODULES.items() if module.SOURCE_FILE is not None}
 
 
 @pytest.fixture
@@ -46,8 +41,12 @@ def roundtrip(records, out: Path):
     return back
 
 
-def test_registry_names_every_benchmark():
-    assert sorted(READERS) == sorted([*SOURCES, "synthetic"])
+def test_registry_finds_every_reader_and_its_fixture():
+    assert sorted(READERS) == sorted(p.stem for p in (ROOT / "mmreward" / "data" / "formats").glob("[!_]*.py"))
+    for name, source in SOURCES.items():
+        assert (FIXTURES / name / source).is_file(), name
+        assert MODULES[name].NAME == name
+    assert sorted(SOURCES) == sorted(p.name for p in FIXTURES.iterdir() if p.is_dir())
     with pytest.raises(KeyError, match="unknown benchmark"):
         read_benchmark("nope", "x.csv")
 

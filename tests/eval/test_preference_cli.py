@@ -260,9 +260,9 @@ def test_master_key_needs_text_responses():
 def test_shipped_configs_parse(config):
     required = ["--model", "m", "--data", "d", "--out", "o"]
     if config.name == "master_key.yaml":
-        from trl import TrlParser
+        from mmreward.cli import ScriptParser
 
-        (args,) = TrlParser([master_key.MasterKeyArguments]).parse_args_and_config(["--config", str(config), *required])
+        (args,) = ScriptParser([master_key.MasterKeyArguments]).parse(["--config", str(config), *required])
         assert args.keys[4] == "Thought process:" and args.criterion in master_key.CRITERIA
     else:
         args = preference.parse_args(["--config", str(config), *required])
@@ -276,8 +276,8 @@ def test_vr_thinker_judge_adapter_runs_the_real_judge(tmp_path, state):
     from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
     from mmreward.evaluation.runner import RunnerConfig, run_predictions
     from mmreward.evaluation.scorers import JudgeScorer
-    from vr_thinker.env import EnvConfig
     from vr_thinker.judge import VRThinkerJudge
+    from vr_thinker.presets import load_preset
     from vr_thinker.rollout import SamplingConfig
 
     assert callable(preference._load_factory(preference.JUDGES["vr_thinker"], preference.HERE))
@@ -287,16 +287,18 @@ def test_vr_thinker_judge_adapter_runs_the_real_judge(tmp_path, state):
     records = list(read_records(syn / "videos" / "test.jsonl"))
     records[2].a.video.write_bytes(b"")  # unreadable video: a recorded MediaError
     records.append(PreferenceRecord("text", "p", Side(response="a"), Side(response="b"), {"overall": "a"}))
+    records.append(PreferenceRecord("genai", "p", records[0].a, records[0].b, {"overall": "b"}))  # overall only
 
     model, processor = load_vlm(VLMLoadConfig(path=str(build_tiny_vlm(tmp_path / "vlm")), tool_chat_template=True))
-    judge = VRThinkerJudge(model, processor, EnvConfig(pool_frames=4, initial_frames=2, max_turns=1),
-                           {"VQ": "visual quality", "MQ": "motion quality", "TA": "text alignment"},
-                           SamplingConfig(do_sample=False, max_new_tokens=3), batch_size=2)
+    preset = load_preset("vr-thinker", ["frames.per_video=4", 'prompt.system="Judge."', 'prompt.first_turn="{prompt}"'])
+    judge = VRThinkerJudge(model, processor, preset, None, SamplingConfig(do_sample=False, max_new_tokens=3),
+                           batch_size=2)
     scorer = JudgeScorer(adapter.VRThinkerPairJudge(judge), name="vr_thinker")
     run_predictions(records, scorer, tmp_path / "out", RunnerConfig(batch_size=4), state=state)
     rows = {r["id"]: r for r in load_predictions(tmp_path / "out")}
     assert rows[records[2].id]["error"]["type"] == "MediaError"
     assert rows["text"]["error"]["type"] == "SampleError"
+    assert set(rows["genai"]["delta"]) == {"overall"}  # a benchmark without dimension labels scores the overall only
     for record in records[:2]:
         row = rows[record.id]
         assert set(row["delta"]) == {"VQ", "MQ", "TA", "overall"}
@@ -306,6 +308,43 @@ def test_vr_thinker_judge_adapter_runs_the_real_judge(tmp_path, state):
         assert all(d == 0.0 for d in row["delta"].values())
         trace = row["extra"]["trace"]
         assert trace["format_valid"] is False and len(trace["turns"]) == 1 and trace["generated_tokens"] == 3
+
+
+def test_released_checkpoint_configs_run_the_judge_with_its_preset(tmp_path, state):
+    """eval/configs/*_vrthinker.yaml on a checkpoint directory without vr_thinker.json (as a released one is), the
+    tiny backbone standing in: the preset comes from the config, the benchmark through its reader."""
+    import yaml
+
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+
+    syn = tmp_path / "syn"
+    generate_synthetic(syn, seed=0, config=SyntheticConfig(image_splits=SplitSizes(0, 0, 0),
+                                                           video_splits=SplitSizes(0, 0, 2)))
+    checkpoint = build_tiny_vlm(tmp_path / "released")
+    # A CPU-sized variant of the released preset (a user's preset file building on it), as the test stand-in.
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"name": "vr-thinker-cpu", "base": "vr-thinker", "frames": {"per_video": 4},
+                                     "limits": {"max_new_tokens": 3}}))
+    for config in ("videogen_rewardbench_vrthinker", "mjbench_video_vrthinker"):
+        args = preference.parse_args(["--config", str(REPO / "eval" / "configs" / f"{config}.yaml"),
+                                      "--model", str(checkpoint), "--data", str(syn / "videos" / "test.jsonl"),
+                                      "--out", str(tmp_path / config), "--dtype", "float32", "--n_bootstrap", "5",
+                                      "--progress", "false"])
+        assert args.judge == "vr_thinker" and args.judge_preset == "vr-thinker"
+        assert args.judge_dimensions in ("videogen", "mjbench_video")
+        args.judge_preset = str(small)
+        scorer = preference.build_scorer(args, "cpu")
+        judge = scorer.judge.model
+        assert judge.preset.name == "vr-thinker-cpu" and judge.preset.frames.per_video == 4
+        assert judge.dimensions == judge.preset.dimensions(args.judge_dimensions)
+    # The one command, end to end (metrics with and without ties; 3 tokens give no verdicts on a random model).
+    metrics = preference.main(["--config", str(REPO / "eval" / "configs" / "videogen_rewardbench_vrthinker.yaml"),
+                               "--model", str(checkpoint), "--data", str(syn / "videos" / "test.jsonl"),
+                               "--out", str(tmp_path / "run"), "--dtype", "float32", "--n_bootstrap", "5",
+                               "--progress", "false", "--judge_preset", str(small)], state=state)
+    assert metrics["counts"]["pairs"] == 2 and metrics["counts"]["scored"] == 2
+    assert "overall" in metrics["dimensions"]
 
 
 def test_master_key_on_a_yes_token_reward_model(tmp_path, state):

@@ -65,7 +65,7 @@ def test_config_round_trip(name):
 @pytest.mark.parametrize("kind", ["images", "videos"])
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_forward_shapes_read_positions_and_batched_forward(backbone, examples, name, kind):
-    from mmreward.batched_forward import batched_rewards
+    from mmreward.forward.batched import batched_rewards
 
     model = _model(backbone, name).eval()
     batch = model.head.pair_collator(model.processor, CollateConfig())(examples[kind])

@@ -35,20 +35,25 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
-def ddp_command(args: list[str], num_processes: int = 2, script: Path = STAGE_SCRIPT) -> list[str]:
-    """`accelerate launch` of `script` (default: the reward stage) on `num_processes` CPU processes (DDP over gloo)."""
+def ddp_command(args: list[str], num_processes: int = 2, script: Path = STAGE_SCRIPT,
+                config_file: Path | None = None) -> list[str]:
+    """`accelerate launch` of `script` (default: the reward stage) on `num_processes` CPU processes: DDP over gloo,
+    or the mode of an accelerate `config_file` (train/accelerate/*.yaml; its GPU count and bf16 are overridden)."""
+    mode = ["--config_file", str(config_file)] if config_file is not None else ["--multi_gpu"]
     return [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+        sys.executable, "-m", "accelerate.commands.launch", *mode, "--num_processes", str(num_processes),
         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()), str(script), *args,
     ]
 
 
-def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600,
-            script: Path = STAGE_SCRIPT) -> subprocess.CompletedProcess:
-    result = subprocess.run(ddp_command(args, num_processes, script), env=subprocess_env(), capture_output=True,
-                            text=True, timeout=timeout)
-    assert result.returncode == 0, result.stderr[-4000:]
+def run_ddp(args: list[str], num_processes: int = 2, timeout: float = 600, script: Path = STAGE_SCRIPT,
+            config_file: Path | None = None, expect_exit: int = 0,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run(ddp_command(args, num_processes, script, config_file),
+                            env={**subprocess_env(), **(env_extra or {})}, capture_output=True, text=True,
+                            timeout=timeout)
+    assert result.returncode == expect_exit, result.stderr[-4000:]
     return result
 
 

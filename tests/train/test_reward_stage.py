@@ -1,4 +1,5 @@
-"""The reward training stage end to end: outputs, DDP, SIGKILL + resume, NaN guard, learning."""
+"""The reward training stage end to end: outputs, SIGKILL + resume, NaN guard, learning (DDP and the sharded modes:
+test_sharded_stages.py)."""
 
 import importlib.util
 import json
@@ -25,7 +26,6 @@ from stage_helpers import (  # noqa: E402
     assert_non_finite_loss_stops_the_run,
     assert_same_weights,
     kill_at_checkpoint,
-    run_ddp,
     saved_weights,
 )
 
@@ -189,15 +189,6 @@ def _weights_of_untrained(tiny: Path) -> dict[str, torch.Tensor]:
     return load_file(tiny / "model.safetensors")
 
 
-def test_ddp_two_cpu_processes_end_with_same_weights(tiny, data, tmp_path):
-    out = tmp_path / "ddp"
-    run_ddp(_args(tiny, data, out, "--max_steps", "3", "--freeze_vision", "false"))
-    metrics = read_manifest(out, expect_stage="reward")["metrics"]
-    assert metrics["num_processes"] == 2
-    digests = metrics["replica_weight_sha256"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-
-
 def _val_rows(out: Path) -> dict[int, dict]:
     rows = [json.loads(line) for line in (out / "logs" / "train_log.jsonl").read_text().splitlines()]
     return {row["step"]: row for row in rows if "val/pairs" in row}
@@ -316,10 +307,13 @@ def test_learning_check_video(tiny, tmp_path):
     assert metrics["val/accuracy/VQ"] >= 0.75
 
 
-def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
-    with pytest.raises(SystemExit, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
-        stage.resolve_backbone("tiny:qwen9", tmp_path, accelerator=None)
-    assert not (tmp_path / "tiny_backbone").exists()
+def test_unknown_tiny_family_is_refused_naming_the_option(tiny, data, tmp_path):
+    from mmreward.errors import UsageError
+
+    out = tmp_path / "run"
+    with pytest.raises(UsageError, match="--backbone tiny:qwen9: unknown tiny family 'qwen9'"):
+        stage.main(_args(tiny, data, out, "--backbone", "tiny:qwen9"))
+    assert not out.exists()
 
 
 def test_basereward_paper_config_has_the_recipe_and_runs(tiny, data, tmp_path):

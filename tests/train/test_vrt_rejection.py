@@ -8,7 +8,6 @@ import pytest
 
 from mmreward.manifest import read_manifest
 from vr_thinker.cold_start import read_traces
-from vr_thinker.env import EnvConfig
 from vr_thinker.rollout import HFRolloutEngine
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +34,7 @@ def judge(tmp_path_factory, data):
 
 def _args(judge, data, out, *extra):
     return ["--model_path", str(judge), "--data", str(data), "--output_dir", str(out), "--samples_per_pair", "6",
-            "--pairs_per_batch", "2", "--max_new_tokens", "48", "--use_cpu", "true", "--torch_threads", "1",
+            "--pairs_per_batch", "2", "--max_new_tokens", "64", "--use_cpu", "true", "--torch_threads", "1",
             "--seed", "3", "--dtype", "float32", *extra]
 
 
@@ -53,13 +52,14 @@ def test_kept_traces_are_right_and_feed_the_next_sft(straight, data):
     # the tiny judge answers in format with random verdicts: some samples are kept, not all
     assert 0 < metrics["accepted_samples"] < metrics["samples"]
     # replaying every kept trace through the environment: valid episodes whose verdicts match the label
-    traces = read_traces(out / stage.TRACES_NAME, EnvConfig(), require_correct=True)
+    traces = read_traces(out / stage.TRACES_NAME, require_correct=True)
     assert len(traces) == metrics["kept_traces"] > 0
     by_pair = {}
     for trace in traces:
         by_pair.setdefault(trace.id.split("#")[0], []).append(tuple(trace.turns))
     assert all(len(set(texts)) == len(texts) for texts in by_pair.values())  # distinct traces per pair
-    assert all(t.env.system_prompt == "Judge." and t.dimensions == {} for t in traces)
+    assert all(t.preset.frames.per_video == 4 and t.dimensions == () for t in traces)
+    assert manifest["inputs"]["protocol"]["preset"] == "vr-thinker" and manifest["inputs"]["protocol"]["dimensions"] == []
     # the next SFT stage takes the directory as its data
     loaded, source = vrt_sft.load_traces(vrt_sft.VRTSFTArguments(data=str(out)))
     assert len(loaded) == len(traces) and source["stage"] == "vrt_rejection"
@@ -71,8 +71,8 @@ def test_statistics_add_up(straight):
     samples = [s for line in lines for s in line["samples"]]
     assert len(samples) == metrics["samples"]
     assert metrics["acceptance_rate"] == pytest.approx(sum(s["kept"] for s in samples) / 24)
-    assert metrics["verdict_accuracy"]["overall"] == pytest.approx(sum(s["right"]["overall"] for s in samples) / 24)
-    assert metrics["acceptance_rate"] <= metrics["verdict_accuracy"]["overall"]
+    assert metrics["verdict_accuracy"]["OA"] == pytest.approx(sum(s["right"]["OA"] for s in samples) / 24)
+    assert metrics["acceptance_rate"] <= metrics["verdict_accuracy"]["OA"]
     assert metrics["acceptance_rate"] <= metrics["format_valid_rate"]
     assert sum(metrics["tool_calls_per_trace"].values()) == 24 == sum(metrics["statuses"].values())
     assert sum(metrics["tool_calls_per_kept_trace"].values()) == metrics["kept_traces"]

@@ -1,7 +1,7 @@
 """A tiny VR-Thinker judge for the rejection-sampling and GRPO stage tests, built in a few seconds.
 
-A one-layer tiny VLM is taught the answer format on short episodes (overall verdict only, one initial frame per
-video, a one-line system prompt) with verdicts drawn at random, so its samples are mostly well-formed answers whose
+A one-layer tiny VLM is taught the answer format on short episodes of the vr-thinker protocol (overall verdict only,
+pools of 4 frames per video, one-line instruction texts) with verdicts drawn at random, so its samples are mostly well-formed answers whose
 verdicts are right about a third of the time: rejection sampling keeps some and drops others, and GRPO has a reward
 to raise. The result is written as a finished ``vrt_sft`` stage directory (model, processor, ``vr_thinker.json``,
 ``manifest.json``), the input both stages expect.
@@ -20,12 +20,14 @@ from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
 from mmreward.data.records import read_records
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
 from mmreward.manifest import finalize_run_dir
-from vr_thinker.env import EnvConfig, VideoPairEnv
+from vr_thinker.env import VideoPairEnv
 from vr_thinker.judge import save_judge_config
+from vr_thinker.presets import load_preset
 from vr_thinker.sft_data import VRThinkerSFTCollator, episode_rows
 
-ENV = EnvConfig(pool_frames=8, initial_frames=1, max_tool_calls=1, max_turns=2, system_prompt="Judge.")
-DIMENSIONS: dict[str, str] = {}  # overall only: the shortest answer
+ENV = load_preset("vr-thinker", ["frames.per_video=4", "limits.max_tool_calls=1", "limits.max_turns=2",
+                                 "limits.max_new_tokens=64", 'prompt.system="Judge."', 'prompt.first_turn="{prompt}"'])
+DIMENSIONS: tuple = ()  # overall only: the shortest answer
 
 
 def synthetic_videos(out: Path, train: int = 4, val: int = 4, seed: int = 1) -> Path:
@@ -52,9 +54,9 @@ def tiny_judge(out: Path, records_file: Path, steps: int = 60, seed: int = 0) ->
     examples = []
     for record in read_records(records_file):
         for verdict in (0, 1, 2):
-            env = VideoPairEnv(record.prompt, record.a.video, record.b.video, DIMENSIONS, ENV)
+            env = VideoPairEnv(record.prompt, record.a.video, record.b.video, ENV, DIMENSIONS)
             env.reset()
-            env.step(f"<think>Answer.</think>\nOverall: \\boxed{{{verdict}}}")
+            env.step(f"<synthesis>.</synthesis><think>.</think><final answer>OA={verdict}</final answer>")
             examples += [row.example() for row in episode_rows(env)]
     collator = VRThinkerSFTCollator(processor)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)

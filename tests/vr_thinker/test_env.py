@@ -1,365 +1,161 @@
+"""VideoPairEnv under a preset: pools and numbering, initial frames, tool replies, memory window, statuses."""
+
 import json
 
 import numpy as np
 import pytest
 
-from mmreward.data.media import write_video
-from vr_thinker.env import (
-    EnvConfig,
-    EpisodeStatus,
-    VideoPairEnv,
-    frame_pool_from_arrays,
-    processor_token_counter,
-)
-from vr_thinker.rewards import TraceOutcome
+from vr_thinker.env import EpisodeStatus, VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.presets import load_preset
 
-DIMS = ["VQ", "MQ", "TA"]
-ANSWER = "<think>done</think>\nVQ: \\boxed{1}\nMQ: \\boxed{2}\nTA: \\boxed{0}\nOverall: \\boxed{1}"
+S = "<synthesis>s</synthesis>\n"
+T = "<think>t</think>\n"
+R = "<recommend answer>TA=1, VQ=0, MQ=1, OA=1, CF=2</recommend answer>\n"
+FINAL = S + T + "<final answer>TA=1, VQ=0, MQ=1, OA=2</final answer>"
 
 
-def pool(video: int, size: int = 32) -> np.ndarray:
-    """Frames whose pixels encode (video, index), so a shown image can be traced back to its frame."""
-    frames = np.zeros((size, 4, 6, 3), dtype=np.uint8)
-    frames[..., 0] = video
-    frames[..., 1] = np.arange(size)[:, None, None]
-    return frames
+def call(frames) -> str:
+    return S + T + R + "<tool_call>\n" + json.dumps({"name": "select_frames", "arguments": {"target_frames": frames}}) \
+        + "\n</tool_call>"
 
 
-def make_env(size_1: int = 32, size_2: int = 32, token_counter=None, **cfg) -> VideoPairEnv:
-    env = VideoPairEnv(
-        "a dog runs",
-        frame_pool_from_arrays(pool(1, size_1), fps=2.0),
-        frame_pool_from_arrays(pool(2, size_2), fps=2.0),
-        DIMS,
-        EnvConfig(**cfg),
-        token_counter=token_counter,
-    )
+def clip(length: int, offset: int, size=(8, 8)) -> object:
+    """Frame i of the clip is filled with the value offset + i, so images tell which frame they are."""
+    frames = np.stack([np.full((*size, 3), offset + i, dtype=np.uint8) for i in range(length)])
+    return frame_pool_from_arrays(frames)
+
+
+def value(image) -> int:
+    return int(np.asarray(image)[0, 0, 0])
+
+
+def make_env(preset=None, size_2=(8, 8), **kw) -> VideoPairEnv:
+    preset = preset or load_preset("vr-thinker", ["frames.per_video=8"])
+    return VideoPairEnv("a red ball", clip(8, 0), clip(8, 100, size_2), preset, **kw)
+
+
+def test_pools_are_numbered_across_both_videos():
+    env = make_env()
     env.reset()
-    return env
+    assert env.total_frames == 16
+    assert [value(env.frame(i)) for i in (0, 7, 8, 15)] == [0, 7, 100, 107]
 
 
-def tool(frames, key: str = "target_frames") -> str:
-    return "<think>look closer</think>\n<tool_call>\n" + json.dumps(
-        {"name": "select_frames", "arguments": {key: frames}}) + "\n</tool_call>"
+def test_pools_resample_a_clip_to_the_preset_size():
+    env = VideoPairEnv("p", clip(4, 0), clip(16, 100), load_preset("vr-thinker", ["frames.per_video=8"]))
+    assert [value(env.frame(i)) for i in range(8)] == [0, 0, 1, 1, 2, 2, 3, 3]  # repeats when shorter
+    assert [value(env.frame(8 + i)) for i in range(8)] == [100, 102, 104, 106, 109, 111, 113, 115]
 
 
-def images(message) -> list[tuple[int, int]]:
-    """(video, pool index) of every image in a message, read from its pixels."""
-    return [
-        (int(np.asarray(p["image"])[0, 0, 0]), int(np.asarray(p["image"])[0, 0, 1]))
-        for p in message["content"] if p["type"] == "image"
-    ]
+def test_vr_thinker_initial_frames_are_one_video_of_the_stride_rule():
+    env = make_env(size_2=(8, 12))
+    messages = env.reset()
+    assert env.initial_indices() == [0, 2, 4, 6, 8, 10, 12, 14]  # frames[::max(1, 16 // 8)][:8]
+    video = messages[1]["content"][0]["video"]
+    assert [value(f) for f in video] == [0, 2, 4, 6, 100, 102, 104, 106]
+    assert {f.size for f in video} == {(8, 8)}  # Video 2's frames take Video 1's size in the one video input
+    full = load_preset("vr-thinker")
+    env = VideoPairEnv("p", clip(48, 0), clip(48, 100), full)
+    assert env.initial_indices() == [0, 12, 24, 36, 48, 60, 72, 84]  # 48 per video: N = 96, step 12
 
 
-def all_images(messages) -> list[tuple[int, int]]:
-    return [im for m in messages for im in images(m)]
+def test_vrthinker_initial_frames_are_four_images_per_video_at_448():
+    preset = load_preset("vrthinker", ["frames.per_video=16"])
+    env = VideoPairEnv("p", clip(16, 0, (20, 40)), clip(16, 100, (20, 40)), preset)
+    messages = env.reset()
+    assert env.initial_indices() == [0, 5, 10, 15, 16, 21, 26, 31]
+    images = [p["image"] for p in messages[1]["content"] if p["type"] == "image"]
+    assert [value(im) for im in images] == [0, 5, 10, 15, 100, 105, 110, 115]
+    assert {im.size for im in images} == {(448, 224)}  # longer side 448, aspect kept
 
 
-def test_reset_shows_initial_frames_of_both_videos():
+def test_a_tool_call_shows_its_frames_in_a_user_turn_and_the_window_keeps_the_latest():
     env = make_env()
-    msgs = env.messages()
-    assert [m["role"] for m in msgs] == ["system", "user"]
-    assert images(msgs[1]) == [(1, 0), (1, 10), (1, 21), (1, 31), (2, 0), (2, 10), (2, 21), (2, 31)]
-    texts = [p["text"] for p in msgs[1]["content"] if p["type"] == "text"]
-    assert "Video 1, frame 10 (5.00 s):\n" in texts and "Video 2, frame 31 (15.50 s):\n" in texts
-    assert env.tools[0]["function"]["name"] == "select_frames"
-    assert env.status == EpisodeStatus.RUNNING and not env.done
+    env.reset()
+    first = env.step(call([2, 10]))
+    assert first.status is EpisodeStatus.RUNNING and first.info["frames"] == [2, 10]
+    assert first.observation["role"] == "user"
+    assert first.observation["content"][0] == {"type": "text",
+                                               "text": "\nAfter selecting frames: Here are the selected frames"}
+    assert [value(p["image"]) for p in first.observation["content"][1:]] == [1, 101]
+    env.step(call([3]))
+    messages = env.messages()
+    # The older tool reply lost its images (removed with their markers); the latest and the first video stay.
+    assert [p["type"] for p in messages[3]["content"]] == ["text"]
+    assert [p["type"] for p in messages[5]["content"]] == ["text", "image"]
+    assert messages[1]["content"][0]["type"] == "video"
+    # What the model saw before turn 1: the first tool reply still had its images.
+    assert [p["type"] for p in env.messages(before_turn=1)[3]["content"]] == ["text", "image", "image"]
+    result = env.step(FINAL)
+    assert result.done and result.status is EpisodeStatus.ANSWERED
+    assert env.verdicts == {"TA": 1, "VQ": 0, "MQ": 1, "OA": 2}
+    outcome = env.outcome()
+    assert outcome.num_tool_calls == 2 and outcome.turn_valid == [True] * 3 and outcome.answered
+    assert not outcome.ended_after_tool_error and outcome.recommends[0]["CF"] == 2
 
 
-def test_initial_frames_capped_by_pool_size():
-    env = make_env(size_1=2, size_2=3, initial_frames=4)
-    assert images(env.messages()[1]) == [(1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
-
-
-def test_valid_call_shows_same_indices_of_both_videos():
+def test_notices_and_errors_count_as_calls_and_an_answer_after_an_error_is_flagged():
     env = make_env()
-    res = env.step(tool([7, 3]))
-    assert (res.status, res.done) == (EpisodeStatus.RUNNING, False)
-    assert res.observation["role"] == "tool"
-    assert images(res.observation) == [(1, 3), (2, 3), (1, 7), (2, 7)]
-    assert res.info == {"turn": 0, "problems": [], "num_tool_calls": 1, "frames": [3, 7], "verdicts": {}}
-    assert env.messages()[-1] is res.observation
-    assert [m["role"] for m in env.messages()] == ["system", "user", "assistant", "tool"]
-    assert env.messages()[2]["content"][0]["text"] == tool([7, 3])  # assistant text kept verbatim
-    assert "2 tool calls left." in res.observation["content"][-1]["text"]
+    env.reset()
+    notice = env.step(call([17]))
+    assert notice.observation["content"] == [{"type": "text", "text": (
+        "After selecting frames:\nThere are 16 frames numbered in range [1,16]. Your selection is out of range.")}]
+    error = env.step(call([]))
+    assert error.observation["content"][0]["text"].startswith("After selecting frames:\nExecution error:\n")
+    env.step(FINAL)
+    outcome = env.outcome()
+    assert outcome.num_tool_calls == 2 and outcome.ended_after_tool_error
 
 
-@pytest.mark.parametrize("frames", [[0], [31], [0, 31]])
-def test_boundary_indices_are_valid(frames):
-    res = make_env().step(tool(frames))
-    assert res.status == EpisodeStatus.RUNNING and res.info["frames"] == frames
-
-
-def test_exactly_max_frames_is_allowed():
-    res = make_env().step(tool(list(range(8))))
-    assert res.status == EpisodeStatus.RUNNING and len(images(res.observation)) == 16
-
-
-def test_duplicates_are_dropped_before_the_limit():
-    res = make_env().step(tool([5, 5, 2, 5, 2, 1, 1, 1, 1, 1]))
-    assert res.status == EpisodeStatus.RUNNING
-    assert res.info["frames"] == [1, 2, 5] and len(images(res.observation)) == 6
-    assert "Duplicate indices were dropped" in res.observation["content"][-1]["text"]
-
-
-@pytest.mark.parametrize(
-    ("text", "code"),
-    [
-        (tool([-1]), "index_out_of_range"),
-        (tool([32]), "index_out_of_range"),
-        (tool([3, 1000]), "index_out_of_range"),
-        (tool(list(range(9))), "too_many_frames"),
-        (tool([]), "empty_frames"),
-        (tool(["1", "2"]), "non_int_index"),
-        (tool([1.5]), "non_int_index"),
-        (tool([1], key="frames"), "wrong_key"),
-        (tool(3), "not_a_list"),
-        ("<think>a</think><tool_call>frames 1 and 2</tool_call>", "no_json"),
-        ("<think>a</think><tool_call>{\"name\": \"select_frames\", \"arguments\": {\"target_frames\": [1,]}}"
-         "</tool_call>", "invalid_json"),
-        ("<think>a</think><tool_call>{\"name\": \"crop\", \"arguments\": {\"target_frames\": [1]}}</tool_call>",
-         "unknown_tool"),
-        (tool([1]) + tool([2]).replace("<think>look closer</think>", ""), "multiple_tool_calls"),
-        (tool([1]) + "\nOverall: \\boxed{1}", "tool_call_and_answer"),
-        ("<tool_call>{\"name\": \"select_frames\", \"arguments\": {\"target_frames\": [1]}}</tool_call>", "no_think"),
-    ],
-)
-def test_broken_tool_calls_get_a_tool_error_and_a_retry(text, code):
+@pytest.mark.parametrize("text, status", [
+    ("no tags at all", EpisodeStatus.INVALID_TURN),
+    (S + T + "<final answer>TA=1</final answer>", EpisodeStatus.INVALID_ANSWER),
+])
+def test_a_malformed_turn_ends_the_episode(text, status):
     env = make_env()
-    res = env.step(text)
-    assert (res.status, res.done) == (EpisodeStatus.INVALID_TURN, False)
-    assert code in res.info["problems"]
-    assert res.observation["role"] == "tool" and images(res.observation) == []
-    assert code in res.observation["content"][0]["text"]
-    assert env.num_tool_calls == 0 and not env.turns[-1].valid and res.info["frames"] == []
-    assert env.step(tool([1])).status == EpisodeStatus.RUNNING  # the retry works
-
-
-@pytest.mark.parametrize(
-    "text", ["", "I think video 1 is better", "<think>hmm</think>", "<think>a</think></think>", "<think>a</think>1"]
-)
-def test_turns_without_action_get_user_feedback(text):
-    res = make_env().step(text)
-    assert res.status == EpisodeStatus.INVALID_TURN and res.observation["role"] == "user"
-    assert res.info["problems"]
-
-
-def test_valid_episode_tool_then_answer():
-    env = make_env()
-    env.step(tool([4]))
-    res = env.step(ANSWER)
-    assert (res.status, res.done, res.observation) == (EpisodeStatus.ANSWERED, True, None)
-    assert env.verdicts == res.info["verdicts"] == {"VQ": 1, "MQ": 2, "TA": 0, "overall": 1}
-    assert env.outcome() == TraceOutcome({"VQ": 1, "MQ": 2, "TA": 0, "overall": 1}, [True, True], 1)
-    with pytest.raises(RuntimeError, match="over"):
-        env.step(ANSWER)
-
-
-@pytest.mark.parametrize(
-    ("text", "code", "verdicts"),
-    [
-        ("<think>a</think>\nVQ: 1\nMQ: 2\nTA: 0\nOverall: 1", "missing_box", {}),
-        ("<think>a</think>\nVQ: \\boxed{A}\nMQ: \\boxed{2}\nTA: \\boxed{0}\nOverall: \\boxed{1}",
-         "unknown_box_value", {"MQ": 2, "TA": 0, "overall": 1}),
-        ("<think>a</think>\nOverall: \\boxed{2}", "missing_verdict", {"overall": 2}),
-        ("VQ: \\boxed{1}\nMQ: \\boxed{2}\nTA: \\boxed{0}\nOverall: \\boxed{1}", "no_think",
-         {"VQ": 1, "MQ": 2, "TA": 0, "overall": 1}),
-    ],
-)
-def test_invalid_answer_ends_episode_with_readable_verdicts(text, code, verdicts):
-    env = make_env()
-    res = env.step(text)
-    assert (res.status, res.done, res.observation) == (EpisodeStatus.INVALID_ANSWER, True, None)
-    assert code in res.info["problems"] and env.verdicts == verdicts
+    env.reset()
+    result = env.step(text)
+    assert result.done and result.status is status and result.observation is None
     assert env.outcome().turn_valid == [False]
 
 
-@pytest.mark.parametrize(
-    ("text", "flag"),
-    [
-        ("<think>I should look at frame", False),
-        ("<think>a</think>\n<tool_call>\n{\"name\": \"select_frames\", \"argum", False),
-        (tool([1]), True),
-        (ANSWER, True),
-    ],
-)
-def test_output_cut_at_token_limit_ends_episode(text, flag):
+def test_truncation_and_the_call_budget_end_the_episode():
     env = make_env()
-    res = env.step(text, truncated=flag)
-    assert (res.status, res.done, res.observation) == (EpisodeStatus.TRUNCATED, True, None)
-    assert "truncated" in res.info["problems"] and env.num_tool_calls == 0
-
-
-def test_tool_budget():
-    env = make_env(max_tool_calls=3)
-    notes = [env.step(tool([i])).observation["content"][-1]["text"] for i in range(3)]
-    assert "No tool calls left" in notes[-1] and "1 tool call left." in notes[-2]
-    res = env.step(tool([9]))
-    assert (res.status, res.done, res.observation) == (EpisodeStatus.TOOL_BUDGET_EXCEEDED, True, None)
-    assert env.num_tool_calls == 4 and res.info["frames"] == []
-    assert env.outcome().turn_valid == [True] * 4
-
-
-def test_turn_limit_ends_endless_retries():
-    env = make_env(max_turns=3)
-    assert env.step("x").status == EpisodeStatus.INVALID_TURN
-    assert env.step(tool([99])).status == EpisodeStatus.INVALID_TURN
-    res = env.step(tool([1]))
-    assert (res.status, res.observation, res.info["frames"]) == (EpisodeStatus.TURN_LIMIT, None, [])
-    assert env.outcome() == TraceOutcome({}, [False, False, True], 1)
-
-
-def test_memory_window_one_keeps_only_last_tool_images():
-    env = make_env()
-    env.step(tool([1, 2]))
-    env.step(tool([3]))
-    msgs = env.messages()
-    assert images(msgs[3]) == []  # first tool turn: images replaced by placeholders
-    placeholders = [p for p in msgs[3]["content"] if p.get("text") == "[image removed from context]\n"]
-    assert len(placeholders) == 4
-    assert "Video 2, frame 2 (1.00 s):\n" in [p.get("text") for p in msgs[3]["content"]]  # labels stay
-    assert images(msgs[5]) == [(1, 3), (2, 3)]
-    assert len(all_images(msgs)) == 8 + 2  # initial frames always stay
-    # The stored history is untouched: rendering again with a wider window is possible.
-    assert len(all_images(env.messages(before_turn=1))) == 8 + 4
-
-
-def test_rejected_call_does_not_push_images_out_of_the_window():
-    env = make_env()
-    env.step(tool([1]))
-    env.step(tool([99]))
-    assert all_images(env.messages())[-2:] == [(1, 1), (2, 1)]
-
-
-@pytest.mark.parametrize(("window", "expected"), [(0, 8), (1, 8 + 2), (2, 8 + 4 + 2), (None, 8 + 2 + 4 + 2)])
-def test_memory_window_sizes(window, expected):
-    env = make_env(memory_window=window)
-    for frames in ([1], [2, 3], [4]):
-        env.step(tool(frames))
-    assert len(all_images(env.messages())) == expected
-
-
-def test_messages_before_turn_are_the_contexts_the_model_saw():
-    env = make_env()
-    seen = [env.messages()]
-    for frames in ([1], [2]):
-        env.step(tool(frames))
-        seen.append(env.messages())
-    env.step(ANSWER)
-    for k, context in enumerate(seen):
-        replay = env.messages(before_turn=k)
-        assert [m["role"] for m in replay] == [m["role"] for m in context]
-        assert all_images(replay) == all_images(context)
-    with pytest.raises(IndexError):
-        env.messages(before_turn=4)
-
-
-def image_counter(messages) -> int:
-    """A stand-in token counter: 10 tokens per image plus one per message."""
-    return 10 * len(all_images(messages)) + len(messages)
-
-
-def test_context_limit_ends_episode():
-    # reset: 8 images + 2 messages = 82; one frame per call adds 20 + 2 (assistant, tool)
-    env = make_env(max_context_tokens=110, memory_window=None, token_counter=image_counter)
-    assert env.step(tool([1])).status == EpisodeStatus.RUNNING  # 104
-    res = env.step(tool([2]))  # would be 126
-    assert (res.status, res.done, res.observation) == (EpisodeStatus.CONTEXT_EXCEEDED, True, None)
-    assert env.messages()[-1]["role"] == "assistant"  # the refused observation is not in the context
-    assert image_counter(env.messages()) <= 110
-
-
-def test_context_limit_with_window_keeps_going():
-    env = make_env(max_context_tokens=110, memory_window=1, token_counter=image_counter)
-    for frames in ([1], [2], [3]):
-        assert env.step(tool(frames)).status == EpisodeStatus.RUNNING
-
-
-def test_context_config_errors():
-    with pytest.raises(ValueError, match="token_counter"):
-        make_env(max_context_tokens=100)
-    with pytest.raises(ValueError, match="first turn"):
-        make_env(max_context_tokens=50, token_counter=image_counter)
-    with pytest.raises(ValueError, match="exactly one"):
-        EnvConfig(pool_frames=None)
-    with pytest.raises(ValueError):
-        EnvConfig(max_frames_per_call=0)
-
-
-def test_step_before_reset_raises():
-    env = VideoPairEnv("p", frame_pool_from_arrays(pool(1)), frame_pool_from_arrays(pool(2)), DIMS)
-    with pytest.raises(RuntimeError, match="reset"):
-        env.step(ANSWER)
-
-
-def test_unequal_pools_show_what_exists():
-    env = make_env(size_1=32, size_2=20)
-    res = env.step(tool([5, 25]))
-    assert images(res.observation) == [(1, 5), (2, 5), (1, 25)]
-    assert "Video 2 has no frame 25 (its pool has 20)." in res.observation["content"][-1]["text"]
-    assert make_env(size_1=32, size_2=20).step(tool([32])).status == EpisodeStatus.INVALID_TURN
-
-
-def test_configurable_frames_per_call():
-    assert make_env(max_frames_per_call=2).step(tool([1, 2, 3])).info["problems"] == ["too_many_frames"]
-
-
-def test_env_never_raises_on_garbage():
-    rng = np.random.default_rng(1)
-    pieces = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<synthesis>", "</synthesis>", "{", "}",
-              '"name": "select_frames"', '"arguments"', '"target_frames": [', "3", "-1", "]", ",", ":",
-              "\\boxed{1}", "VQ:", "Overall:", "\n", "x"]
-    for _ in range(100):
-        env = make_env()
-        while not env.done:
-            text = "".join(rng.choice(pieces, size=rng.integers(0, 25)))
-            res = env.step(text, truncated=bool(rng.random() < 0.05))
-            assert (res.observation is None) == res.done
-        assert len(env.turns) <= env.config.max_turns
-
-
-def test_env_reads_video_files(tmp_path):
-    path_1, path_2 = tmp_path / "a.mp4", tmp_path / "b.mp4"
-    write_video(path_1, np.full((12, 16, 16, 3), 40, np.uint8), fps=6)
-    write_video(path_2, np.full((12, 16, 16, 3), 200, np.uint8), fps=6)
-    env = VideoPairEnv("p", path_1, path_2, DIMS, EnvConfig(pool_frames=6, initial_frames=2))
-    first = env.reset()[1]
-    assert env.pool_sizes == (6, 6)
-    pics = [np.asarray(p["image"]) for p in first["content"] if p["type"] == "image"]
-    assert [abs(int(p.mean()) - v) <= 3 for p, v in zip(pics, (40, 40, 200, 200))] == [True] * 4
-    assert "Video 1, frame 5 (1.83 s):\n" in [p.get("text") for p in first["content"]]
-
-
-@pytest.fixture(scope="module")
-def tiny_processor(tmp_path_factory):
-    from transformers import AutoProcessor
-
-    from mmreward.backbones.tiny import build_tiny_vlm
-
-    return AutoProcessor.from_pretrained(build_tiny_vlm(tmp_path_factory.mktemp("tiny"), family="qwen2_5_vl"))
-
-
-def test_conversation_renders_through_tool_chat_template(tiny_processor):
-    rng = np.random.default_rng(0)
-    frames = rng.integers(0, 255, (16, 84, 84, 3), dtype=np.uint8)
-    counter = processor_token_counter(tiny_processor)
-    env = VideoPairEnv("a dog runs", frame_pool_from_arrays(frames), frame_pool_from_arrays(frames[::-1].copy()),
-                       DIMS, EnvConfig(pool_frames=16), token_counter=counter)
     env.reset()
-    env.step(tool([1, 2]))
-    env.step(tool([5]))
-    msgs = env.messages()
-    text = tiny_processor.apply_chat_template(msgs, tools=env.tools, add_generation_prompt=True, tokenize=False)
-    assert '"name": "select_frames"' in text.split("</tools>")[0]  # the schema is in the system turn
-    assert text.count("<|im_start|>assistant\n<think>look closer</think>\n<tool_call>\n{") == 2
-    assert text.count("<tool_response>") == 2 and text.count("[image removed from context]") == 4
-    assert text.count("<|image_pad|>") == 8 + 2  # initial frames + the last tool turn (memory window 1)
-    assert text.endswith("<|im_start|>assistant\n")
-    out = tiny_processor.apply_chat_template(
-        msgs, tools=env.tools, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    )
-    assert out["image_grid_thw"].shape[0] == 10
-    pad_id = tiny_processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    merge = tiny_processor.image_processor.merge_size ** 2
-    assert int((out["input_ids"] == pad_id).sum()) == int(out["image_grid_thw"].prod(-1).sum()) // merge
-    assert counter(msgs) == out["input_ids"].shape[1]
+    assert env.step(FINAL, truncated=True).status is EpisodeStatus.TRUNCATED
+    env = make_env()
+    env.reset()
+    for _ in range(3):
+        assert env.step(call([1])).status is EpisodeStatus.RUNNING
+    over = env.step(call([1]))
+    assert over.status is EpisodeStatus.TOOL_BUDGET_EXCEEDED and over.observation is None
+    assert env.outcome().num_tool_calls == 3  # the call that never ran does not count
+
+
+def test_the_context_cap_uses_the_rollout_token_counts():
+    env = make_env()
+    env.reset()
+    assert env.step(call([1]), context_tokens=12000, output_tokens=50).status is EpisodeStatus.RUNNING
+    assert env.step(call([1]), context_tokens=12050, output_tokens=50).status is EpisodeStatus.CONTEXT_EXCEEDED
+
+
+def test_the_over_limit_reduction_repeats_with_the_seed():
+    preset = load_preset("vr-thinker", ["frames.per_video=8", "frames.reduce_probability=1", "frames.max_per_call=3"])
+    shown = []
+    for seed in (3, 3, 4):
+        env = make_env(preset, seed=seed)
+        env.reset()
+        shown.append(env.step(call(list(range(1, 13)))).info["frames"])
+    assert shown[0] == shown[1] and all(len(s) <= 3 for s in shown)
+
+
+def test_api_misuse_raises():
+    env = make_env()
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(FINAL)
+    env.reset()
+    env.step(FINAL)
+    with pytest.raises(RuntimeError, match="over"):
+        env.step(FINAL)
+    with pytest.raises(IndexError):
+        env.messages(before_turn=5)

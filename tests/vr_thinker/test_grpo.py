@@ -15,7 +15,7 @@ from accelerate.state import AcceleratorState
 
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.backbones.vlm import LoRASettings, VLMLoadConfig, load_vlm
-from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.env import VideoPairEnv, frame_pool_from_arrays
 from vr_thinker.grpo import (
     GRPOLossConfig,
     PolicyRow,
@@ -23,15 +23,23 @@ from vr_thinker.grpo import (
     group_advantages,
     grpo_token_loss,
     k3_kl,
+    kl_in_advantages,
     rollout_rows,
     token_logprobs,
     token_weights,
 )
 from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair
+from vr_thinker.presets import load_preset
 from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
 
-DIMS = {"VQ": ""}
-ANSWER = "<think>Decide.</think>\nVQ: \\boxed{1}\nOverall: \\boxed{2}"
+ANSWER = "<synthesis>s</synthesis><think>Decide.</think><final answer>TA=1, VQ=1, MQ=0, OA=2</final answer>"
+
+
+def preset(window: int | None = 1, images: bool = False, turns: int = 5):
+    overrides = ["frames.per_video=8", f"limits.max_turns={turns}", "limits.max_tool_calls=4",
+                 f"limits.memory_window={'null' if window is None else window}",
+                 'prompt.system="Judge."', 'prompt.first_turn="Prompt: {prompt}"']
+    return load_preset("vr-thinker", overrides + (["prompt.first_turn_media=images"] if images else []))
 
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
@@ -43,9 +51,13 @@ pytestmark = pytest.mark.usefixtures("single_torch_thread")
 def test_group_advantages_exact():
     rewards = [1.0, 0.0, 0.5, 0.5, 3.0, 2.0, 1.0, 7.0]
     groups = ["a", "a", "b", "b", "c", "c", "c", "d"]
+    # official: population std + 1e-8 ([1, 0]: 0.5; [3, 2, 1]: sqrt(2/3))
+    pop = math.sqrt(2 / 3)
+    expected = [1.0, -1.0, 0.0, 0.0, 1 / pop, 0.0, -1 / pop, 0.0]
+    assert group_advantages(rewards, groups).tolist() == pytest.approx(expected, abs=1e-6)
     std_a = math.sqrt(0.5)  # unbiased std of [1, 0]
     expected = [0.5 / (std_a + 1e-4), -0.5 / (std_a + 1e-4), 0.0, 0.0, 1.0 / 1.0001, 0.0, -1.0 / 1.0001, 0.0]
-    assert group_advantages(rewards, groups).tolist() == pytest.approx(expected, abs=1e-6)
+    assert group_advantages(rewards, groups, eps=1e-4, population_std=False).tolist() == pytest.approx(expected, abs=1e-6)
     assert group_advantages(rewards, groups, scale="none").tolist() == pytest.approx(
         [0.5, -0.5, 0.0, 0.0, 1.0, 0.0, -1.0, 0.0], abs=1e-7)
     with pytest.raises(ValueError, match="scale"):
@@ -67,7 +79,7 @@ def test_clipped_loss_exact():
     logp = old + torch.log(ratios)
     ref = old  # k3 of each token: ratio - 1 - ln(ratio) with d = -ln(ratio)
     entropy = torch.tensor([1.0, 2.0, 0.5, 0.0, 1.0])
-    cfg = GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.1, entropy_coef=0.01)
+    cfg = GRPOLossConfig(clip_low=0.2, clip_high=0.28, kl_coef=0.1, kl_in="loss", entropy_coef=0.01)
     out = grpo_token_loss(logp, old, advantages, cfg, ref_logp=ref, entropy=entropy)
     surrogate = [-1.28, 1.5, 0.8, -0.5, -2.0]  # -min(r A, clip(r) A)
     k3 = [1 / 1.5 - 1 + math.log(1.5), 1 / 1.5 - 1 + math.log(1.5), 2 - 1 + math.log(0.5), 1 + math.log(0.5), 0.0]
@@ -77,7 +89,22 @@ def test_clipped_loss_exact():
     assert out.low_clipped.tolist() == [False, False, True, False, False]
     with pytest.raises(ValueError, match="reference"):
         grpo_token_loss(logp, old, advantages, cfg)
+    # KL in the reward (official): the loss has no KL term, the k3 is still reported.
+    in_reward = grpo_token_loss(logp, old, advantages, GRPOLossConfig(clip_high=0.35, kl_coef=0.1), ref_logp=ref)
+    assert in_reward.loss.tolist() == pytest.approx([-1.35, 1.5, 0.8, -0.5, -2.0], abs=1e-5)
+    assert in_reward.kl.tolist() == pytest.approx(k3, abs=1e-6)
 
+
+def test_kl_as_a_reward_is_summed_to_the_end_of_each_turn():
+    # Two rows: row 0 holds two turns (loss runs of 2 and 1 tokens), row 1 one turn of 3 tokens.
+    loss_mask = torch.tensor([[0, 1, 1, 0, 1, 0], [0, 0, 1, 1, 1, 0]])
+    kl = torch.tensor([0.1, 0.2, 0.4, 1.0, 2.0, 3.0])
+    advantages = torch.tensor([1.0, 1.0, 1.0, -1.0, -1.0, -1.0])
+    out = kl_in_advantages(advantages, kl, loss_mask, kl_coef=0.5)
+    expected = [1 - 0.5 * 0.3, 1 - 0.5 * 0.2, 1 - 0.5 * 0.4, -1 - 0.5 * 6.0, -1 - 0.5 * 5.0, -1 - 0.5 * 3.0]
+    assert out.tolist() == pytest.approx(expected)
+    with pytest.raises(ValueError, match="tokens"):
+        kl_in_advantages(advantages[:5], kl[:5], loss_mask, 0.5)
 
 def test_token_weights_normalise_per_trace():
     def row(trace: int, tokens: int) -> PolicyRow:
@@ -85,6 +112,10 @@ def test_token_weights_normalise_per_trace():
 
     rows = [row(0, 2), row(0, 3), row(1, 5), row(2, 1)]
     assert token_weights(rows) == pytest.approx([1 / 15, 1 / 15, 1 / 15, 1 / 3])
+    assert token_weights(rows, "token_mean") == pytest.approx([1 / 11] * 4)
+    assert token_weights(rows, "constant", 200.0, micro_batches=2) == pytest.approx([1 / 400] * 4)  # official
+    with pytest.raises(ValueError, match="aggregation"):
+        token_weights(rows, "sum")
     # weighted sum of per-token losses = mean over traces of each trace's mean token loss
     losses = [[1.0, 2.0], [3.0, 4.0, 5.0], [1.0] * 5, [9.0]]
     total = sum(w * sum(values) for w, values in zip(token_weights(rows), losses))
@@ -101,16 +132,16 @@ def tiny(tmp_path_factory):
     return path, model.eval(), processor
 
 
-def make_env(seed: int = 0, window: int | None = 1) -> VideoPairEnv:
+def make_env(seed: int = 0, window: int | None = 1, images: bool = False) -> VideoPairEnv:
     rng = np.random.default_rng(seed)
     pools = [frame_pool_from_arrays(rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8)) for _ in range(2)]
-    config = EnvConfig(pool_frames=8, initial_frames=1, memory_window=window, max_turns=5, system_prompt="Judge.")
-    return VideoPairEnv(f"a ball ({seed})", *pools, dimensions=DIMS, config=config)
+    return VideoPairEnv(f"a ball ({seed})", *pools, preset(window, images))
 
 
 def call(frames: list[int]) -> str:
     body = json.dumps({"name": "select_frames", "arguments": {"target_frames": frames}})
-    return f"<think>look</think>\n<tool_call>\n{body}\n</tool_call>"
+    return ("<synthesis>s</synthesis><think>look</think><recommend answer>TA=1, VQ=1, MQ=0, OA=2, CF=3"
+            f"</recommend answer>\n<tool_call>\n{body}\n</tool_call>")
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +169,10 @@ def test_rows_follow_the_memory_window(traces, tiny):
         turn = traces[t].turns[k]
         assert row.input_ids == turn.context_ids + turn.generated_ids
         assert row.loss_mask == [0] * len(turn.context_ids) + [1] * len(turn.generated_ids)
-        assert row.images == turn.images
-    assert "[image removed from context]" in processor.tokenizer.decode(merged[1].input_ids)
-    assert len(merged[1].images) == len(traces[0].turns[2].images) == 2 + 2  # initial frames + call 2 (one index)
+        assert row.images == turn.images and row.videos == turn.videos
+    # Row 1 (turn 2) no longer holds call 1's two images; the first turn's video and call 2's image stay.
+    assert len(merged[0].images) == 2 and len(merged[1].images) == len(traces[0].turns[2].images) == 1
+    assert len(merged[1].videos) == 1 and merged[1].videos[0] == traces[0].turns[0].videos[0]
     # the merged row's loss tokens are exactly the generated tokens of turns 0 and 1, in order
     row = merged[0]
     picked = [i for i, m in zip(row.input_ids, row.loss_mask) if m]
@@ -194,7 +226,8 @@ def test_logprobs_match_the_rollout_in_other_families(tmp_path, family):
     path = build_tiny_vlm(tmp_path / family, family=family, seed=0)
     model, processor = load_vlm(VLMLoadConfig(path=str(path), dtype="float32", tool_chat_template=True))
     engine = HFRolloutEngine(model.eval(), processor, record_logits=True)
-    traces = engine.rollout([make_env(0)], SamplingConfig(max_new_tokens=4), forced=[[call([1, 2]), call([5]), ANSWER]])
+    env = make_env(0, images=family == "qwen3_vl")  # Qwen3-VL: the initial frames as images
+    traces = engine.rollout([env], SamplingConfig(max_new_tokens=4), forced=[[call([1, 2]), call([5]), ANSWER]])
     for turn in traces[0].turns:
         turn.finish = "stop_string"
     with torch.no_grad():
@@ -272,11 +305,11 @@ def test_micro_batches_add_up_to_the_full_batch_loss(traces, tiny):
 def _loop(model, processor, tmp_path, **overrides) -> GRPOLoop:
     rng = np.random.default_rng(3)
     pools = [frame_pool_from_arrays(rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8)) for _ in range(2)]
-    pair = JudgePair("p0", "a ball", pools[0], pools[1], {"VQ": 1, "overall": 2})
-    env = EnvConfig(pool_frames=8, initial_frames=1, max_turns=2, system_prompt="Judge.")
+    pair = JudgePair("p0", "a ball", pools[0], pools[1], {"TA": 1, "VQ": 1, "MQ": 0, "OA": 2})
     settings = dict(output_dir=str(tmp_path), max_steps=1, pairs_per_step=1, group_size=2, max_new_tokens=4,
-                    learning_rate=1e-2, kl_coef=0.1, entropy_coef=0.1, micro_batch_rows=1, use_cpu=True)
-    return GRPOLoop(model, processor, [pair], env, DIMS, GRPOConfig(**(settings | overrides)),
+                    learning_rate=1e-2, entropy_coef=0.1, micro_batch_rows=1, use_cpu=True)
+    p = preset(turns=2)
+    return GRPOLoop(model, processor, [pair], p, p.dimensions(), GRPOConfig(**(settings | overrides)),
                     accelerator=Accelerator(cpu=True))
 
 
@@ -299,8 +332,14 @@ def test_one_step_changes_trainable_parameters_only(tiny, tmp_path, mode):
     if mode == "lora":
         assert all("lora_" in name for name in changed)
     assert loop.state.step == 1 and metrics["rows"] >= 2
-    for key in ("reward/mean", "kl", "entropy", "clip/fraction", "grad_norm", "response_length/mean"):
+    for key in ("reward/mean", "kl", "entropy", "clip/fraction", "grad_norm", "response_length/mean",
+                "reward/curiosity", "reward/calls"):
         assert math.isfinite(metrics[key]), key
+    # Unset settings came from the preset: the official objective.
+    assert (loop.cfg.kl_coef, loop.cfg.kl_in, loop.cfg.clip_high, loop.cfg.loss_aggregation) == (0.01, "reward", 0.35,
+                                                                                                  "constant")
+    assert (loop.cfg.temperature, loop.cfg.later_temperature, loop.cfg.top_p, loop.cfg.top_k) == (1.0, 0.9, 0.95, 40)
+    assert loop.cfg.learning_rate == 1e-2 and loop.cfg.reward_variant == "official"
 
 
 def test_step_data_is_a_function_of_the_step(tiny, tmp_path):
@@ -322,8 +361,8 @@ def test_loop_rollouts_do_not_depend_on_the_rollout_batch(tiny, tmp_path):
     path, model, processor = tiny
     try:
         loop = _loop(model, processor, tmp_path, max_new_tokens=6)
-        envs = lambda: loop._envs(loop.pairs, 4)  # noqa: E731
         seeds = [11, 12, 13, 11]
+        envs = lambda: loop._envs(loop.pairs, 4, seeds)  # noqa: E731
         together = loop.rollout(envs(), loop.cfg.sampling(), seeds)
         loop.cfg.rollout_batch_size = 1
         one_by_one = loop.rollout(envs(), loop.cfg.sampling(), seeds)

@@ -1,18 +1,23 @@
 """Judge results and their scores against labels (exact values), and sampled judging independent of the batch size."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from mmreward.data.records import PreferenceRecord, Side
-from vr_thinker.env import EnvConfig
-from vr_thinker.judge import JudgeResult, load_judge_config, save_judge_config, score_results
+from vr_thinker.judge import JudgeResult, VRThinkerJudge, load_judge_config, save_judge_config, score_results
+from vr_thinker.presets import load_preset
 from vr_thinker.rewards import TraceOutcome
 from vr_thinker.rollout import RolloutTrace
 
+PRESET = load_preset("vr-thinker")
+VQ_TA = tuple(d for d in PRESET.dimensions() if d.key in ("VQ", "TA"))
 
-def result(verdicts: dict, status: str = "answered", valid=(True, True), calls: int = 1) -> JudgeResult:
+
+def result(verdicts: dict, status: str = "answered", valid=(True, True), calls: int = 1, dims=VQ_TA) -> JudgeResult:
     outcome = TraceOutcome(verdicts=verdicts, turn_valid=list(valid), num_tool_calls=calls)
-    trace = RolloutTrace(turns=[], status=status, tool_calls=[], final_parse=None, outcome=outcome, wall_s=0.0)
-    return JudgeResult(dict(verdicts), status, trace, env=None)
+    trace = RolloutTrace(turns=[], status=status, tool_calls=[], final_check=None, outcome=outcome, wall_s=0.0)
+    return JudgeResult(dict(verdicts), status, trace, env=SimpleNamespace(preset=PRESET, dimensions=dims))
 
 
 def record(label: dict) -> PreferenceRecord:
@@ -27,9 +32,9 @@ def test_score_results_exact_values():
         record({"VQ": "a", "TA": "a", "overall": "a"}),
     ]
     results = [
-        result({"VQ": 1, "TA": 0, "overall": 1}),  # all right
-        result({"VQ": 2, "TA": 1, "overall": 1}),  # VQ right only
-        result({"VQ": 0, "overall": 1}, status="invalid_answer", valid=(False,), calls=0),  # TA missing
+        result({"VQ": 1, "TA": 0, "OA": 1}),  # all right
+        result({"VQ": 2, "TA": 1, "OA": 1}),  # VQ right only
+        result({"VQ": 0, "OA": 1}, status="invalid_answer", valid=(False,), calls=0),  # TA missing
         result({}, status="truncated", valid=(True, False), calls=3),
     ]
     m = score_results(results, records)
@@ -47,21 +52,44 @@ def test_score_results_exact_values():
 
 
 def test_preference_uses_the_record_label_convention():
-    r = result({"VQ": 2, "TA": 0, "overall": 1})
+    r = result({"VQ": 2, "TA": 0, "OA": 1})
     assert (r.preference(), r.preference("VQ"), r.preference("TA"), r.preference("MQ")) == ("a", "b", "tie", None)
-    assert r.format_valid and not result({"overall": 1}, valid=(True, False)).format_valid
-    assert not result({"overall": 1}, status="truncated").format_valid
+    assert r.labels() == {"VQ": "b", "TA": "tie", "overall": "a"}
+    assert r.format_valid and not result({"OA": 1}, valid=(True, False)).format_valid
+    assert not result({"OA": 1}, status="truncated").format_valid
+
+
+def test_scores_follow_the_dimension_sets_label_keys():
+    mj = PRESET.dimensions("mjbench_video")
+    records = [record({"Alignment": "a", "Fineness": "b", "Coherence & Consistency": "tie", "overall": "a"})]
+    m = score_results([result({"TA": 1, "VQ": 1, "MQ": 0, "OA": 1}, dims=mj)], records)
+    assert m.dimension_accuracy == {"Alignment": 1.0, "Fineness": 0.0, "Coherence & Consistency": 1.0}
+    assert m.overall_accuracy == 1.0 and m.all_right_rate == 0.0
 
 
 def test_judge_config_round_trip(tmp_path):
-    env = EnvConfig(pool_frames=8, initial_frames=2, memory_window=None, system_prompt="Judge.")
-    save_judge_config(tmp_path, env, ["VQ", "TA"])
-    loaded_env, dims = load_judge_config(tmp_path)
-    assert loaded_env == env and list(dims) == ["VQ", "TA"]
+    preset = load_preset("vr-thinker", ["frames.per_video=8", "limits.memory_window=null"])
+    save_judge_config(tmp_path, preset, VQ_TA)
+    loaded, dims = load_judge_config(tmp_path)
+    assert loaded == preset and dims == VQ_TA and loaded.overrides == preset.overrides
     assert load_judge_config(tmp_path / "missing") is None
-    (tmp_path / "vr_thinker.json").write_text('{"env": {"frames": 3}, "dimensions": []}')
+    (tmp_path / "vr_thinker.json").write_text('{"preset": {"name": "x"}, "dimensions": []}')
     with pytest.raises(ValueError, match="not a valid judge config"):
         load_judge_config(tmp_path)
+
+
+def test_a_released_checkpoint_needs_its_preset_named(tmp_path):
+    from mmreward.backbones.tiny import build_tiny_vlm
+
+    path = build_tiny_vlm(tmp_path / "released")  # a checkpoint directory without vr_thinker.json
+    with pytest.raises(ValueError, match="name the protocol preset"):
+        VRThinkerJudge.from_pretrained(path)
+    judge = VRThinkerJudge.from_pretrained(path, preset="vrthinker", dimensions="mjbench_video")
+    assert judge.preset.name == "vrthinker" and [d.label for d in judge.dimensions][0] == "Alignment"
+    assert judge.sampling.max_new_tokens == 2048 and not judge.sampling.do_sample
+    save_judge_config(path, load_preset("vr-thinker", ["frames.per_video=8"]), VQ_TA)
+    trained = VRThinkerJudge.from_pretrained(path)
+    assert trained.preset.frames.per_video == 8 and trained.dimensions == VQ_TA
 
 
 def test_sampled_verdicts_do_not_depend_on_the_batch_size(tmp_path):
@@ -72,7 +100,6 @@ def test_sampled_verdicts_do_not_depend_on_the_batch_size(tmp_path):
     from mmreward.backbones.tiny import build_tiny_vlm
     from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
     from vr_thinker.env import frame_pool_from_arrays
-    from vr_thinker.judge import VRThinkerJudge
     from vr_thinker.rollout import SamplingConfig
 
     threads = torch.get_num_threads()
@@ -83,11 +110,12 @@ def test_sampled_verdicts_do_not_depend_on_the_batch_size(tmp_path):
         rng = np.random.default_rng(0)
         items = [(f"pair {i}", *(frame_pool_from_arrays(rng.integers(0, 256, (8, 56, 56, 3), dtype=np.uint8))
                                  for _ in "ab")) for i in range(3)]
-        env = EnvConfig(pool_frames=8, initial_frames=1, max_turns=2)
+        preset = load_preset("vr-thinker", ["frames.per_video=8", "limits.max_turns=2", 'prompt.system="Judge."',
+                                            'prompt.first_turn="Prompt: {prompt}"'])
         sampling = SamplingConfig(max_new_tokens=6, do_sample=True, temperature=1.5, seed=3)
 
         def tokens(batch_size: int) -> list:
-            judge = VRThinkerJudge(model, processor, env, ["VQ"], sampling, batch_size=batch_size)
+            judge = VRThinkerJudge(model, processor, preset, None, sampling, batch_size=batch_size)
             return [[t.generated_ids for t in r.trace.turns] for r in judge.compare_many(items)]
 
         one = tokens(1)

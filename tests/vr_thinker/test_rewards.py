@@ -1,110 +1,104 @@
+"""trace_reward: exact values of every term, official and paper variants, and the rejection-sampling rule."""
+
 import pytest
 
-from vr_thinker.rewards import (
-    RewardBreakdown,
-    RewardConfig,
-    TraceOutcome,
-    accuracy_reward,
-    exploration_rewards,
-    format_reward,
-    group_rewards,
-    keep_for_rejection_sampling,
-)
+from vr_thinker.presets import load_preset
+from vr_thinker.rewards import TraceOutcome, accuracy, group_rewards, keep_for_rejection_sampling, trace_reward
 
-LABEL = {"overall": 1, "VQ": 2, "MQ": 0, "TA": 1}
-EXACT = dict(abs=1e-12)
+PRESET = load_preset("vr-thinker")
+LABEL = {"TA": 1, "VQ": 2, "MQ": 0, "OA": 1}
+RIGHT = dict(LABEL)
+WRONG = {"TA": 1, "VQ": 2, "MQ": 0, "OA": 2}
 
 
-def test_accuracy_all_right_all_wrong():
-    assert accuracy_reward(LABEL, LABEL) == 1.0
-    assert accuracy_reward({"overall": 2, "VQ": 1, "MQ": 1, "TA": 0}, LABEL) == 0.0
+def outcome(calls: int, right: bool = True, valid: bool = True, error: bool = False, recommends=()) -> TraceOutcome:
+    turns = [True] * calls + [valid]
+    return TraceOutcome(verdicts=RIGHT if right else WRONG, turn_valid=turns, num_tool_calls=calls,
+                        recommends=list(recommends), ended_after_tool_error=error, answered=True)
 
 
-def test_accuracy_missing_verdict_counts_wrong():
-    # overall right, 2 of 3 dimensions right (TA missing): 0.5 * 1 + 0.5 * 2/3
-    verdicts = {"overall": 1, "VQ": 2, "MQ": 0}
-    assert accuracy_reward(verdicts, LABEL) == pytest.approx(5 / 6, **EXACT)
-    assert accuracy_reward(verdicts, LABEL, overall_weight=0.2) == pytest.approx(0.2 + 0.8 * 2 / 3, **EXACT)
-    assert accuracy_reward({}, LABEL) == 0.0
+def test_official_terms_exact_values():
+    # Group of 8 with calls [0, 1, 2, 3, 1, 0, 2, 4]: rapr = share with > 1 call = 4/8 = 0.5 < 0.6.
+    group = [outcome(0), outcome(1), outcome(2), outcome(3), outcome(1, right=False), outcome(0, right=False),
+             outcome(2, valid=False), outcome(4)]
+    terms = [trace_reward(o, LABEL, PRESET, group=group, step=0) for o in group]
+    assert [t.accuracy for t in terms] == [1, 1, 1, 1, 0, 0, 1, 1]
+    assert [t.curiosity for t in terms] == pytest.approx([0, -0.1, -0.1, -0.1, -0.1, 0, -0.1, -0.1])
+    assert [t.calls for t in terms] == pytest.approx([0, -1.0, 0.5, 1.0, -1.0, 0, 0.5, 1.5])
+    assert [t.format for t in terms] == [1, 1, 1, 1, 1, 1, 0, 1]
+    # n = 0: accuracy only; n >= 1: accuracy + curiosity + calls + format.
+    assert [t.total for t in terms] == pytest.approx([1.0, 0.9, 2.4, 2.9, -0.1, 0.0, 1.4, 3.4])
+    assert terms[1].extra == {"rapr": 0.5, "scale": 1.0}
 
 
-def test_accuracy_overall_wrong_dimensions_right():
-    assert accuracy_reward({"overall": 0, "VQ": 2, "MQ": 0, "TA": 1}, LABEL) == 0.5
-    assert accuracy_reward({"overall": 0, "VQ": 2, "MQ": 0, "TA": 1}, LABEL, overall_weight=1.0) == 0.0
+def test_the_scale_schedule_of_the_curiosity_and_call_terms():
+    group = [outcome(1), outcome(3), outcome(0), outcome(0)]  # rapr = 1/4
+    by_step = {step: trace_reward(group[1], LABEL, PRESET, group=group, step=step) for step in (None, 29, 30, 49, 50)}
+    assert by_step[None].calls == by_step[29].calls == 1.0 and by_step[29].curiosity == pytest.approx(-0.35)
+    assert by_step[30].calls == pytest.approx(0.2) and by_step[49].curiosity == pytest.approx(-0.07)
+    assert by_step[50].calls == pytest.approx(0.1) and by_step[50].curiosity == pytest.approx(-0.035)
+    assert by_step[50].total == pytest.approx(1 + 0.1 - 0.035 + 1)  # the format flag is not scaled
+    official_code = load_preset("vr-thinker", ["reward.official.scale_schedule=[[30, 0.2]]"])
+    assert trace_reward(group[1], LABEL, official_code, group=group, step=80).calls == pytest.approx(0.2)
 
 
-def test_accuracy_overall_only_label():
-    assert accuracy_reward({"overall": 2}, {"overall": 2}) == 1.0
-    with pytest.raises(ValueError, match="overall"):
-        accuracy_reward({"VQ": 1}, {"VQ": 1})
+def test_no_curiosity_once_enough_traces_call_twice():
+    group = [outcome(2)] * 5 + [outcome(1)] * 3  # rapr = 5/8 >= 0.6
+    assert trace_reward(group[0], LABEL, PRESET, group=group).curiosity == 0.0
 
 
-def test_format_reward():
-    assert format_reward([True, True, True]) == 1.0
-    assert format_reward([True, False, True]) == 0.0
-    assert format_reward([]) == 0.0
+def test_a_final_answer_right_after_a_tool_error_scores_no_accuracy():
+    terms = trace_reward(outcome(1, error=True), LABEL, PRESET)
+    assert terms.accuracy == 0.0 and terms.total == pytest.approx(0 + (0 - 0.6) - 1.0 + 1)
 
 
-def test_exploration_bonus_when_group_rarely_uses_tool():
-    # u = 1/10 -> bonus a * (H - u) = 0.5 * 0.2 = 0.1, only for the trace that called the tool
-    calls = [0] * 9 + [2]
-    rewards = exploration_rewards(calls)
-    assert rewards[:9] == [0.0] * 9
-    assert rewards[9] == pytest.approx(0.1, **EXACT)
+def test_image_constants():
+    group = [outcome(1), outcome(4), outcome(0), outcome(0)]  # rapr = 1/4 < 0.5
+    one = trace_reward(group[0], LABEL, PRESET, group=group, step=80, modality="image")
+    many = trace_reward(group[1], LABEL, PRESET, group=group, step=80, modality="image")
+    assert one.curiosity == pytest.approx((0.25 - 0.5) * 0.15) and one.calls == 0.0
+    assert many.calls == pytest.approx(0.1) and many.total == pytest.approx(1 + (0.25 - 0.5) * 0.15 + 0.1)
+    with pytest.raises(ValueError, match="modality"):
+        trace_reward(group[0], LABEL, PRESET, modality="audio")
 
 
-def test_exploration_no_bonus_above_target_and_penalty_beyond_n():
-    # u = 2/5 = 0.4 >= H = 0.3: no bonus; 5 calls -> -0.05 * (5 - 3)
-    assert exploration_rewards([0, 0, 0, 1, 5]) == pytest.approx([0.0, 0.0, 0.0, 0.0, -0.1], **EXACT)
-    # u = 0.25: bonus 0.5 * 0.05 = 0.025 and the 4-call trace also pays 0.05
-    assert exploration_rewards([0, 0, 0, 4]) == pytest.approx([0.0, 0.0, 0.0, 0.025 - 0.05], **EXACT)
-    cfg = RewardConfig(curiosity_coef=1.0, curiosity_target=0.5, call_penalty=0.1, max_free_calls=1)
-    # u = 0.5 -> bonus 0; calls beyond 1 cost 0.1 each
-    assert exploration_rewards([0, 3], cfg) == pytest.approx([0.0, -0.2], **EXACT)
-    assert exploration_rewards([]) == []
+def test_paper_terms_exact_values():
+    recommends = [{"TA": 1, "VQ": 1, "MQ": 1, "OA": 2, "CF": 3}, None]  # acc 0.5 * 0 + 0.5 * 1/3 = 1/6
+    called = outcome(1, recommends=recommends)
+    group = [called] + [outcome(0)] * 9  # share with a call: 0.1 < omega 0.2
+    terms = trace_reward(called, LABEL, PRESET, group=group, variant="paper")
+    assert terms.accuracy == 1.0 and terms.format == 1.0
+    assert terms.cot_gain == pytest.approx(0.2 * (1.0 - 1 / 6))
+    assert terms.exploration == pytest.approx(0.1)
+    assert terms.total == pytest.approx(1 + 1 + 0.2 * (5 / 6) + 0.5 * 0.1)
+    plain = trace_reward(group[1], LABEL, PRESET, group=group, variant="paper")
+    assert plain.exploration == 0.0 and plain.cot_gain == 0.0 and plain.total == 2.0
+    half = {"TA": 1, "VQ": 0, "MQ": 0, "OA": 2}  # overall wrong, 2 of 3 dimensions right
+    assert accuracy(half, LABEL, PRESET, 0.5) == pytest.approx(1 / 3)
+    assert accuracy(half, LABEL, PRESET) == 0.0  # official: the overall verdict only
+    assert load_preset("vr-thinker", ["reward.variant=paper"]).reward.variant == "paper"
 
 
-def test_group_rewards_total():
-    outcomes = [
-        TraceOutcome({"overall": 1, "VQ": 2, "MQ": 0, "TA": 1}, [True, True], 1),  # all right, valid, 1 call
-        TraceOutcome({"overall": 1, "VQ": 2, "MQ": 0}, [False, True], 0),  # TA missing, one invalid turn
-        TraceOutcome({}, [True, True, True, True], 4),  # no answer, 4 calls
-        TraceOutcome({"overall": 2, "VQ": 2, "MQ": 0, "TA": 1}, [True], 0),
-    ]
-    # u = 2/4 = 0.5 >= 0.3: no curiosity bonus; trace 3 pays 0.05 * 1
-    out = group_rewards(outcomes, LABEL)
-    expected = [
-        RewardBreakdown(1.0, 1.0, 0.0, 1.5),
-        RewardBreakdown(5 / 6, 0.0, 0.0, 5 / 6),
-        RewardBreakdown(0.0, 1.0, -0.05, 0.45),
-        RewardBreakdown(0.5, 1.0, 0.0, 1.0),
-    ]
-    for got, want in zip(out, expected, strict=True):
-        assert (got.accuracy, got.format, got.exploration, got.total) == pytest.approx(
-            (want.accuracy, want.format, want.exploration, want.total), **EXACT
-        )
+def test_labels_may_be_record_labels_and_traces_may_be_environments():
+    record_label = {"TA": "a", "VQ": "b", "MQ": "tie", "overall": "a"}
+    assert trace_reward(outcome(0), record_label, PRESET).total == 1.0
+    with pytest.raises(TypeError, match="TraceOutcome"):
+        trace_reward("not a trace", LABEL, PRESET)
+    with pytest.raises(ValueError, match="'OA'"):
+        trace_reward(outcome(0), {"TA": 1}, PRESET)
 
 
-def test_group_rewards_custom_weights_and_per_trace_labels():
-    cfg = RewardConfig(overall_weight=1.0, format_coef=2.0, curiosity_coef=1.0, curiosity_target=1.0)
-    outcomes = [TraceOutcome({"overall": 1}, [True], 1), TraceOutcome({"overall": 1}, [False], 0)]
-    out = group_rewards(outcomes, [{"overall": 1, "VQ": 1}, {"overall": 2, "VQ": 1}], cfg)
-    # u = 0.5 -> bonus 1.0 * (1.0 - 0.5) for the caller
-    assert [r.total for r in out] == pytest.approx([1.0 + 2.0 + 0.5, 0.0], **EXACT)
-    with pytest.raises(ValueError, match="2 outcomes but 1 labels"):
-        group_rewards(outcomes, [{"overall": 1}], cfg)
+def test_group_rewards_share_the_group():
+    group = [outcome(2), outcome(0), outcome(0), outcome(0)]  # rapr = 1/4
+    totals = [t.total for t in group_rewards(group, LABEL, PRESET)]
+    assert totals == pytest.approx([1 + (0.25 - 0.6) + 0.5 + 1, 1, 1, 1])
 
 
-def test_rejection_keep_rule():
-    right = {"overall": 1, "VQ": 2, "MQ": 0, "TA": 1}
-    assert keep_for_rejection_sampling(TraceOutcome(right, [True, True], 1), LABEL)
-    assert not keep_for_rejection_sampling(TraceOutcome(right, [False, True], 1), LABEL)
-    assert not keep_for_rejection_sampling(TraceOutcome({**right, "MQ": 1}, [True], 0), LABEL)
-    assert not keep_for_rejection_sampling(TraceOutcome({"overall": 1, "VQ": 2, "MQ": 0}, [True], 0), LABEL)
-
-
-def test_config_validation():
-    with pytest.raises(ValueError):
-        RewardConfig(overall_weight=1.5)
-    with pytest.raises(ValueError):
-        RewardConfig(max_free_calls=-1)
+def test_rejection_keeps_only_clean_fully_right_traces():
+    assert keep_for_rejection_sampling(outcome(1), LABEL, PRESET)
+    assert not keep_for_rejection_sampling(outcome(1, right=False), LABEL, PRESET)
+    assert not keep_for_rejection_sampling(outcome(1, valid=False), LABEL, PRESET)
+    wrong_dim = TraceOutcome({"TA": 2, "VQ": 2, "MQ": 0, "OA": 1}, [True], 0, answered=True)
+    assert not keep_for_rejection_sampling(wrong_dim, LABEL, PRESET)
+    unanswered = TraceOutcome(RIGHT, [True], 0, answered=False)
+    assert not keep_for_rejection_sampling(unanswered, LABEL, PRESET)

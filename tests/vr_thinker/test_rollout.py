@@ -20,8 +20,11 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mmreward.backbones.chat_template import TOOL_CHAT_TEMPLATE
 from mmreward.backbones.tiny import build_tiny_vlm
-from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.env import VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.presets import load_preset
 from vr_thinker.rollout import HFRolloutEngine, RolloutError, RolloutTrace, SamplingConfig, episode_seed
+from vr_thinker.rollout.context import ConversationBuilder, seconds_per_grid
+from vr_thinker.rollout.vllm_engine import _collapse_media
 
 ATOL = 1e-5
 GREEDY = SamplingConfig(max_new_tokens=12, do_sample=False)
@@ -50,33 +53,44 @@ def tiny(tmp_path_factory) -> TinyModels:
     return TinyModels(tmp_path_factory.mktemp("tiny_vlms"))
 
 
-def make_env(seed: int, prompt: str | None = None, **cfg) -> VideoPairEnv:
+def make_env(seed: int, prompt: str | None = None, memory_window: int | None = 1, images: bool = False,
+             max_turns: int = 5, size: int = 56) -> VideoPairEnv:
+    """An episode in the vr-thinker protocol at test size: pools of 8 frames per video (frames 1-16), the initial
+    frames as one video (or as images: Qwen3-VL), short instruction texts."""
     rng = np.random.default_rng(seed)
-    videos = [frame_pool_from_arrays(rng.integers(0, 256, (16, 56, 56, 3), dtype=np.uint8)) for _ in "12"]
-    config = dict(pool_frames=16, initial_frames=2, memory_window=1, max_turns=5) | cfg
+    videos = [frame_pool_from_arrays(rng.integers(0, 256, (8, size, size, 3), dtype=np.uint8)) for _ in "12"]
+    overrides = ["frames.per_video=8", f"limits.max_turns={max_turns}", "limits.max_tool_calls=4",
+                 f"limits.memory_window={'null' if memory_window is None else memory_window}",
+                 'prompt.system="Judge the videos."', 'prompt.first_turn="Prompt: {prompt}"']
+    if images:
+        overrides.append("prompt.first_turn_media=images")
     prompt = prompt or f"a ball rolls ({seed})"
-    return VideoPairEnv(prompt, *videos, dimensions=["VQ", "TA"], config=EnvConfig(**config))
+    return VideoPairEnv(prompt, *videos, load_preset("vr-thinker", overrides))
 
 
 def call(frames: list[int]) -> str:
     args = json.dumps({"name": "select_frames", "arguments": {"target_frames": frames}})
-    return f"<think>look</think>\n<tool_call>\n{args}\n</tool_call>"
+    return ("<synthesis>seen</synthesis><think>look</think><recommend answer>TA=1, VQ=0, MQ=0, OA=1, CF=3"
+            f"</recommend answer>\n<tool_call>\n{args}\n</tool_call>")
 
 
 def reference_logits(model, processor, env: VideoPairEnv, turn: int, generated: list[int]) -> tuple[list, torch.Tensor]:
     """Processor ids of the context before ``turn`` and full-forward logits predicting each generated token."""
     inputs = processor.apply_chat_template(
-        env.messages(before_turn=turn), tools=env.tools, add_generation_prompt=True,
-        tokenize=True, return_dict=True, return_tensors="pt",
+        env.messages(before_turn=turn), add_generation_prompt=True, tokenize=True, return_dict=True,
+        return_tensors="pt",
     )
     context = inputs["input_ids"][0].tolist()
     ids = torch.tensor([context + generated], device=model.device)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    vision = {k: inputs[k].to(model.device) for k in ("pixel_values", "image_grid_thw") if k in inputs}
+    video_id = processor.tokenizer.convert_tokens_to_ids(processor.video_token)
+    keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+    vision = {k: inputs[k].to(model.device) for k in keys if k in inputs}
+    if "second_per_grid_ts" in inputs:  # the protocol's frame rate (2 per second), not the processor's default
+        vision["second_per_grid_ts"] = torch.tensor([seconds_per_grid(processor, 2.0)])
+    types = (ids == image_id).int() + 2 * (ids == video_id).int()
     with torch.no_grad():
-        logits = model(
-            input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=(ids == image_id).int(), **vision
-        ).logits[0]
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types, **vision).logits[0]
     n = len(context)
     return context, logits[n - 1 : n - 1 + len(generated)].float().cpu()
 
@@ -93,7 +107,8 @@ SCRIPTS = [[call([1, 2]), call([3]), call([5, 6, 7])], [call([4, 9])]]
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen2_vl"])
 def test_cached_turns_match_full_prefill(tiny, family):
     model, processor = tiny(family)
-    envs = [make_env(0), make_env(1)]
+    images = family == "qwen3_vl"  # Qwen3-VL writes timestamps into videos: the first turn holds images there
+    envs = [make_env(0, images=images), make_env(1, images=images)]
     traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=SCRIPTS)
 
     assert [len(t.turns) for t in traces] == [4, 2]
@@ -118,15 +133,17 @@ def test_cached_turns_match_full_prefill(tiny, family):
     assert [t.finish for t in turns] == ["forced"] * 3 + ["length"]
     assert traces[0].tool_calls == [[1, 2], [3], [5, 6, 7]] and traces[0].status == "truncated"
     assert all(t.ttft_s > 0 and t.decode_s >= 0 for t in turns)
-    assert turns[1].images[-4:] == [envs[0].frame(v, i).image for i in (1, 2) for v in (1, 2)]
+    assert turns[1].images[-2:] == [envs[0].frame(0), envs[0].frame(1)]
+    assert len(turns[1].videos) == (0 if images else 1) and len(turns[1].images) == (10 if images else 2)
 
 
 def test_cache_cut_inside_an_image_of_another_row(tiny):
     """The batch cache is cut at the earliest row's divergence; another row re-prefills from the same slot,
-    which here falls inside one of its images (it then gets the features of that image's uncached tokens)."""
+    which here falls inside one of its images (it then gets the features of that image's uncached tokens). Row 1's
+    larger frames (9 tokens each, against 4) shift its images against row 0's cut."""
     model, processor = tiny()
-    envs = [make_env(0), make_env(1, memory_window=None)]
-    scripts = [[call([1]), call([5]), call([6])], [call([9, 10]), call([7]), call([8])]]
+    envs = [make_env(0), make_env(1, memory_window=None, size=84)]
+    scripts = [[call([1]), call([5]), call([6])], [call([9]), call([7]), call([8])]]
     traces = HFRolloutEngine(model, processor, record_logits=True).rollout(envs, GREEDY, forced=scripts)
     image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
     turn = traces[1].turns[2]
@@ -219,13 +236,15 @@ def test_turn_ends_at_stop_string_and_stop_token(tiny):
     stop_model = copy.copy(model)
     stop_model.generation_config = copy.deepcopy(model.generation_config)
     stop_model.generation_config.eos_token_id = [greedy[j]]
-    trace = HFRolloutEngine(stop_model, processor).rollout([make_env(0, max_turns=2)], by_string)[0]
-    first, second = trace.turns
+    env = make_env(0, max_turns=2)
+    first = HFRolloutEngine(stop_model, processor).rollout([env], by_string)[0].turns[0]
     assert (first.generated_ids, first.finish) == (greedy[: j + 1], "stop_token")
     assert first.text == tok.decode(greedy[:j])  # the stop token is not part of the text the env sees
-    # In the next context the template's end-of-turn marker follows the turn's other tokens.
+    # In a later context the template's end-of-turn marker follows the turn's other tokens.
+    messages = [*env.messages(), {"role": "user", "content": [{"type": "text", "text": "next"}]}]
+    later = ConversationBuilder(processor).build(messages, [], [greedy[:j]])
     start = len(first.context_ids)
-    assert second.context_ids[start : start + j + 1] == greedy[:j] + [tok.convert_tokens_to_ids("<|im_end|>")]
+    assert later.ids[start : start + j + 1].tolist() == greedy[:j] + [tok.convert_tokens_to_ids("<|im_end|>")]
 
 
 def test_vision_placeholders_are_never_generated(tiny):
@@ -265,20 +284,37 @@ def test_bad_arguments_are_refused(tiny):
         SamplingConfig(max_new_tokens=0)
 
 
-def test_vllm_prompt_has_one_placeholder_per_image(tiny):
-    """The vLLM backend (GPU, not run here) sends the same context with each image's tokens collapsed to one."""
-    from vr_thinker.rollout import _collapse_images, _ConversationBuilder
-
+@pytest.mark.parametrize("images", [False, True])
+def test_vllm_prompt_has_one_placeholder_per_image_or_video(tiny, images):
+    """The vLLM backend (GPU, not run here) sends the same context with each item's tokens collapsed to one."""
     _, processor = tiny()
-    env = make_env(0)
-    ctx = _ConversationBuilder(processor).build(env.reset(), env.tools, [])
-    image_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
-    collapsed = _collapse_images(ctx, image_id)
+    env = make_env(0, images=images)
+    builder = ConversationBuilder(processor)
+    ctx = builder.build(env.reset(), env.tools, [])
+    collapsed = _collapse_media(ctx, builder)
     unexpanded = processor.tokenizer(
-        processor.apply_chat_template(env.messages(), tools=env.tools, add_generation_prompt=True, tokenize=False),
+        processor.apply_chat_template(env.messages(), add_generation_prompt=True, tokenize=False),
         add_special_tokens=False,
     )["input_ids"]
-    assert collapsed == unexpanded and collapsed.count(image_id) == len(ctx.images) == 4
+    assert collapsed == unexpanded
+    assert collapsed.count(builder.image_token_id) == len(ctx.images) == (8 if images else 0)
+    assert collapsed.count(builder.video_token_id) == len(ctx.videos) == (0 if images else 1)
+
+
+def test_later_turns_sample_at_their_own_temperature(tiny):
+    """With the first turn forced, the second turn's tokens follow ``later_temperature`` alone."""
+    model, processor = tiny()
+    engine = HFRolloutEngine(model, processor)
+
+    def second_turn(sampling):
+        trace = engine.rollout([make_env(0, max_turns=2)], sampling, forced=[[call([1])]], seeds=[11])[0]
+        return trace.turns[1].generated_ids
+
+    split = second_turn(SamplingConfig(max_new_tokens=10, temperature=1.0, later_temperature=0.02))
+    assert split == second_turn(SamplingConfig(max_new_tokens=10, temperature=0.02))
+    assert split != second_turn(SamplingConfig(max_new_tokens=10, temperature=20.0))
+    assert SamplingConfig(temperature=1.0, later_temperature=0.9).temperature_at(0) == 1.0
+    assert SamplingConfig(temperature=1.0, later_temperature=0.9).temperature_at(2) == 0.9
 
 
 @pytest.mark.gpu

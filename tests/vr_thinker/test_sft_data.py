@@ -10,8 +10,9 @@ from trl.chat_template_utils import qwen3_vl_chat_template, qwen3_vl_training_ch
 
 from mmreward.backbones.tiny import build_tiny_vlm
 from vr_thinker.cold_start import EpisodeTrace
-from vr_thinker.env import EnvConfig, VideoPairEnv, frame_pool_from_arrays
-from vr_thinker.protocol import build_assistant_message
+from vr_thinker.env import VideoPairEnv, frame_pool_from_arrays
+from vr_thinker.presets import load_preset
+from vr_thinker.protocol import assistant_message
 from vr_thinker.sft_data import (
     IGNORE_INDEX,
     TraceRows,
@@ -20,20 +21,24 @@ from vr_thinker.sft_data import (
     training_chat_template,
 )
 
-DIMS = {"VQ": "", "MQ": "", "TA": ""}
-ANSWER = "<think>Decide.</think>\nVQ: \\boxed{1}\nMQ: \\boxed{2}\nTA: \\boxed{0}\nOverall: \\boxed{1}"
+ANSWER = "<synthesis>s</synthesis>\n<think>Decide.</think>\n<final answer>TA=0, VQ=1, MQ=2, OA=1</final answer>"
+
+
+def preset(window=1):
+    return load_preset("vr-thinker", ["frames.per_video=8", f"limits.memory_window={'null' if window is None else window}",
+                                      'prompt.system="Judge."', 'prompt.first_turn="Prompt: {prompt}"'])
 
 
 def call(frames) -> str:
     body = json.dumps({"name": "select_frames", "arguments": {"target_frames": frames}})
-    return f"<think>Look at {frames}.</think>\n<tool_call>\n{body}\n</tool_call>"
+    return (f"<synthesis>s</synthesis>\n<think>Look at {frames}.</think>\n<recommend answer>TA=0, VQ=1, MQ=0, OA=1, "
+            f"CF=3</recommend answer>\n<tool_call>\n{body}\n</tool_call>")
 
 
 def episode(turns, window=1) -> VideoPairEnv:
     rng = np.random.default_rng(0)
     pools = [frame_pool_from_arrays(rng.integers(0, 255, (8, 56, 56, 3), dtype=np.uint8)) for _ in range(2)]
-    env = VideoPairEnv("two red circles", pools[0], pools[1], DIMS,
-                       EnvConfig(pool_frames=8, initial_frames=2, memory_window=window, system_prompt="Judge."))
+    env = VideoPairEnv("two red circles", pools[0], pools[1], preset(window))
     env.reset()
     for text in turns:
         env.step(text)
@@ -73,7 +78,7 @@ def test_rows_follow_the_memory_window(turns, window, merge, expected):
     for row in rows:
         last = row.loss_turns[-1]
         # Each row is exactly the context its last trained turn saw, plus that turn.
-        assert row.messages == [*env.messages(before_turn=last), build_assistant_message(turns[last])]
+        assert row.messages == [*env.messages(before_turn=last), assistant_message(turns[last])]
         assert sum(m["role"] == "assistant" for m in row.messages) == last + 1
 
 
@@ -90,8 +95,9 @@ def test_example_lists_the_images_in_order():
     example = episode_rows(env, "t")[0].example()
     parts = [p for m in example["messages"] for p in (m["content"] if isinstance(m["content"], list) else [])]
     assert example["images"] == [p["image"] for p in parts if p["type"] == "image"]
-    assert len(example["images"]) == 2 * 2 + 2 * 2
-    assert example["loss_turns"] == [0, 1] and example["tools"] == env.tools and example["trace_id"] == "t"
+    assert len(example["images"]) == 2  # the call's frames; the initial frames are one video part
+    assert [p["type"] for p in parts].count("video") == 1
+    assert example["loss_turns"] == [0, 1] and example["tools"] == env.tools == [] and example["trace_id"] == "t"
 
 
 # ----------------------------------------------------------------------------------------------------- collator
@@ -132,6 +138,8 @@ def test_labels_cover_exactly_the_trained_assistant_turns(processor):
     assert turns[0] in context_only and turns[1] in context_only
     assert int((batch["input_ids"] == tok.convert_tokens_to_ids("<|image_pad|>")).sum()) == int(
         batch["image_grid_thw"].prod(-1).sum()) // processor.image_processor.merge_size ** 2
+    # One video per row (the initial frames), placed in time at the protocol's 2 frames per second.
+    assert batch["video_grid_thw"].shape[0] == 2 and batch["second_per_grid_ts"].tolist() == [1.0, 1.0]
 
 
 def test_masked_tokens_get_zero_gradient(processor, tiny_dir):
@@ -155,7 +163,7 @@ def test_overlong_rows_and_mixed_tool_schemas_are_refused(processor):
     with pytest.raises(ValueError, match=r"traces \['t'\] has \d+ tokens > max_length=50"):
         VRThinkerSFTCollator(processor, max_length=50)([rows[0].example()])
     other = rows[0].example()
-    other["tools"] = [{**other["tools"][0], "function": {**other["tools"][0]["function"], "description": "x"}}]
+    other["tools"] = [{"type": "function", "function": {"name": "select_frames", "description": "x"}}]
     with pytest.raises(ValueError, match="share the tool schema"):
         VRThinkerSFTCollator(processor)([rows[0].example(), other])
 
@@ -168,13 +176,12 @@ def test_trace_rows_dataset_replays_traces(tmp_path, processor):
     for name in ("a.mp4", "b.mp4"):
         write_video(tmp_path / name, rng.integers(0, 255, (8, 48, 48, 3), dtype=np.uint8), fps=8)
         paths.append(tmp_path / name)
-    env = EnvConfig(pool_frames=8, initial_frames=2)
     trace = EpisodeTrace("p1", "two red circles", paths[0], paths[1], [call([1, 2]), call([5]), ANSWER],
-                         [[1, 2], [5]], dimensions=DIMS, env=env)
+                         [[1, 2], [5]], preset=preset())
     rows = TraceRows([trace])
     assert len(rows) == 2 and rows.num_turns == 3
     data = rows.dataset()
     assert len(data) == 2 and data[1]["loss_turns"] == [2] and data[0]["trace_id"] == "p1"
-    assert len(data[0]["images"]) == 4 + 4 and len(data[1]["images"]) == 4 + 2  # window 1: call 1's frames dropped
+    assert len(data[0]["images"]) == 2 and len(data[1]["images"]) == 1  # window 1: call 1's frames dropped
     batch = VRThinkerSFTCollator(processor)([data[0], data[1]])
     assert batch["labels"].shape == batch["input_ids"].shape

@@ -6,11 +6,13 @@ import pytest
 
 from mmreward.backbones.vlm import LoRASettings
 from mmreward.manifest import RunDirError, finalize_run_dir, start_run_dir
-from vr_thinker.env import EnvConfig
 from vr_thinker.judge import save_judge_config
+from vr_thinker.presets import load_preset
 from vr_thinker.stage_io import (
     LoRAArguments,
+    PresetArguments,
     eval_record_file,
+    protocol_summary,
     read_judge_input,
     record_file,
     require_settings,
@@ -52,11 +54,23 @@ def test_read_judge_input_checks_the_stage_and_the_judge_config(tmp_path):
 
     judged = tmp_path / "judged"
     start_run_dir(judged)
-    env = EnvConfig(pool_frames=8, initial_frames=2)
-    save_judge_config(judged, env, ["VQ"])
+    preset = load_preset("vr-thinker", ["frames.per_video=8"])
+    dims = preset.dimensions()[:1]
+    save_judge_config(judged, preset, dims)
     finalize_run_dir(judged, "vrt_grpo", inputs={}, metrics={})
-    manifest, loaded_env, dims = read_judge_input(str(judged), ("vrt_sft", "vrt_grpo"))
-    assert manifest["stage"] == "vrt_grpo" and loaded_env == env and list(dims) == ["VQ"]
+    manifest, loaded, loaded_dims = read_judge_input(str(judged), ("vrt_sft", "vrt_grpo"))
+    assert manifest["stage"] == "vrt_grpo" and loaded == preset and loaded_dims == dims
+    assert protocol_summary(loaded, loaded_dims) == {"preset": "vr-thinker", "preset_overrides": ["frames.per_video=8"],
+                                                     "dimensions": ["TA"], "checkpoint": "qunwang13/vr-thinker"}
+
+
+def test_preset_arguments_resolve_or_stop():
+    preset, dims = PresetArguments(preset="vrthinker", dimensions="mjbench_video").protocol()
+    assert preset.name == "vrthinker" and dims[0].label == "Alignment"
+    with pytest.raises(SystemExit, match="--preset vr-thinker.*no dimension set 'x'"):
+        PresetArguments(dimensions="x").protocol()
+    with pytest.raises(SystemExit, match="has no such field"):
+        PresetArguments(preset_overrides=["frames.x=1"]).protocol()
 
 
 def test_lora_arguments():

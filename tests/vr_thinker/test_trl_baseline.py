@@ -10,12 +10,13 @@ from trl.chat_template_utils import add_response_schema, parse_response
 
 from mmreward.backbones.tiny import build_tiny_vlm
 from mmreward.data.records import PreferenceRecord, Side
-from vr_thinker.env import EnvConfig, frame_pool_from_arrays
-from vr_thinker.rewards import RewardConfig
+from vr_thinker.env import frame_pool_from_arrays
+from vr_thinker.presets import load_preset
 from vr_thinker.trl_baseline import TRLJudgeEnvironment, judge_dataset, make_reward_function
 
-ENV = EnvConfig(pool_frames=8, initial_frames=2, memory_window=1, max_tool_calls=2, system_prompt="Judge.")
-DIMS = {"VQ": ""}
+ENV = load_preset("vr-thinker", ["frames.per_video=8", "limits.max_tool_calls=2", 'prompt.system="Judge."',
+                                 "prompt.first_turn_media=images"])
+DIMS = ENV.dimensions()
 
 
 @pytest.fixture(scope="module")
@@ -37,27 +38,29 @@ def pools():
 
 def test_environment_shows_frames_and_keeps_every_image():
     env = TRLJudgeEnvironment(ENV, DIMS)
-    assert env.env_config.memory_window is None and env.env_config.max_tool_calls == 2
+    assert env.preset.limits.memory_window is None and env.preset.limits.max_tool_calls == 2
+    assert env.preset.overrides[-1] == "limits.memory_window=null"
     first = env.reset(pair_id="p", judge_prompt="a ball", video_1=pools()[0], video_2=pools()[1])
-    assert sum(isinstance(p.get("image"), Image.Image) for p in first) == 4  # 2 initial frames x 2 videos
-    shown = env.select_frames([3, 3, 5])
-    assert sum(p["type"] == "image" for p in shown) == 4 and "Duplicate" in shown[-1]["text"]
+    assert sum(isinstance(p.get("image"), Image.Image) for p in first) == 8  # 4 initial frames x 2 videos
+    shown = env.select_frames([3, 3, 11])
+    assert sum(p["type"] == "image" for p in shown) == 3 and shown[0]["text"].startswith("\nAfter selecting frames")
     refused = env.select_frames([99])
-    assert not any(p["type"] == "image" for p in refused) and "index_out_of_range" in refused[0]["text"]
-    assert env.num_tool_calls == 1
+    assert not any(p["type"] == "image" for p in refused) and "out of range" in refused[0]["text"]
+    assert env.num_tool_calls == 2
 
 
 def test_reward_follows_the_protocol(tokenizer):
-    reward = make_reward_function(DIMS, RewardConfig())
-    label = json.dumps({"VQ": 1, "overall": 2})
+    reward = make_reward_function(ENV, DIMS)
+    label = json.dumps({"TA": 1, "VQ": 1, "MQ": 0, "OA": 2})
     body = json.dumps({"name": "select_frames", "arguments": {"target_frames": [3]}})
-    call = f"<think>Look.</think>\n<tool_call>\n{body}\n</tool_call>"
+    recommend = "<recommend answer>TA=1, VQ=1, MQ=0, OA=2, CF=2</recommend answer>"
+    call = f"<synthesis>s</synthesis><think>Look.</think>{recommend}\n<tool_call>\n{body}\n</tool_call>"
+    right = "<synthesis>s</synthesis><think>Fine.</think><final answer>TA=1, VQ=1, MQ=0, OA=2</final answer>"
     completions = [
-        [parsed(tokenizer, "<think>Fine.</think>\nVQ: \\boxed{1}\nOverall: \\boxed{2}")],  # right, valid
-        [parsed(tokenizer, "<think>Fine.</think>\nVQ: \\boxed{2}\nOverall: \\boxed{2}")],  # half right, valid
-        [parsed(tokenizer, "VQ: \\boxed{1}\nOverall: \\boxed{2}")],  # right but no think block
-        [parsed(tokenizer, call), {"role": "tool", "content": []},
-         parsed(tokenizer, "<think>Seen.</think>\nVQ: \\boxed{1}\nOverall: \\boxed{2}")],  # a call, then right
+        [parsed(tokenizer, right)],  # right, valid, no call
+        [parsed(tokenizer, right.replace("OA=2", "OA=1"))],  # wrong overall, valid
+        [parsed(tokenizer, right.replace("</final answer>", ""))],  # right but the answer block is never closed
+        [parsed(tokenizer, call), {"role": "tool", "content": []}, parsed(tokenizer, right)],  # a call, then right
     ]
 
     class Env:  # what the reward reads from each rollout's environment
@@ -66,14 +69,17 @@ def test_reward_follows_the_protocol(tokenizer):
 
     rewards = reward(completions=completions, pair_id=["p"] * 4, label=[label] * 4,
                      environments=[Env(0), Env(0), Env(0), Env(1)])
-    bonus = 0.5 * (0.3 - 0.25)  # one of four traces called the tool: u = 0.25 < H = 0.3
-    assert rewards == pytest.approx([1.5, 0.5 + 0.5, 1.0, 1.5 + bonus])
+    # Official terms: n = 0 -> accuracy only (the unclosed answer still counts, format aside); n = 1 ->
+    # + curiosity (rapr 0 - 0.6) - 1 + format 1.
+    assert rewards == pytest.approx([1.0, 0.0, 1.0, 1.0 - 0.6 - 1.0 + 1.0])
+    assert reward(completions=completions[2:3], pair_id=["p"], label=[label], environments=[Env(1)]) == pytest.approx(
+        [1.0 + (0 - 0.6) - 1.0 + 0.0])  # with a call, the format term shows the broken answer
 
 
 def test_dataset_rows():
     records = [PreferenceRecord("p1", "a ball", Side(None, [], "a.mp4", None), Side(None, [], "b.mp4", None),
                                 {"VQ": "a", "MQ": "b", "overall": "tie"}, {})]
-    row = judge_dataset(records, DIMS, ENV)[0]
+    row = judge_dataset(records, ENV, DIMS)[0]
     assert row["prompt"][0] == {"role": "system", "content": "Judge."}
     assert (row["pair_id"], row["judge_prompt"], row["video_1"]) == ("p1", "a ball", "a.mp4")
-    assert json.loads(row["label"]) == {"VQ": 1, "overall": 0}
+    assert json.loads(row["label"]) == {"VQ": 1, "MQ": 2, "OA": 0}

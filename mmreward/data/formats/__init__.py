@@ -11,35 +11,24 @@ and the choices made for each benchmark are documented in ``data/FORMATS_BENCHMA
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import ModuleType
 
-from mmreward.data.formats import (
-    genai_bench_video,
-    mjbench_video,
-    mmrlhf_rewardbench,
-    multimodal_rewardbench,
-    synthetic,
-    videogen_rewardbench,
-    vl_rewardbench,
-)
 from mmreward.data.records import PreferenceRecord, RecordError, quote
+from mmreward.errors import UnknownNameError
 
 Reader = Callable[..., list[PreferenceRecord]]
 
-READERS: dict[str, Reader] = {
-    module.NAME: module.read
-    for module in (
-        videogen_rewardbench,
-        genai_bench_video,
-        mjbench_video,
-        vl_rewardbench,
-        multimodal_rewardbench,
-        mmrlhf_rewardbench,
-        synthetic,
-    )
+# One module per benchmark, named after it: adding a reader is adding its module (and its fixture).
+MODULES: dict[str, ModuleType] = {
+    info.name: importlib.import_module(f"{__name__}.{info.name}")
+    for info in pkgutil.iter_modules(__path__) if not info.name.startswith("_")
 }
+READERS: dict[str, Reader] = {name: module.read for name, module in MODULES.items()}
 
 
 def read_benchmark(
@@ -47,7 +36,7 @@ def read_benchmark(
 ) -> list[PreferenceRecord]:
     """Read benchmark ``name`` from ``src`` with the registered reader."""
     if name not in READERS:
-        raise KeyError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
+        raise UnknownNameError(f"unknown benchmark {name!r}; known: {sorted(READERS)}")
     records = READERS[name](src, media_root=media_root, media_out=media_out)
     if not records:
         raise RecordError(f"the {name} file holds no records", src)
@@ -76,4 +65,4 @@ def describe_missing_labels(records: Iterable[PreferenceRecord]) -> str | None:
             f"does not count): {detail}")
 
 
-__all__ = ["READERS", "Reader", "describe_missing_labels", "missing_label_counts", "read_benchmark"]
+__all__ = ["MODULES", "READERS", "Reader", "describe_missing_labels", "missing_label_counts", "read_benchmark"]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mmreward.data.records import RecordError, check_path_length, json_value, quote
+from mmreward.errors import MissingInputError
 
 # A source row and where it sits: the file line for CSV / JSONL, the 1-based position for JSON
 # arrays and Parquet tables.
@@ -25,7 +26,7 @@ def load_rows(path: str | Path) -> list[Row]:
     """Rows of a ``.csv``, ``.json`` (array of objects), ``.jsonl`` or ``.parquet`` file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"benchmark file not found: {path}")
+        raise MissingInputError(f"benchmark file not found: {path}")
     suffix = path.suffix.lower()
     if suffix == ".csv":
         return _csv_rows(path)

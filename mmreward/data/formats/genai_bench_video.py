@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
 from mmreward.data.records import PreferenceRecord, Side
 
-NAME = "genai_bench_video"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = "test-00000-of-00001.parquet"  # the benchmark's own file, as released (tests/fixtures/benchmarks/NAME/ holds one)
 VOTES = {"leftvote": "a", "rightvote": "b", "tievote": "tie", "bothbad_vote": "tie"}
 
 

@@ -21,7 +21,8 @@ from pathlib import Path
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
 from mmreward.data.records import PreferenceRecord, Side, quote
 
-NAME = "mjbench_video"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = "test.json"  # the benchmark's own file, as released (tests/fixtures/benchmarks/NAME/ holds one)
 PREFERENCES = {"Video 1 better": "a", "Video 2 better": "b", "Same": "tie"}
 MEDIA_FOLDER = "videos"  # the video paths start inside the release's videos/ folder
 

@@ -27,7 +27,8 @@ import numpy as np
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
 from mmreward.data.records import PreferenceRecord, Side
 
-NAME = "mmrlhf_rewardbench"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = "mm_reward_bench.jsonl"  # the benchmark's own file, as released (tests/fixtures/benchmarks/NAME/ holds one)
 CATEGORY_KEYWORDS = ("mcq", "long", "short", "safety", "video")
 VIDEO_FRAMES = 32  # frames the official evaluation samples from a video's frame folder
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from mmreward.data.records import PreferenceRecord, read_records
 
-NAME = "synthetic"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = None  # records JSONL written by data/make_synthetic.py, no released file
 
 
 def read(src: str | Path, media_root: str | Path | None = None, media_out: str | Path | None = None) -> list[PreferenceRecord]:

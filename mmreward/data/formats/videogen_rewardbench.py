@@ -14,7 +14,8 @@ from pathlib import Path
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
 from mmreward.data.records import PreferenceRecord, Side
 
-NAME = "videogen_rewardbench"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = "videogen-rewardbench.csv"  # the benchmark's own file, as released (tests/fixtures/benchmarks/NAME/ holds one)
 LABELS = {"A": "a", "B": "b", "same": "tie"}
 DIMENSIONS = ("VQ", "MQ", "TA")
 

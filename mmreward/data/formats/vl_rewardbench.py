@@ -25,7 +25,8 @@ from PIL import Image
 from mmreward.data.formats._common import RowContext, build_meta, load_rows, media_path, resolve_roots
 from mmreward.data.records import PreferenceRecord, Side, quote
 
-NAME = "vl_rewardbench"
+NAME = __name__.rsplit(".", 1)[-1]  # the registry name is the module's
+SOURCE_FILE = "test-00000-of-00001.parquet"  # the benchmark's own file, as released (tests/fixtures/benchmarks/NAME/ holds one)
 SUBSET_BY_PREFIX = {
     "RLAIF": "rlaif-v",
     "RLHF": "rlhf-v",

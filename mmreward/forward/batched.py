@@ -11,7 +11,7 @@ masked (slower) kernel. `batched_rewards` does the same computation with:
   grid from the current position, and the text after it continues at `start + max(h, w) / merge`;
   Qwen2.5-VL spaces a video's temporal patches by their duration, Qwen2-VL by one position, and
   Qwen3-VL lays out each frame as its own run between timestamp tokens);
-- vision features from `mmreward.batched_vision` (windows of equal length share one call), each
+- vision features from `mmreward.forward.vision` (windows of equal length share one call), each
   distinct image / video encoded once (both sides of a response pair usually show the same one);
 - right padding and no attention mask in the language model: with every row's padding at its
   end, causal attention alone keeps real tokens from seeing padding, so the language model takes
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from mmreward.backbones.vlm import unwrap_peft
-from mmreward.batched_vision import supports_batched_vision, vision_outputs
+from mmreward.forward.vision import supports_batched_vision, vision_outputs
 from mmreward.model import sequential_positions
 
 __all__ = ["supports_batched_rewards", "rope_positions", "right_align", "length_groups", "CALL_COST_TOKENS",

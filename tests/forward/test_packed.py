@@ -12,7 +12,7 @@ from mmreward.data.dataset import PreferenceExample, SideMedia
 from mmreward.data.records import PreferenceRecord, Side
 from mmreward.losses import PreferenceLossConfig
 from mmreward.model import RewardModel, TuningConfig
-from mmreward.pair_forward import PackError, block_attention_mask, pack_pairs
+from mmreward.forward.packed import PackError, block_attention_mask, pack_pairs
 
 PAD = 0
 

@@ -21,12 +21,14 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from mmreward.errors import MmrewardError
+
 SEG_PAD, SEG_PREFIX, SEG_A, SEG_B = -1, 0, 1, 2
 # Processor outputs that describe media; the packed batch takes them from side a only.
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
 
-class PackError(ValueError):
+class PackError(MmrewardError, ValueError):
     """Two sides that cannot share a prefix (the message names the record)."""
 
 

@@ -1,11 +1,11 @@
-"""Batched inference forward (mmreward.batched_forward / batched_vision): same rewards as RewardModel.score."""
+"""Batched inference forward (mmreward.forward.batched / batched_vision): same rewards as RewardModel.score."""
 
 import pytest
 import torch
 
-import mmreward.batched_forward as batched_forward
-from mmreward.batched_forward import batched_rewards, length_groups, right_align, rope_positions, unique_media
-from mmreward.batched_vision import segment_attention, vision_features, vision_outputs
+import mmreward.forward.batched as batched_forward
+from mmreward.forward.batched import batched_rewards, length_groups, right_align, rope_positions, unique_media
+from mmreward.forward.vision import segment_attention, vision_features, vision_outputs
 from mmreward.collate import CollateConfig
 from mmreward.data.records import read_records
 from mmreward.data.media import MediaConfig

@@ -1,4 +1,4 @@
-from mmreward.report import Report, plot_lines
+from mmreward.html_report import Report, plot_lines
 
 
 def test_report_writes_tables_plots_and_copies_assets(tmp_path):

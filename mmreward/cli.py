@@ -1,0 +1,191 @@
+"""What the scripts in train/, eval/, data/ and bench/ share: parsing, one-line errors, the exit code.
+
+    from mmreward.cli import ScriptParser, run
+
+    def main(argv=None):
+        (args,) = ScriptParser([MyArguments], __doc__).parse(argv)
+        ...  # heavy imports here, after parsing: `--help` stays fast
+
+    if __name__ == "__main__":
+        run(main)
+
+`ScriptParser` reads the flags of a script's settings dataclasses and a YAML `--config` (flags
+override it), as TRL's `TrlParser` does, but without importing TRL or transformers (they take
+seconds); its help shows the script's docstring and `--config`; no flag is matched by prefix; and
+every mistake is a one-line `UsageError` (an unknown flag names the closest known one).
+`ArgParser` does the same for plain argparse scripts. `run` prints the project's
+own errors (`mmreward.errors.MmrewardError`) as `error: <message>` and exits with 2; with `--debug`
+they keep their traceback. Anything else is a bug and keeps its traceback anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmreward.errors import MmrewardError, UsageError
+
+EXIT_USAGE = 2
+DEBUG_FLAG = "--debug"
+
+
+def one_line(message: str) -> str:
+    """A message on one line (inner line breaks become '; ')."""
+    return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def _to_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+class ScriptParser(argparse.ArgumentParser):
+    """A script's flags from its settings dataclasses (one flag per field, `--name` and `--name-with-dashes`),
+    with a YAML `--config` whose settings the flags override, the docstring as help and one-line errors.
+
+    Field types: str, int, float, bool (`--flag`, `--flag false`, `--no_flag`), list[...] (several values),
+    `X | None`, and mappings given as JSON text on the command line (`dict | str`). It reads the same
+    command lines and YAML files as TRL's `TrlParser` without importing TRL or transformers, so `--help`
+    answers at once.
+    """
+
+    def __init__(self, dataclass_types: Iterable[type], doc: str | None = None):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+        self.dataclass_types = list(dataclass_types)
+        for dtype in self.dataclass_types:
+            hints = typing.get_type_hints(dtype)
+            group = self.add_argument_group(dtype.__name__, (dtype.__doc__ or "").strip().split("\n")[0])
+            for spec in dataclasses.fields(dtype):
+                if spec.init:
+                    self._add_field(group, spec, hints[spec.name])
+        self.add_argument("--config", metavar="YAML", help="settings from a YAML file (any option above); flags "
+                                                           "override them")
+        self.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
+
+    def _add_field(self, group: Any, spec: dataclasses.Field, annotation: Any) -> None:
+        names = [f"--{spec.name}"] + ([f"--{spec.name.replace('_', '-')}"] if "_" in spec.name else [])
+        kwargs: dict[str, Any] = {"dest": spec.name, "help": spec.metadata.get("help")}
+        kinds = [t for t in typing.get_args(annotation) if t is not type(None)] if _is_union(annotation) else [annotation]
+        kind = kinds[0] if len(kinds) == 1 else str  # e.g. dict | str: JSON text on the command line
+        if spec.default is not dataclasses.MISSING:
+            kwargs["default"] = spec.default
+        elif spec.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = spec.default_factory()
+        else:
+            kwargs["required"] = True
+        if kind is bool:
+            kwargs.update(type=_to_bool, nargs="?", const=True, metavar="true|false")
+            if kwargs.get("default") is True:
+                group.add_argument(f"--no_{spec.name}", dest=spec.name, action="store_false",
+                                   help=f"the same as --{spec.name} false")
+        elif typing.get_origin(kind) is list:
+            kwargs.update(nargs="+", type=(typing.get_args(kind) or (str,))[0])
+        else:
+            kwargs["type"] = kind
+        group.add_argument(*names, **kwargs)
+
+    def error(self, message: str) -> None:  # argparse's own errors: bad values, missing arguments
+        raise UsageError(one_line(message))
+
+    def parse(self, argv: Sequence[str] | None = None) -> tuple[Any, ...]:
+        """The dataclasses filled from `--config` and the flags of `argv` (default: the command line)."""
+        args = [a for a in (sys.argv[1:] if argv is None else argv) if a != DEBUG_FLAG]
+        if "--config" in args:
+            at = args.index("--config")
+            if at + 1 >= len(args):
+                raise UsageError("--config needs a YAML file")
+            self._apply_config(args[at + 1])
+            del args[at:at + 2]
+        namespace, unknown = self.parse_known_args(args)
+        flags = [a for a in unknown if a.startswith("-")]
+        if unknown:
+            raise UsageError("; ".join(self._unknown(flag) for flag in flags) or f"unexpected arguments {unknown}")
+        values = vars(namespace)
+        built = []
+        for dtype in self.dataclass_types:
+            fields = {f.name: values[f.name] for f in dataclasses.fields(dtype) if f.init}
+            try:
+                built.append(dtype(**fields))
+            except (TypeError, ValueError) as err:  # the dataclasses' own checks
+                raise UsageError(one_line(err)) from err
+        return tuple(built)
+
+    def _apply_config(self, path: str) -> None:
+        import yaml
+
+        if not Path(path).is_file():
+            raise UsageError(f"--config {path}: no such file")
+        try:
+            config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise UsageError(f"--config {path}: not valid YAML ({one_line(err)})") from err
+        if not isinstance(config, dict):
+            raise UsageError(f"--config {path}: must hold a mapping of settings")
+        actions = {a.dest: a for a in self._actions if a.option_strings}
+        unknown = [key for key in config if key not in actions or key in ("config", "debug")]
+        if unknown:
+            raise UsageError(f"--config {path}: " + "; ".join(self._unknown("--" + str(k), "setting") for k in unknown))
+        for key, value in config.items():
+            actions[key].default = value
+            actions[key].required = False
+
+    def _unknown(self, flag: str, what: str = "option") -> str:
+        name = flag.split("=", 1)[0]
+        close = difflib.get_close_matches(name, [s for s in self._option_string_actions if s.startswith("--")], n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        return f"unknown {what} {name}{hint}"
+
+
+def _is_union(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """A plain argparse parser for scripts without settings dataclasses (bench/, data/): the docstring as
+    help, no prefix matching, errors as one-line `UsageError`s, `--debug` accepted."""
+
+    def __init__(self, doc: str | None = None, **kwargs: Any):
+        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
+                         **kwargs)
+        self.add_argument(DEBUG_FLAG, action="store_true", help="show the full traceback of an error")
+
+    def error(self, message: str) -> None:
+        raise UsageError(one_line(message))
+
+
+def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
+    """Run a script's `main(argv)` and exit: 0 on success, 2 with one line for the project's own errors."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in args
+    try:
+        main(args)
+    except MmrewardError as err:
+        if debug:
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    sys.exit(0)
+
+
+def module_names(package: str, exclude: Iterable[str] = ()) -> list[str]:
+    """The module names of a package's folder, found without importing the package (fast `--help`)."""
+    import importlib.util
+    import pkgutil
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"{package} is not a package")
+    skip = set(exclude)
+    return sorted(m.name for m in pkgutil.iter_modules(spec.submodule_search_locations)
+                  if not m.name.startswith("_") and m.name not in skip)
