@@ -122,9 +122,7 @@ class SyntheticConfig:
     mixed_share: float = 0.10
     dim_weights: dict[str, float] = field(default_factory=lambda: {"VQ": 1.0, "MQ": 1.0, "TA": 1.0})
     image_ta_attribute_weights: dict[str, float] = field(default_factory=lambda: {"color": 1.0})
-    video_ta_attribute_weights: dict[str, float] = field(
-        default_factory=lambda: {"color": 0.6, "count": 0.3, "shape": 0.1}
-    )
+    video_ta_attribute_weights: dict[str, float] = field(default_factory=lambda: {"color": 1.0})
     image_ta_loser_from_split: bool = False
     video_ta_loser_from_split: bool = True
     overall_priority: tuple[str, ...] = ("TA", "MQ", "VQ")
@@ -137,7 +135,7 @@ class SyntheticConfig:
     degradations: tuple[str, ...] | None = None
     motion_faults: tuple[str, ...] = ("jitter", "frozen")
     displacement_frac: tuple[float, float] = (0.15, 0.25)
-    jitter_frac: tuple[float, float] = (0.06, 0.10)
+    jitter_frac: tuple[float, float] = (0.12, 0.18)
     video_codec: str = "libx264"
     qp: int = 18
 

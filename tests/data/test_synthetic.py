@@ -141,7 +141,7 @@ def test_written_labels_follow_meta_factors(small_set, modality, dims):
 
 
 def test_planned_video_labels_follow_factors_and_attribute_weights():
-    config = SyntheticConfig()
+    config = SyntheticConfig(video_ta_attribute_weights={"color": 0.6, "count": 0.3, "shape": 0.1})
     prompts = split_prompts(config, seed=0)["train"]
     rng = np.random.default_rng(123)
     attributes, degradations = Counter(), Counter()
@@ -221,7 +221,7 @@ def test_degradations_setting_applies_to_both_modalities():
     both = SyntheticConfig(degradations=("blur",))
     assert both.degradation_kinds(video=False) == both.degradation_kinds(video=True) == ("blur",)
     assert SyntheticConfig(image_ta_attribute_weights={"shape": 1.0}).ta_attribute_weights(video=False) == {"shape": 1.0}
-    assert default.ta_attribute_weights(video=True) == {"color": 0.6, "count": 0.3, "shape": 0.1}
+    assert default.ta_attribute_weights(video=True) == {"color": 1.0}
 
 
 def test_overall_label_priority():
