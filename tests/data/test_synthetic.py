@@ -141,7 +141,8 @@ def test_written_labels_follow_meta_factors(small_set, modality, dims):
 
 
 def test_planned_video_labels_follow_factors_and_attribute_weights():
-    config = SyntheticConfig(video_ta_attribute_weights={"color": 0.6, "count": 0.3, "shape": 0.1})
+    config = SyntheticConfig(video_ta_attribute_weights={"color": 0.6, "count": 0.3, "shape": 0.1},
+                             video_degradations=("noise", "blur"))
     prompts = split_prompts(config, seed=0)["train"]
     rng = np.random.default_rng(123)
     attributes, degradations = Counter(), Counter()
@@ -217,7 +218,7 @@ def test_default_images_keep_to_colour_and_noise():
 def test_degradations_setting_applies_to_both_modalities():
     default = SyntheticConfig()
     assert default.degradation_kinds(video=False) == ("noise",)
-    assert default.degradation_kinds(video=True) == ("noise", "blur")
+    assert default.degradation_kinds(video=True) == ("noise",)
     both = SyntheticConfig(degradations=("blur",))
     assert both.degradation_kinds(video=False) == both.degradation_kinds(video=True) == ("blur",)
     assert SyntheticConfig(image_ta_attribute_weights={"shape": 1.0}).ta_attribute_weights(video=False) == {"shape": 1.0}
