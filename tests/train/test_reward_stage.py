@@ -314,8 +314,8 @@ def quick_videos(tmp_path_factory):
 
 @pytest.mark.parametrize("head", ["scalar", pytest.param("reward_token", marks=pytest.mark.slow)])
 def test_video_recipe_improves_every_dimension(tiny, quick_videos, tmp_path, head):
-    """<= ~1 CPU minute: the shipped video recipe, shortened (300 steps, the first 150 on text-alignment pairs,
-    where the colour binding forms), raises held-out VQ, MQ and TA above the untrained model's."""
+    """<= ~1 CPU minute: the shipped video recipe, shortened (300 steps, the first 150 on its curriculum's text- and
+    motion-alignment pairs), raises held-out VQ, MQ and TA above the untrained model's."""
     config, dims = VIDEO_RECIPES[head]
     out = tmp_path / head
     started = time.process_time()
