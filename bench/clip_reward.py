@@ -13,7 +13,6 @@ CLIP call). The last line is `RESULT clip_reward ratio=<batched/original> target
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -26,6 +25,7 @@ from PIL import Image
 from stable_baselines3.common.vec_env import DummyVecEnv
 
 from mmreward.backbones.clip import build_tiny_clip
+from mmreward.cli import ArgParser, run
 from vlm_rm.envs import HumanoidEnvConfig, TexturedHumanoidEnv
 from vlm_rm.reward import CLIPReward
 from vlm_rm.wrappers import VecCLIPReward, make_rendering_env
@@ -76,13 +76,13 @@ def batched_arm(reward: CLIPReward, n_envs: int, seconds: float, rng: np.random.
     return calls * n_envs / wall
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--n-envs", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=4.0, help="minimum timed seconds per arm")
     parser.add_argument("--torch-threads", type=int, default=1, help="CPU threads for CLIP (both arms)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     with tempfile.TemporaryDirectory() as tmp:
         reward = CLIPReward.load(build_tiny_clip(tmp), GOAL, BASELINE, alpha=0.0, device=args.device)
@@ -96,4 +96,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -35,7 +35,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -45,6 +44,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from mmreward.cli import ArgParser, run
 from mmreward.serve.process import ServerProcess
 
 TARGET = 3.0
@@ -52,8 +52,8 @@ RUNS = {"batched": ["--max_batch", "32", "--max_wait_ms", "10"],
         "unbatched": ["--max_batch", "1", "--max_wait_ms", "0"]}
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = ArgParser(__doc__)
     parser.add_argument("--clients", type=int, default=32, help="concurrent clients")
     parser.add_argument("--requests", type=int, default=512, help="requests per phase (one item each)")
     parser.add_argument("--repeats", type=int, default=3, help="phases per server, interleaved (medians reported)")
@@ -62,7 +62,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads in the server")
     parser.add_argument("--model", default=None, help="reward model checkpoint (default: a tiny random one)")
     parser.add_argument("--device", default=None, help="the servers' device, e.g. cuda:0 (default: theirs)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def build_tiny_checkpoint(out: Path) -> Path:
@@ -143,8 +143,8 @@ def check_phase(name: str, answers: dict[int, list], before: dict, after: dict) 
     return f"{batches} forwards, mean batch {mean:.1f}, max {max(k for k, n in sizes.items() if n)}"
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench_reward_server_") as tmp:
         tmp_path = Path(tmp)
         checkpoint = Path(args.model) if args.model else build_tiny_checkpoint(tmp_path)
@@ -196,8 +196,7 @@ def main() -> int:
     print(f"median items/s: batched {batched_rate:.1f}, unbatched {unbatched_rate:.1f}; items per server CPU-second: "
           f"batched {batched_cpu:.0f}, unbatched {unbatched_cpu:.0f} (ratio {batched_cpu / unbatched_cpu:.2f})")
     print(f"RESULT reward_server ratio={batched_rate / unbatched_rate:.2f} target={TARGET:g}")
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

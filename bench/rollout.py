@@ -36,7 +36,6 @@ Timing runs single-threaded by default (``--threads``) because the CPUs may be s
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -47,6 +46,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mmreward.backbones.tiny import build_tiny_vlm
+from mmreward.cli import ArgParser, run
 from vr_thinker.env import VideoPairEnv, frame_pool_from_arrays
 from vr_thinker.presets import load_preset
 from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig
@@ -80,7 +80,7 @@ def scripts(batch: int) -> list[list[str | None]]:
     return out
 
 
-def run(engine: HFRolloutEngine, batch: int, sampling: SamplingConfig) -> tuple[list[RolloutTrace], float, float]:
+def roll_out(engine: HFRolloutEngine, batch: int, sampling: SamplingConfig) -> tuple[list[RolloutTrace], float, float]:
     """Traces, wall seconds and CPU seconds of one batched rollout."""
     envs = make_envs(batch)
     start, cpu = time.perf_counter(), time.process_time()
@@ -104,14 +104,14 @@ def compare(cached: list[RolloutTrace], baseline: list[RolloutTrace]) -> float:
     return worst
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> None:
+    parser = ArgParser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--answer-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--hidden-size", type=int, default=64, help="text width of the tiny model (4 heads)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -124,7 +124,7 @@ def main() -> None:
         "cached": HFRolloutEngine(model, processor, cache_reuse=True, record_logits=True),
         "baseline": HFRolloutEngine(model, processor, cache_reuse=False, record_logits=True),
     }
-    run(engines["cached"], 1, SamplingConfig(max_new_tokens=2, do_sample=False))  # warm-up (template, kernels)
+    roll_out(engines["cached"], 1, SamplingConfig(max_new_tokens=2, do_sample=False))  # warm-up (template, kernels)
 
     ttft: dict[str, list[float]] = {name: [] for name in engines}
     tps: dict[str, list[float]] = {name: [] for name in engines}
@@ -133,7 +133,7 @@ def main() -> None:
     for _ in range(args.repeats):
         traces = {}
         for name, engine in engines.items():
-            traces[name], wall, cpu_s = run(engine, args.batch, sampling)
+            traces[name], wall, cpu_s = roll_out(engine, args.batch, sampling)
             ttft[name].append(tool_turn_ttft(traces[name]))
             tps[name].append(sum(t.num_generated_tokens for t in traces[name]) / wall)
             cpu[name].append(cpu_s)
@@ -165,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,6 +1,6 @@
 """Convert a public preference benchmark's local files to mmreward records (JSONL).
 
-    python data/convert_benchmark.py videogen_rewardbench DATA/videogen-rewardbench.csv \
+    python data/convert_benchmark.py videogen_rewardbench DATA/videogen-rewardbench.csv \\
         --out DATA/records.jsonl
 
 The JSONL stores media paths relative to its own folder and may not point outside it, so put

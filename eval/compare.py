@@ -1,7 +1,7 @@
 """Put several evaluation runs side by side: one markdown table and one HTML report with a plot.
 
-    python eval/compare.py runs/eval/basereward runs/eval/videoalign runs/eval/clip --out runs/eval/compare
-    python eval/compare.py A B --names "BaseReward" "CLIP" --out OUT
+    python eval/compare.py runs/eval/reward_video runs/eval/reward_token_video --names BaseReward VideoReward \\
+        --out runs/eval/compare
 
 Each run directory is an output of eval/preference.py (checked through its manifest). Columns:
 accuracy without / with ties per dimension (in %, with the bootstrap interval), pairs, failures.

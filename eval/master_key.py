@@ -1,7 +1,7 @@
 """Robustness probe: do content-free "master key" responses fool a reward model or judge?
 
-    python eval/master_key.py --config eval/configs/master_key.yaml --model runs/rewarddance_image \
-        --data vl_rewardbench:tests/fixtures/benchmarks/vl_rewardbench/test-00000-of-00001.parquet \
+    python eval/master_key.py --config eval/configs/master_key.yaml --model runs/rewarddance_image \\
+        --data vl_rewardbench:tests/fixtures/benchmarks/vl_rewardbench/test-00000-of-00001.parquet \\
         --out runs/eval/master_key
     python eval/master_key.py --model DIR --data vl_rewardbench:DATA/test.parquet --out OUT   # pairwise
 
@@ -204,12 +204,12 @@ def main(argv: list[str] | None = None, state: Any | None = None) -> dict[str, A
 
     state = preference.make_state(args) if state is None else state
     out = Path(args.out)
+    scorer = preference.build_scorer(args, state.device)
+    threshold, rule = threshold_rule(scorer, args.criterion, args.threshold)  # before reading data writes into out
     records = preference.load_data(args.data, args.media_root, out / "media" / f"rank{state.process_index}")
     if args.limit is not None:
         records = records[: args.limit]
     probes = probe_records(records, args.keys)
-    scorer = preference.build_scorer(args, state.device)
-    threshold, rule = threshold_rule(scorer, args.criterion, args.threshold)
     cfg = RunnerConfig(batch_size=args.batch_size, max_batch_cost=args.max_batch_cost,
                        bucket_by_length=args.bucket_by_length, num_workers=args.num_workers,
                        retry_errors=args.retry_errors, progress=args.progress)

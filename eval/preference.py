@@ -1,7 +1,10 @@
 """Evaluate a reward model, judge or CLIP baseline on preference pairs: predictions, metrics, report.
 
-    python eval/preference.py --model runs/basereward --data runs/synthetic/videos/test.jsonl --out runs/eval/br
-    python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \
+    python eval/preference.py --model runs/reward_video --data runs/synthetic/videos/test.jsonl \\
+        --out runs/eval/reward_video
+    python eval/preference.py --model runs/reward_token_video --data runs/synthetic/videos/test.jsonl \\
+        --out runs/eval/reward_token_video
+    python eval/preference.py --model DIR --data videogen_rewardbench:DATA/videogen-rewardbench.csv \\
         --config eval/configs/videogen_rewardbench.yaml --out runs/eval/vgrb
     accelerate launch --num_processes 4 eval/preference.py --model DIR --data FILE --out OUT   # data-parallel
     python eval/preference.py --judge vr_thinker --model runs/vrt_grpo --data FILE --out OUT

@@ -13,7 +13,9 @@
 override it), as TRL's `TrlParser` does, but without importing TRL or transformers (they take
 seconds); its help shows the script's docstring and `--config`; no flag is matched by prefix; and
 every mistake is a one-line `UsageError` (an unknown flag names the closest known one).
-`ArgParser` does the same for plain argparse scripts. `run` prints the project's
+`ArgParser` does the same for plain argparse scripts. `parse_with_trl` serves the scripts whose settings include
+TRL's `SFTConfig` / `GRPOConfig`: their `--help` comes from the script's own dataclasses without importing TRL,
+and every other command line is read by TRL's own parser with the same one-line errors. `run` prints the project's
 own errors (`mmreward.errors.MmrewardError`) as `error: <message>` and exits with 2; with `--debug`
 they keep their traceback. Anything else is a bug and keeps its traceback anyway.
 """
@@ -24,6 +26,7 @@ import argparse
 import dataclasses
 import difflib
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
@@ -60,8 +63,9 @@ class ScriptParser(argparse.ArgumentParser):
     answers at once.
     """
 
-    def __init__(self, dataclass_types: Iterable[type], doc: str | None = None):
-        super().__init__(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    def __init__(self, dataclass_types: Iterable[type], doc: str | None = None, epilog: str | None = None):
+        super().__init__(description=doc, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+                         allow_abbrev=False)
         self.dataclass_types = list(dataclass_types)
         for dtype in self.dataclass_types:
             hints = typing.get_type_hints(dtype)
@@ -107,6 +111,7 @@ class ScriptParser(argparse.ArgumentParser):
                 raise UsageError("--config needs a YAML file")
             self._apply_config(args[at + 1])
             del args[at:at + 2]
+        reject_unknown_flags(self, args)
         namespace, unknown = self.parse_known_args(args)
         flags = [a for a in unknown if a.startswith("-")]
         if unknown:
@@ -122,6 +127,18 @@ class ScriptParser(argparse.ArgumentParser):
         return tuple(built)
 
     def _apply_config(self, path: str) -> None:
+        config = self._read_config(path)
+        actions = {a.dest: a for a in self._actions if a.option_strings}
+        unknown = [key for key in config if key not in actions or key in ("config", "debug")]
+        if unknown:
+            raise UsageError(f"--config {path}: " + "; ".join(self._unknown("--" + str(k), "setting") for k in unknown))
+        for key, value in config.items():
+            actions[key].default = value
+            actions[key].required = False
+
+    @staticmethod
+    def _read_config(path: str) -> dict:
+        """The settings of a YAML `--config` file (a mapping), or a one-line UsageError."""
         import yaml
 
         if not Path(path).is_file():
@@ -132,19 +149,74 @@ class ScriptParser(argparse.ArgumentParser):
             raise UsageError(f"--config {path}: not valid YAML ({one_line(err)})") from err
         if not isinstance(config, dict):
             raise UsageError(f"--config {path}: must hold a mapping of settings")
-        actions = {a.dest: a for a in self._actions if a.option_strings}
-        unknown = [key for key in config if key not in actions or key in ("config", "debug")]
-        if unknown:
-            raise UsageError(f"--config {path}: " + "; ".join(self._unknown("--" + str(k), "setting") for k in unknown))
-        for key, value in config.items():
-            actions[key].default = value
-            actions[key].required = False
+        return config
 
     def _unknown(self, flag: str, what: str = "option") -> str:
-        name = flag.split("=", 1)[0]
-        close = difflib.get_close_matches(name, [s for s in self._option_string_actions if s.startswith("--")], n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        return f"unknown {what} {name}{hint}"
+        return unknown_flag(self, flag, what)
+
+
+def reject_unknown_flags(parser: argparse.ArgumentParser, args: Sequence[str]) -> None:
+    """Raise a `UsageError` naming every unknown `--flag` of `args` (before argparse complains of a missing one)."""
+    unknown = [a for a in args if a.startswith("--") and a.split("=", 1)[0] not in parser._option_string_actions]
+    if unknown:
+        raise UsageError("; ".join(unknown_flag(parser, flag) for flag in unknown))
+
+
+def unknown_flag(parser: argparse.ArgumentParser, flag: str, what: str = "option") -> str:
+    """'unknown option --flag', with the closest known flag when one is close."""
+    name = flag.split("=", 1)[0]
+    close = difflib.get_close_matches(name, [s for s in parser._option_string_actions if s.startswith("--")], n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    return f"unknown {what} {name}{hint}"
+
+
+def parse_with_trl(dataclass_types: Sequence[type], trl_config: str, doc: str | None,
+                   argv: Sequence[str] | None = None, common: Sequence[str] = ()) -> tuple[Any, ...]:
+    """The script's dataclasses and TRL's `trl_config` (`"SFTConfig"`, `"GRPOConfig"`) filled from `--config` and
+    the flags of `argv`, read by TRL's `TrlParser` without prefix matching and with one-line `UsageError`s.
+
+    `--help` is answered by a `ScriptParser` over the script's own dataclasses, without importing TRL (seconds);
+    its epilog says that every field of `trl_config` is accepted too and names the `common` ones.
+    """
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a != DEBUG_FLAG]
+    if "-h" in args or "--help" in args:
+        named = ", ".join(f"--{name}" for name in common)
+        epilog = textwrap.fill(f"Every field of TRL's {trl_config} is accepted as well, on the command line and in "
+                               f"--config" + (f" (for example {named})" if named else "")
+                               + f"; python -c \"import trl; help(trl.{trl_config})\" lists them.", width=100)
+        ScriptParser(dataclass_types, doc, epilog).parse(["--help"])  # prints the help and exits
+    config_path, config = None, {}
+    if "--config" in args:
+        at = args.index("--config")
+        if at + 1 >= len(args):
+            raise UsageError("--config needs a YAML file")
+        config_path = args[at + 1]
+        config = ScriptParser._read_config(config_path)  # a missing or malformed file: one line, before TRL loads
+
+    import trl
+
+    class Parser(trl.TrlParser):
+        def error(self, message: str) -> None:
+            raise UsageError(one_line(message))
+
+    parser = Parser((*dataclass_types, getattr(trl, trl_config)), allow_abbrev=False)
+    # Unknown names first: building the dataclasses runs their checks, whose complaints would hide a typo.
+    known = parser._option_string_actions
+    dests = {action.dest for action in parser._actions} | {"env"}  # TRL's config files may set environment variables
+    problems = [f"--config {config_path}: " + unknown_flag(parser, f"--{key}", "setting")
+                for key in config if key not in dests]
+    problems += [unknown_flag(parser, arg) for arg in args
+                 if arg.startswith("--") and arg != "--config" and arg.split("=", 1)[0] not in known]
+    if problems:
+        raise UsageError("; ".join(problems))
+    try:
+        *parsed, from_config, from_flags = parser.parse_args_and_config(
+            args, return_remaining_strings=True, separate_remaining_strings=True)
+    except ValueError as err:  # the dataclasses' own checks (TrainingArguments.__post_init__, ...)
+        raise UsageError(one_line(err)) from err
+    if from_config or from_flags:  # what the checks above let through (e.g. a stray value)
+        raise UsageError(f"unexpected arguments {[*from_config, *from_flags]}")
+    return tuple(parsed)
 
 
 def _is_union(annotation: Any) -> bool:
@@ -163,19 +235,28 @@ class ArgParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:
         raise UsageError(one_line(message))
 
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:
+        reject_unknown_flags(self, sys.argv[1:] if args is None else args)
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [a for a in unknown if a.startswith("-")]
+            raise UsageError("; ".join(unknown_flag(self, f) for f in flags) or f"unexpected arguments {unknown}")
+        return parsed
+
 
 def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> None:
-    """Run a script's `main(argv)` and exit: 0 on success, 2 with one line for the project's own errors."""
+    """Run a script's `main(argv)` and exit: with the int `main` returns (0 for anything else), or with 2 and
+    one line for the project's own errors."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in args
     try:
-        main(args)
+        code = main(args)
     except MmrewardError as err:
         if debug:
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def module_names(package: str, exclude: Iterable[str] = ()) -> list[str]:

@@ -64,7 +64,7 @@ def check_run_dir(out_dir: str | Path, stage: str, flag: str = "--output_dir") -
     elif (out / INCOMPLETE_MARKER).is_file():
         marker = (out / INCOMPLETE_MARKER).read_text(errors="replace")
         found = marker.split("stage ", 1)[1].strip() if "stage " in marker else stage  # older markers: no stage
-    else:
+    if found is None:  # neither a manifest nor a marker, or a manifest that names no stage (e.g. a data folder)
         raise RunDirError(f"{flag} {out}: the folder holds files that are not a stage's output; choose another one")
     if found != stage:
         raise RunDirError(f"{flag} {out}: the folder holds a {found!r} run, not a {stage!r} one; choose another one")

@@ -15,12 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
+
+from mmreward.cli import ArgParser, run
+from mmreward.errors import MissingInputError, UsageError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m mmreward.score", description=__doc__.split("\n\n")[0],
-                                     allow_abbrev=False)
+    parser = ArgParser(__doc__, prog="python -m mmreward.score")
     parser.add_argument("files", nargs="+", help="image or video files (videos by suffix)")
     parser.add_argument("--model", required=True, help="reward model checkpoint directory (mmreward or VideoAlign)")
     parser.add_argument("--prompt", required=True, help="the prompt every file is scored against")
@@ -47,18 +50,21 @@ def format_table(files: Sequence[str], rows: Sequence[dict[str, float] | None], 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit code: 0, or 1 when a file could not be scored (the others are printed); errors of the
+    model or the command line raise (`run` prints them on one line, exit code 2)."""
     args = parse_args(argv)
+    if not Path(args.model).is_dir():
+        raise MissingInputError(f"--model {args.model}: no such checkpoint folder")
     import torch
 
-    from mmreward.model import RewardModel, RewardModelError
+    from mmreward.model import RewardModel
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         model = RewardModel.from_pretrained(args.model, backbone_path=args.backbone, dtype=args.dtype).to(device)
-        results = model.reward_items(args.files, args.prompt, normalize=args.normalize, batch_size=args.batch_size)
-    except (RewardModelError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as err:  # transformers' own: not a model folder, unknown dtype, ...
+        raise UsageError(f"--model {args.model}: {err}") from err
+    results = model.reward_items(args.files, args.prompt, normalize=args.normalize, batch_size=args.batch_size)
     rows = [None if isinstance(r, Exception) else r for r in results]
     if args.json:
         for file, row in zip(args.files, rows):
@@ -73,4 +79,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

@@ -8,6 +8,7 @@ from PIL import Image
 
 from mmreward.data.media import MediaError, write_video
 from mmreward.model import RewardInputError, RewardModel
+from mmreward.cli import run
 from mmreward.score import main as score_main
 
 PROMPT = "two red circles"
@@ -77,8 +78,12 @@ def test_cli_table_json_and_exit_codes(checkpoint, files, tmp_path, capsys):
     assert score_main(["--model", str(checkpoint), "--prompt", PROMPT, files[0], missing]) == 1
     captured = capsys.readouterr()
     assert "error" in captured.out.splitlines()[2] and f"error: {missing}: {missing}: file not found" in captured.err
-    assert score_main(["--model", str(tmp_path), "--prompt", PROMPT, files[0]]) == 2
-    assert "neither a reward model checkpoint nor a VideoAlign one" in capsys.readouterr().err
+    for model_dir, message in ((tmp_path, "neither a reward model checkpoint nor a VideoAlign one"),
+                               (tmp_path / "absent", "no such checkpoint folder")):
+        with pytest.raises(SystemExit) as exited:
+            run(score_main, ["--model", str(model_dir), "--prompt", PROMPT, files[0]])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
 
 
 def test_reward_equals_what_evaluation_scores(checkpoint, files):

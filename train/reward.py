@@ -2,6 +2,9 @@
 RewardDance's yes-token (`--head`).
 
     python train/reward.py --config train/configs/reward_image.yaml            # CPU, tiny model
+    python train/reward.py --config train/configs/reward_video.yaml            # videos, BaseReward's scalar head
+    python train/reward.py --config train/configs/reward_token_video.yaml      # videos, VideoAlign's reward tokens
+    python train/reward.py --config train/configs/rewarddance_image.yaml       # RewardDance's yes-token
     python train/reward.py --config train/configs/reward_image.yaml --backbone /models/Qwen2.5-VL-7B-Instruct \\
         --dtype bfloat16 --learning_rate 3e-6 --batch_size 8 --grad_accum_steps 16
     accelerate launch --config_file train/accelerate/ddp.yaml train/reward.py --config ...   # many GPUs

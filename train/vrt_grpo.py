@@ -1,7 +1,9 @@
 """VR-Thinker GRPO: multi-turn tool rollouts, rule rewards, per-turn rows with the exact windowed context.
 
-    python train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path runs/vrt_sft2 --data runs/synthetic
+    python train/vrt_grpo.py --config train/configs/vrt_grpo.yaml --model_path runs/vrt_sft --data runs/synthetic
     accelerate launch --config_file train/accelerate/ddp.yaml train/vrt_grpo.py --config ...      # many GPUs (DDP)
+
+(The full recipe starts GRPO from the SFT on rejection-sampled traces: ``train/vr_thinker.sh``.)
 
 Inputs:
 - ``--model_path``: a finished VR-Thinker stage directory (``vrt_sft`` or ``vrt_grpo``; checked through its
@@ -22,33 +24,26 @@ resumes from the newest checkpoint. The loop itself is :class:`vr_thinker.grpo_l
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-from accelerate import Accelerator
-from accelerate.utils import set_seed
-from trl import TrlParser
-
-from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
-from mmreward.data.records import read_records
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from mmreward.training.distributed import DistributedModeError
-from vr_thinker.env import VideoPairEnv
-from vr_thinker.grpo_loop import GRPOConfig, GRPOLoop, JudgePair, pairs_from_records, require_data_parallel
-from vr_thinker.protocol import verdict_labels
-from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
+from mmreward.cli import ScriptParser, run
+from mmreward.data.records import RecordError, read_records
+from mmreward.manifest import check_run_dir
+from vr_thinker.grpo_config import GRPOConfig
+from vr_thinker.presets import DimensionSpec, ProtocolPreset
 from vr_thinker.stage_io import (
     LoRAArguments,
     eval_record_file,
-    protocol_summary,
     read_judge_input,
     record_file,
     require_settings,
-    save_trained_judge,
 )
-from vr_thinker.trace_html import write_trace_html
+
+if TYPE_CHECKING:
+    from vr_thinker.grpo_loop import GRPOLoop, JudgePair
 
 STAGE = "vrt_grpo"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo")
@@ -74,14 +69,58 @@ class VRTGRPOArguments(LoRAArguments):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[VRTGRPOArguments, GRPOConfig]:
-    parser = TrlParser((VRTGRPOArguments, GRPOConfig))
-    args, loop = parser.parse_args_and_config(argv)
-    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=loop.output_dir)
+    args, loop = ScriptParser((VRTGRPOArguments, GRPOConfig), __doc__).parse(argv)
+    require_settings(model_path=args.model_path, data=args.data, output_dir=loop.output_dir)
     return args, loop
+
+
+def judge_pairs(path: Path, limit: int | None, preset: ProtocolPreset,
+                dimensions: Sequence[DimensionSpec]) -> list[JudgePair]:
+    """The judging pairs of a record file; a RecordError naming the file and record when one cannot be judged."""
+    from vr_thinker.grpo_loop import pairs_from_records
+
+    try:
+        return pairs_from_records(list(read_records(path))[:limit], preset, dimensions)
+    except ValueError as err:
+        if isinstance(err, RecordError):
+            raise
+        raise RecordError(str(err), path) from err
+
+
+@dataclass
+class StageInputs:
+    """What `check_inputs` read: the starting judge's manifest and protocol, the training and eval pairs."""
+
+    model_manifest: dict[str, Any]
+    preset: ProtocolPreset
+    dimensions: tuple[DimensionSpec, ...]
+    train_path: Path
+    pairs: list[JudgePair]
+    eval_path: Path | None
+    eval_pairs: list[JudgePair]
+
+
+def check_inputs(args: VRTGRPOArguments, cfg: GRPOConfig) -> StageInputs:
+    """Everything checked before a model loads or the output folder is touched: the starting judge (a finished stage
+    with its protocol), the training and eval records, the output folder."""
+    model_manifest, preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
+    train_path = record_file(args.data, args.train_split)
+    pairs = judge_pairs(train_path, args.max_pairs, preset, dimensions)
+    if not pairs:
+        raise RecordError("no training pairs", train_path)
+    eval_path = eval_record_file(args.eval_pairs, args.eval_records, args.data, args.eval_split)
+    eval_pairs = judge_pairs(eval_path, args.eval_pairs, preset, dimensions) if eval_path else []
+    check_run_dir(cfg.output_dir, STAGE)
+    return StageInputs(model_manifest, preset, dimensions, train_path, pairs, eval_path, eval_pairs)
 
 
 def write_example(model, processor, pair: JudgePair, loop: GRPOLoop, path: Path) -> None:
     """The final policy's greedy episode on one pair, as HTML."""
+    from vr_thinker.env import VideoPairEnv
+    from vr_thinker.protocol import verdict_labels
+    from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
+    from vr_thinker.trace_html import write_trace_html
+
     env = VideoPairEnv(pair.prompt, pair.video_1, pair.video_2, loop.preset, loop.dimensions)
     model.eval()
     HFRolloutEngine(model, processor).rollout([env], SamplingConfig(do_sample=False,
@@ -91,25 +130,29 @@ def write_example(model, processor, pair: JudgePair, loop: GRPOLoop, path: Path)
 
 def main(argv: list[str] | None = None) -> dict:
     args, cfg = parse_args(argv)
+    checked = check_inputs(args, cfg)
+    model_manifest, preset, dimensions = checked.model_manifest, checked.preset, checked.dimensions
+    pairs, eval_pairs, train_path, eval_path = checked.pairs, checked.eval_pairs, checked.train_path, checked.eval_path
+
+    import torch
+    import yaml
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vr_thinker.grpo_loop import GRPOLoop, require_data_parallel
+    from vr_thinker.stage_io import protocol_summary, save_trained_judge
+
     out = Path(cfg.output_dir)
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     accelerator = Accelerator(cpu=cfg.use_cpu or not torch.cuda.is_available(), log_with="tensorboard",
                               project_dir=str(out / "logs"))
-    try:
-        require_data_parallel(accelerator)
-    except DistributedModeError as err:
-        raise SystemExit(f"error: {err}") from err
+    require_data_parallel(accelerator)  # a DistributedModeError (one line) before the folder is made
     if accelerator.is_main_process:
-        start_run_dir(out)
+        start_run_dir(out, STAGE)
     accelerator.wait_for_everyone()
-
-    model_manifest, preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
-    train_path = record_file(args.data, args.train_split)
-    pairs = pairs_from_records(list(read_records(train_path))[: args.max_pairs], preset, dimensions)
-    eval_path = eval_record_file(args.eval_pairs, args.eval_records, args.data, args.eval_split)
-    eval_pairs = (pairs_from_records(list(read_records(eval_path))[: args.eval_pairs], preset, dimensions)
-                  if eval_path else [])
 
     set_seed(cfg.seed)
     model, processor = load_vlm(VLMLoadConfig(
@@ -133,16 +176,22 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(train_path),
                   "eval": str(eval_path) if eval_path else None, "protocol": protocol_summary(preset, dimensions)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
-        summary = {"steps": metrics["steps"]}
-        for key in ("eval_start", "eval_end"):
-            if metrics.get(key):
-                overall = f"eval/accuracy/{preset.answer.overall_key}"
-                summary[key] = {k: metrics[key][k] for k in ("eval/reward", overall)}
-        print(json.dumps(summary))
+        accelerator.print(summary(out, metrics, preset.answer.overall_key))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics
 
 
+def summary(out: Path, metrics: dict, overall_key: str) -> str:
+    """The run's last line: steps, the fixed eval set's reward and overall accuracy at start and end, the folder."""
+    parts = [f"done: {metrics['steps']} GRPO steps in {metrics['train_seconds']:.0f} s"]
+    for key in ("eval_start", "eval_end"):
+        if metrics.get(key):
+            values = metrics[key]
+            parts.append(f"{key.replace('_', ' ')}: reward {values['eval/reward']:.3f}, overall accuracy "
+                         f"{values[f'eval/accuracy/{overall_key}']:.3f}")
+    return "; ".join(parts) + f"; judge in {out} (load it with VRThinkerJudge.from_pretrained)"
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

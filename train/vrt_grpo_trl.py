@@ -1,6 +1,6 @@
 """Baseline VR-Thinker GRPO with plain TRL ``GRPOTrainer`` (``environment_factory``, no memory window).
 
-    python train/vrt_grpo_trl.py --config train/configs/vrt_grpo_trl_baseline.yaml --model_path runs/vrt_sft2 \\
+    python train/vrt_grpo_trl.py --config train/configs/vrt_grpo_trl_baseline.yaml --model_path runs/vrt_sft \\
         --data runs/synthetic --output_dir runs/vrt_grpo_trl
 
 Same inputs as ``train/vrt_grpo.py`` (a ``vrt_sft`` / ``vrt_grpo`` stage directory whose ``vr_thinker.json`` gives the
@@ -19,28 +19,27 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import yaml
-from accelerate import PartialState
-from transformers import set_seed
-from trl import GRPOConfig, GRPOTrainer, TrlParser
-
-from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
-from mmreward.data.records import read_records
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from mmreward.training.distributed import ModeCheckedTrainerMixin
+from mmreward.cli import parse_with_trl, run
+from mmreward.data.records import RecordError, read_records
+from mmreward.manifest import check_run_dir
 from vr_thinker.stage_io import (
     LoRAArguments,
-    protocol_summary,
+    check_resume_checkpoint,
     read_judge_input,
     record_file,
     require_settings,
-    save_trained_judge,
 )
-from vr_thinker.trl_baseline import TRLJudgeEnvironment, baseline_preset, judge_dataset, make_reward_function
+
+if TYPE_CHECKING:  # TRL, torch and transformers are imported after parsing: --help answers at once
+    from trl import GRPOConfig
 
 STAGE = "vrt_grpo_trl"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")
+COMMON_TRL_FLAGS = ("output_dir", "max_steps", "learning_rate", "num_generations", "beta", "epsilon", "epsilon_high",
+                    "max_completion_length", "max_tool_calling_iterations", "per_device_train_batch_size",
+                    "logging_steps", "report_to", "seed", "use_vllm")
 
 
 @dataclass
@@ -55,28 +54,44 @@ class TRLBaselineArguments(LoRAArguments):
     freeze_vision: bool = field(default=True, metadata={"help": "keep the vision tower frozen"})
 
 
-class ModeCheckedGRPOTrainer(ModeCheckedTrainerMixin, GRPOTrainer):
-    """TRL's GRPOTrainer, stopped with an error when its Accelerator is not in the launch's mode."""
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[TRLBaselineArguments, GRPOConfig]:
-    parser = TrlParser((TRLBaselineArguments, GRPOConfig))
-    args, training = parser.parse_args_and_config(argv)
-    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=training.output_dir)
+    args, training = parse_with_trl((TRLBaselineArguments,), "GRPOConfig", __doc__, argv, COMMON_TRL_FLAGS)
+    require_settings(model_path=args.model_path, data=args.data, output_dir=training.output_dir)
     return args, training
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, training = parse_args(argv)
+    # Checked before a model loads or the output folder is touched: the starting judge, the records, the folder.
+    model_manifest, saved_preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
+    records_path = record_file(args.data, args.train_split)
+    records = list(read_records(records_path))[: args.max_pairs]
+    if not records:
+        raise RecordError("no records", records_path)
+    check_resume_checkpoint(training.resume_from_checkpoint)
+    check_run_dir(training.output_dir, STAGE)
+
+    import yaml
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vr_thinker.stage_io import protocol_summary, save_trained_judge
+    from vr_thinker.trl_baseline import (
+        TRLJudgeEnvironment,
+        baseline_preset,
+        judge_dataset,
+        make_reward_function,
+    )
+    from vr_thinker.trl_trainers import ModeCheckedGRPOTrainer
+
+    preset = baseline_preset(saved_preset)
     out = Path(training.output_dir)
     state = PartialState()
     if state.is_main_process:
-        start_run_dir(out)
+        start_run_dir(out, STAGE)
     state.wait_for_everyone()
-    model_manifest, saved_preset, dimensions = read_judge_input(args.model_path, INPUT_STAGES)
-    preset = baseline_preset(saved_preset)
-    records_path = record_file(args.data, args.train_split)
-    records = list(read_records(records_path))[: args.max_pairs]
 
     set_seed(training.seed)
     model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype, freeze_vision=args.freeze_vision,
@@ -113,10 +128,18 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(records_path),
                   "protocol": protocol_summary(preset, dimensions)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics={k: v for k, v in metrics.items() if k != "log"})
-        print(json.dumps({k: metrics[k] for k in ("steps", "reward_first", "reward_last")}))
+        print(summary(out, metrics))
     state.wait_for_everyone()
     return metrics
 
 
+def summary(out: Path, metrics: dict) -> str:
+    """The run's last line: steps, the mean reward of the first and last logged steps, the folder."""
+    rewards = ("n/a" if metrics["reward_first"] is None
+               else f"{metrics['reward_first']:.3f} (first logged step) -> {metrics['reward_last']:.3f} (last)")
+    return (f"done: {metrics['steps']} GRPO steps in {metrics['train_seconds']:.0f} s; mean reward {rewards}; "
+            f"judge in {out} (load it with VRThinkerJudge.from_pretrained)")
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

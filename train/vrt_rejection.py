@@ -32,24 +32,20 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import yaml
-from accelerate import PartialState
-from accelerate.utils import gather_object
-from trl import TrlParser
-
-from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
-from mmreward.data.records import PreferenceRecord, read_records
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from vr_thinker.cold_start import EpisodeTrace, trace_to_dict
-from vr_thinker.env import EpisodeStatus, VideoPairEnv
+from mmreward.cli import ScriptParser, run
+from mmreward.data.records import PreferenceRecord, RecordError, read_records
+from mmreward.errors import UsageError
+from mmreward.manifest import check_run_dir
 from vr_thinker.presets import DimensionSpec, ProtocolPreset
-from vr_thinker.protocol import OVERALL, label_verdicts
-from vr_thinker.rewards import keep_for_rejection_sampling
-from vr_thinker.rollout import HFRolloutEngine, RolloutTrace, SamplingConfig, episode_seed
-from vr_thinker.stage_io import protocol_summary, read_judge_input, record_file, require_settings
+from vr_thinker.protocol import OVERALL
+from vr_thinker.stage_io import read_judge_input, record_file, require_settings
+
+if TYPE_CHECKING:  # torch, accelerate and the rollout engine are imported after parsing: --help stays fast
+    from accelerate import PartialState
+
+    from vr_thinker.rollout import RolloutTrace
 
 STAGE = "vrt_rejection"
 INPUT_STAGES = ("vrt_sft", "vrt_grpo")
@@ -90,10 +86,40 @@ class VRTRejectionArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> VRTRejectionArguments:
-    parser = TrlParser((VRTRejectionArguments,))
-    (args,) = parser.parse_args_and_config(argv)
-    require_settings(parser, model_path=args.model_path, data=args.data, output_dir=args.output_dir)
+    (args,) = ScriptParser((VRTRejectionArguments,), __doc__).parse(argv)
+    require_settings(model_path=args.model_path, data=args.data, output_dir=args.output_dir)
     return args
+
+
+@dataclass
+class StageInputs:
+    """What `check_inputs` read: the starting judge's manifest and protocol, the record file and its records."""
+
+    model_manifest: dict[str, Any]
+    preset: ProtocolPreset
+    dims: tuple[DimensionSpec, ...]
+    path: Path
+    records: list[PreferenceRecord]
+
+
+def check_inputs(args: VRTRejectionArguments) -> StageInputs:
+    """Everything checked before a model loads or the output folder is touched: the judge to sample from (a finished
+    stage with its protocol), the records (each with two videos and every judged label), the output folder and, when
+    it holds shards of an earlier run, that run's settings."""
+    model_manifest, preset, dims = read_judge_input(args.model_path, INPUT_STAGES)
+    path = record_file(args.data, args.split)
+    records = list(read_records(path))[: args.max_pairs]
+    if not records:
+        raise RecordError("no records", path)
+    for record in records:
+        if record.a.video is None or record.b.video is None:
+            raise RecordError("needs a video on both sides", path, record_id=record.id)
+        missing = [k for k in [*(d.label for d in dims), OVERALL] if k not in record.label]
+        if missing:
+            raise RecordError(f"has no label for {missing}", path, record_id=record.id)
+    check_settings(Path(args.output_dir), args, model_manifest, write=False)
+    check_run_dir(args.output_dir, STAGE)
+    return StageInputs(model_manifest, preset, dims, path, records)
 
 
 # ------------------------------------------------------------------------------------------------- shard files
@@ -145,7 +171,7 @@ def check_settings(out: Path, args: VRTRejectionArguments, model_manifest: dict[
         before = json.loads(path.read_text())
         changed = sorted(k for k in settings.keys() | before.keys() if settings.get(k) != before.get(k))
         if changed:
-            raise SystemExit(f"{path}: the shards were sampled with other {changed}; use a new --output_dir or "
+            raise UsageError(f"{path}: the shards were sampled with other {changed}; use a new --output_dir or "
                              f"delete {out / SHARD_DIR}")
     elif write:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +187,8 @@ def my_batches(records: Sequence[PreferenceRecord], rank: int, world: int, size:
 def pair_seeds(seed: int, records: Sequence[PreferenceRecord], k: int) -> list[int]:
     """Sampling seeds of ``k`` samples of each record, in record order: sample j of pair ``id`` always gets the same
     seed, whatever batch, process or run samples it."""
+    from vr_thinker.rollout import episode_seed
+
     return [episode_seed(seed, record.id, j) for record in records for j in range(k)]
 
 
@@ -169,6 +197,9 @@ def pair_seeds(seed: int, records: Sequence[PreferenceRecord], k: int) -> list[i
 
 def sample_stats(trace: RolloutTrace, label: dict[str, int], preset: ProtocolPreset) -> dict[str, Any]:
     """What the statistics need from one sample: kept, format, status, tool calls, which verdicts were right."""
+    from vr_thinker.env import EpisodeStatus
+    from vr_thinker.rewards import keep_for_rejection_sampling
+
     answered = trace.status == EpisodeStatus.ANSWERED.value
     return {
         "kept": keep_for_rejection_sampling(trace.outcome, label, preset) and answered,
@@ -182,6 +213,9 @@ def sample_stats(trace: RolloutTrace, label: dict[str, int], preset: ProtocolPre
 def pair_line(record: PreferenceRecord, traces: Sequence[RolloutTrace], seeds: Sequence[int], preset: ProtocolPreset,
               dims: Sequence[DimensionSpec], keep_per_pair: int, root: Path, source: str) -> dict[str, Any]:
     """One shard line: the pair's kept traces (trace format, distinct, at most ``keep_per_pair``) and statistics."""
+    from vr_thinker.cold_start import EpisodeTrace, trace_to_dict
+    from vr_thinker.protocol import label_verdicts
+
     label_names = {k: record.label[k] for k in [*(d.label for d in dims), OVERALL]}
     label = label_verdicts(label_names, preset, dims)
     samples = [sample_stats(t, label, preset) for t in traces]
@@ -239,7 +273,13 @@ def summarise(lines: Sequence[dict[str, Any]], kept: Sequence[dict[str, Any]]) -
 
 def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], preset: ProtocolPreset,
                  dims: Sequence[DimensionSpec], state: PartialState, out: Path) -> dict[str, float]:
-    """Sample this process's remaining pairs, streaming one line per pair into its shard file."""
+    """Sample this process's remaining pairs, streaming one line per pair into its shard file; a progress bar (or
+    plain lines in a log) counts this process's pairs."""
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from mmreward.training.progress import Progress
+    from vr_thinker.env import VideoPairEnv
+    from vr_thinker.rollout import HFRolloutEngine, SamplingConfig
+
     model, processor = load_vlm(VLMLoadConfig(path=args.model_path, dtype=args.dtype,
                                               attn_implementation=args.attn_implementation, tool_chat_template=True))
     model.to(state.device).eval()
@@ -250,7 +290,13 @@ def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], p
     done = done_ids(out)
     source = f"rejection:{Path(args.model_path).name}"
     started, pairs = time.perf_counter(), 0
-    for batch in my_batches(records, state.process_index, state.num_processes, args.pairs_per_batch):
+    batches = my_batches(records, state.process_index, state.num_processes, args.pairs_per_batch)
+    mine = sum(len(batch) for batch in batches)
+    finished = sum(r.id in done for batch in batches for r in batch)
+    progress = Progress(mine, initial=finished, enabled=state.is_main_process, desc="rejection sampling",
+                        value_name="accepted")
+    accepted, sampled = 0, 0
+    for batch in batches:
         todo = [r for r in batch if r.id not in done]
         if not todo:
             continue
@@ -267,31 +313,38 @@ def sample_shard(args: VRTRejectionArguments, records: list[PreferenceRecord], p
                 line = pair_line(record, traces[j * k : (j + 1) * k], seeds[j * k : (j + 1) * k], preset, dims,
                                  args.keep_per_pair, out, source)
                 handle.write(json.dumps(line, ensure_ascii=False) + "\n")
+                accepted += sum(sample["kept"] for sample in line["samples"])
+                sampled += len(line["samples"])
             handle.flush()
             os.fsync(handle.fileno())
         pairs += len(todo)
+        finished += len(todo)
+        progress.update(finished, accepted / sampled, logged=True)  # "step" = pair here
+    progress.close()
     return {"pairs": pairs, "seconds": time.perf_counter() - started}
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    checked = check_inputs(args)
+    model_manifest, preset, dims, path, records = (checked.model_manifest, checked.preset, checked.dims, checked.path,
+                                                   checked.records)
+
+    import torch
+    import yaml
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vr_thinker.stage_io import protocol_summary
+
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
     state = PartialState(cpu=args.use_cpu or not torch.cuda.is_available())
     out = Path(args.output_dir)
     if state.is_main_process:
-        start_run_dir(out)
+        start_run_dir(out, STAGE)
     state.wait_for_everyone()
-    model_manifest, preset, dims = read_judge_input(args.model_path, INPUT_STAGES)
-    path = record_file(args.data, args.split)
-    records = list(read_records(path))[: args.max_pairs]
-    for record in records:
-        if record.a.video is None or record.b.video is None:
-            raise SystemExit(f"{path}: record {record.id!r} needs a video on both sides")
-        missing = [k for k in [*(d.label for d in dims), OVERALL] if k not in record.label]
-        if missing:
-            raise SystemExit(f"{path}: record {record.id!r} has no label for {missing}")
-
     check_settings(out, args, model_manifest, write=state.is_main_process)
     state.wait_for_everyone()
     timing = sample_shard(args, records, preset, dims, state, out)
@@ -316,10 +369,17 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = {"model": args.model_path, "model_stage": model_manifest.get("stage"), "data": str(path),
                   "protocol": protocol_summary(preset, dims)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics)
-        print(json.dumps({k: metrics[k] for k in ("pairs", "samples", "acceptance_rate", "kept_traces")}))
+        print(summary(out, metrics))
     state.wait_for_everyone()
     return metrics
 
 
+def summary(out: Path, metrics: dict[str, Any]) -> str:
+    """The run's last line: how many samples were kept and where the traces are."""
+    return (f"done: {metrics['samples']} samples of {metrics['pairs']} pairs, {metrics['acceptance_rate']:.1%} "
+            f"accepted, format-valid {metrics['format_valid_rate']:.1%}; {metrics['kept_traces']} kept traces in "
+            f"{out / TRACES_NAME} (train on them with train/vrt_sft.py --data {out})")
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

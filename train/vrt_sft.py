@@ -29,49 +29,46 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from accelerate import PartialState
-from peft import PeftModel
-from torch.distributed.fsdp import FSDPModule
-from transformers import set_seed
-from trl import SFTConfig, SFTTrainer, TrlParser
-
-from mmreward.backbones.tiny import TINY_SPEC, tiny_backbone_once, tiny_spec_family
-from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+from mmreward.cli import parse_with_trl, run
 from mmreward.data.records import read_records
-from mmreward.manifest import INCOMPLETE_MARKER, MANIFEST_NAME, finalize_run_dir, read_manifest, start_run_dir
-from mmreward.training.distributed import (
-    DistributedModeError,
-    ModeCheckedTrainerMixin,
-    describe_mode,
-    hf_trainer_device_args,
-    shards_weights,
+from mmreward.errors import MissingInputError, UsageError
+from mmreward.manifest import (
+    INCOMPLETE_MARKER,
+    MANIFEST_NAME,
+    check_run_dir,
+    read_manifest,
 )
-from vr_thinker.cold_start import EpisodeTrace, TeacherConfig, read_traces, replay, teacher_traces, write_traces
-from vr_thinker.judge import VRThinkerJudge, score_results
 from vr_thinker.presets import DimensionSpec, ProtocolPreset
-from vr_thinker.rollout import SamplingConfig
-from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
 from vr_thinker.stage_io import (
     LoRAArguments,
     PresetArguments,
+    check_resume_checkpoint,
     eval_record_file,
-    protocol_summary,
     require_settings,
-    save_trained_judge,
 )
-from vr_thinker.trace_html import write_trace_html
+
+if TYPE_CHECKING:  # TRL, torch and transformers are imported after parsing: --help answers at once
+    from accelerate import PartialState
+    from trl import SFTConfig
+
+    from vr_thinker.cold_start import EpisodeTrace
 
 STAGE = "vrt_sft"
 TRACES_NAME = "traces.jsonl"
+MODEL_STAGES = ("vrt_sft", "vrt_grpo", "vrt_grpo_trl")  # stage folders that hold a judge to train further
+TINY_DEFAULT = "tiny"  # a tiny random model (mmreward.backbones.tiny.TINY_SPEC)
+COMMON_TRL_FLAGS = ("output_dir", "max_steps", "num_train_epochs", "learning_rate", "per_device_train_batch_size",
+                    "gradient_accumulation_steps", "max_length", "bf16", "logging_steps", "save_steps", "report_to",
+                    "resume_from_checkpoint", "seed")
 
 
 @dataclass
 class VRTSFTArguments(LoRAArguments, PresetArguments):
     """Stage settings besides TRL's ``SFTConfig`` (learning rate, steps, batch size, output_dir, ...)."""
 
-    model_path: str = field(default=TINY_SPEC, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
+    model_path: str = field(default=TINY_DEFAULT, metadata={"help": "model dir, previous stage dir, or tiny[:family]"})
     data: str = field(default="", metadata={"help": "synthetic data dir, stage dir with traces.jsonl, or a .jsonl"})
     train_split: str = field(default="train", metadata={"help": "synthetic split the teacher writes traces for"})
     max_pairs: int | None = field(default=None, metadata={"help": "use at most this many pairs/traces"})
@@ -95,49 +92,51 @@ class VRTSFTArguments(LoRAArguments, PresetArguments):
     eval_batch_size: int = field(default=8, metadata={"help": "episodes generated together in evaluation"})
 
 
-class ModeCheckedSFTTrainer(ModeCheckedTrainerMixin, SFTTrainer):
-    """TRL's SFTTrainer in the launch's distributed mode (FSDP on CPU too), or an error saying why not."""
-
-    def compute_loss(self, model, inputs, *args, **kwargs):
-        head = self.accelerator.unwrap_model(model).get_output_embeddings()
-        if isinstance(head, FSDPModule):
-            # accelerate gives the LM head its own FSDP2 unit, and TRL's fused loss reads `lm_head.weight` without
-            # calling the head: it would get the sharded DTensor, whose `full_tensor()` backward keeps only this
-            # process's gradient (no average over processes). Unsharded first, it is the plain full weight, and
-            # FSDP reduces its gradient like every other.
-            head.unshard()
-        return super().compute_loss(model, inputs, *args, **kwargs)
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[VRTSFTArguments, SFTConfig]:
-    parser = TrlParser((VRTSFTArguments, SFTConfig))
-    args, training = parser.parse_args_and_config(argv)
-    require_settings(parser, data=args.data, output_dir=training.output_dir)
-    try:  # the launch's mode on CPU too (gloo): DDP, DeepSpeed or FSDP
-        device_args = hf_trainer_device_args(training.use_cpu)
-    except DistributedModeError as err:
-        parser.error(str(err))
+    args, training = parse_with_trl((VRTSFTArguments,), "SFTConfig", __doc__, argv, COMMON_TRL_FLAGS)
+    require_settings(data=args.data, output_dir=training.output_dir)
+    from mmreward.training.distributed import hf_trainer_device_args
+
+    device_args = hf_trainer_device_args(training.use_cpu)  # the launch's mode on CPU too (gloo): DDP, DeepSpeed, FSDP
     if device_args:
         training = replace(training, **device_args)
     return args, training
 
 
-def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]:
-    """(model directory, its manifest or {}). ``tiny[:family]`` builds a tiny random model once into the output."""
+def check_model_spec(spec: str) -> tuple[str | None, dict]:
+    """(tiny family or None, the model's stage manifest or {}) of ``--model_path``, checked before anything loads:
+    a known ``tiny[:family]``, a stage directory (finished, or left incomplete by a failed run, it must pass
+    read_manifest) or a model directory."""
+    from mmreward.backbones.tiny import tiny_spec_family
+    from mmreward.backbones.vlm import check_model_path
+
     try:
         family = tiny_spec_family(spec)
     except ValueError as err:
-        raise SystemExit(f"--model_path {spec}: {err}") from err
+        raise UsageError(f"--model_path {spec}: {err}") from err
+    if family is not None:
+        return family, {}
+    path = Path(spec)
+    if (path / MANIFEST_NAME).exists() or (path / INCOMPLETE_MARKER).exists():
+        return None, read_manifest(path, expect_stage=MODEL_STAGES)
+    check_model_path(spec, "--model_path")
+    return None, {}
+
+
+def resolve_model(spec: str, out: Path, state: PartialState) -> tuple[str, dict]:
+    """(model directory, its manifest or {}). ``tiny[:family]`` builds a tiny random model once into the output."""
+    from mmreward.backbones.tiny import tiny_backbone_once
+
+    family, manifest = check_model_spec(spec)
     if family is not None:
         return str(tiny_backbone_once(family, out, state)), {}
-    path = Path(spec)
-    # A stage dir (finished, or left incomplete by a failed run) must pass read_manifest; a plain model dir has neither.
-    manifest = read_manifest(path) if (path / MANIFEST_NAME).exists() or (path / INCOMPLETE_MARKER).exists() else {}
     return spec, manifest
 
 
 def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
     """Training traces and a description of where they came from."""
+    from vr_thinker.cold_start import TeacherConfig, read_traces, teacher_traces
+
     data = Path(args.data)
     preset, dims = args.protocol()
     if data.is_dir() and (data / "videos" / f"{args.train_split}.jsonl").is_file():
@@ -148,12 +147,12 @@ def load_traces(args: VRTSFTArguments) -> tuple[list[EpisodeTrace], dict]:
         manifest = read_manifest(data)
         path = data / TRACES_NAME
         if not path.is_file():
-            raise SystemExit(f"--data {data}: stage {manifest.get('stage')!r} wrote no {TRACES_NAME}")
+            raise MissingInputError(f"--data {data}: stage {manifest.get('stage')!r} wrote no {TRACES_NAME}")
         source = {"kind": "stage", "stage": manifest.get("stage")}
     elif data.is_file():
         path, source = data, {"kind": "import"}
     else:
-        raise SystemExit(f"--data {data}: neither a synthetic data dir, a stage dir nor a trace file")
+        raise MissingInputError(f"--data {data}: neither a synthetic data dir, a stage dir nor a trace file")
     traces = read_traces(path, preset, skip_invalid=args.skip_invalid, require_correct=args.require_correct)
     source.update(file=str(path), skipped=[str(e) for e in traces.skipped])
     return list(traces)[: args.max_pairs], source
@@ -167,6 +166,12 @@ def eval_records(args: VRTSFTArguments) -> list:
 def evaluate(model, processor, preset: ProtocolPreset, dims: tuple[DimensionSpec, ...], records: list,
              args: VRTSFTArguments, html_path: Path | None = None) -> dict:
     """Greedy judge episodes on held-out records; metrics, and the first episode as HTML when asked."""
+    from peft import PeftModel
+
+    from vr_thinker.judge import VRThinkerJudge, score_results
+    from vr_thinker.rollout import SamplingConfig
+    from vr_thinker.trace_html import write_trace_html
+
     if isinstance(model, PeftModel):  # untrained adapters are zero: the base model gives the same outputs
         model = model.get_base_model()
     sampling = SamplingConfig(do_sample=False, max_new_tokens=args.eval_max_new_tokens or preset.limits.max_new_tokens)
@@ -180,33 +185,73 @@ def evaluate(model, processor, preset: ProtocolPreset, dims: tuple[DimensionSpec
     return metrics
 
 
-def common_protocol(traces: list[EpisodeTrace]) -> tuple[ProtocolPreset, tuple[DimensionSpec, ...]]:
+def common_protocol(traces: list[EpisodeTrace], data: str) -> tuple[ProtocolPreset, tuple[DimensionSpec, ...]]:
     """The preset and dimensions every trace shares (the judge must use the ones it was trained with)."""
+    from vr_thinker.cold_start import TraceError
+
     if not traces:
-        raise SystemExit("no training traces")
+        raise UsageError(f"--data {data}: no training traces")
     preset, dims = traces[0].preset, traces[0].dimensions
     for trace in traces:
         if trace.preset.to_dict() != preset.to_dict() or trace.dimensions != dims:
-            raise SystemExit(f"trace {trace.id!r} uses another protocol or other dimensions than {traces[0].id!r}")
+            raise TraceError(f"uses another protocol or other dimensions than {traces[0].id!r}", data,
+                             trace_id=trace.id)
     return preset, dims
+
+
+@dataclass
+class StageInputs:
+    """What `check_inputs` read: the model's stage manifest, the training traces and where they came from, their
+    protocol, and the held-out records."""
+
+    model_manifest: dict[str, Any]
+    traces: list[EpisodeTrace]
+    source: dict[str, Any]
+    preset: ProtocolPreset
+    dims: tuple[DimensionSpec, ...]
+    held_out: list
+    seconds: float
+
+
+def check_inputs(args: VRTSFTArguments, training: SFTConfig) -> StageInputs:
+    """Everything checked before a model loads or the output folder is touched: ``--model_path``, the output folder,
+    the training traces (written by the teacher or read and replayed) and the held-out records."""
+    _, model_manifest = check_model_spec(args.model_path)
+    check_resume_checkpoint(training.resume_from_checkpoint)
+    check_run_dir(training.output_dir, STAGE)
+    started = time.perf_counter()
+    traces, source = load_traces(args)
+    preset, dims = common_protocol(traces, args.data)
+    held_out = eval_records(args)
+    return StageInputs(model_manifest, traces, source, preset, dims, held_out, time.perf_counter() - started)
 
 
 def main(argv: list[str] | None = None) -> dict:
     args, training = parse_args(argv)
+    checked = check_inputs(args, training)
+    traces, preset, dims, held_out = checked.traces, checked.preset, checked.dims, checked.held_out
+
+    import yaml
+    from accelerate import PartialState
+    from transformers import set_seed
+
+    from mmreward.backbones.vlm import VLMLoadConfig, load_vlm
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from mmreward.training.distributed import describe_mode, shards_weights
+    from vr_thinker.cold_start import replay, write_traces
+    from vr_thinker.sft_data import TraceRows, VRThinkerSFTCollator
+    from vr_thinker.stage_io import protocol_summary, save_trained_judge
+    from vr_thinker.trace_html import write_trace_html
+    from vr_thinker.trl_trainers import ModeCheckedSFTTrainer
+
     out = Path(training.output_dir)
     state = PartialState()
     if state.is_main_process:
-        start_run_dir(out)
+        start_run_dir(out, STAGE)
     state.wait_for_everyone()
     set_seed(training.seed)
     model_dir, model_manifest = resolve_model(args.model_path, out, state)
-
-    started = time.perf_counter()
-    traces, source = load_traces(args)
-    preset, dims = common_protocol(traces)
     rows = TraceRows(traces, merge=args.merge_rows)
-    held_out = eval_records(args)
-    data_seconds = time.perf_counter() - started
 
     # HF Trainer's resume reads checkpoint weights by raw state-dict keys, which for Qwen-VL models saved by
     # transformers 5 do not match the live model's (nothing loads, only a warning): full fine-tuning resumes
@@ -228,14 +273,11 @@ def main(argv: list[str] | None = None) -> dict:
     trainer_args = replace(training, output_dir=str(out / "checkpoints"), remove_unused_columns=False,
                            assistant_only_loss=True)
     collator = VRThinkerSFTCollator(processor, max_length=training.max_length)
-    try:
-        trainer = ModeCheckedSFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(),
-                                        processing_class=processor, data_collator=collator)
-    except DistributedModeError as err:
-        raise SystemExit(f"error: {err}") from err
+    trainer = ModeCheckedSFTTrainer(model=model, args=trainer_args, train_dataset=rows.dataset(),
+                                    processing_class=processor, data_collator=collator)
     sharded = shards_weights(trainer.accelerator)
     if sharded and args.use_lora:
-        raise SystemExit("error: LoRA adapters cannot be merged from sharded weights (ZeRO-3 / FSDP); "
+        raise UsageError("--use_lora: LoRA adapters cannot be merged from sharded weights (ZeRO-3 / FSDP); "
                          "train LoRA under DDP or ZeRO-2")
     result = trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
     state.wait_for_everyone()
@@ -264,22 +306,30 @@ def main(argv: list[str] | None = None) -> dict:
             train_loss=result.training_loss,
             train_steps=result.global_step,
             train_seconds=round(result.metrics.get("train_runtime", 0.0), 2),
-            data_seconds=round(data_seconds, 2),
-            source=source,
+            data_seconds=round(checked.seconds, 2),
+            source=checked.source,
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         inputs = {"model": model_dir, "model_stage": model_manifest.get("stage"), "data": args.data,
                   "protocol": protocol_summary(preset, dims)}
         finalize_run_dir(out, STAGE, inputs=inputs, metrics=metrics,
                          extra={"distributed": describe_mode(trainer.accelerator)})
-        summary = {k: metrics[k] for k in ("traces", "rows", "train_loss") if k in metrics}
-        for key in ("eval_before", "eval_after"):
-            if key in metrics:
-                summary[key] = {k: metrics[key][k] for k in ("format_valid_rate", "overall_accuracy")}
-        print(json.dumps(summary))
+        print(summary(out, metrics))
     state.wait_for_everyone()
     return metrics
 
 
+def summary(out: Path, metrics: dict) -> str:
+    """The run's last line: steps, loss, held-out format-valid rate and accuracy before/after, the folder."""
+    parts = [f"done: {metrics['train_steps']} steps on {metrics['traces']} traces ({metrics['rows']} rows), "
+             f"train loss {metrics['train_loss']:.4f}"]
+    for key in ("eval_before", "eval_after"):
+        if key in metrics:
+            values = metrics[key]
+            parts.append(f"{key.replace('_', ' ')}: format-valid {values['format_valid_rate']:.1%}, overall accuracy "
+                         f"{values['overall_accuracy']:.1%}")
+    return "; ".join(parts) + f"; judge in {out} (load it with VRThinkerJudge.from_pretrained)"
+
+
 if __name__ == "__main__":
-    main()
+    run(main)

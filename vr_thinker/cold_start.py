@@ -50,6 +50,7 @@ import numpy as np
 
 from mmreward.data.media import MediaError
 from mmreward.data.records import PreferenceRecord
+from mmreward.errors import MmrewardError
 from vr_thinker.env import EpisodeStatus, VideoPairEnv
 from vr_thinker.presets import DimensionSpec, PresetError, ProtocolPreset, load_preset
 from vr_thinker.protocol import OVERALL, TOOL_NAME, label_verdicts
@@ -60,7 +61,7 @@ _TRACE_FIELDS = {"id", "prompt", "video_1", "video_2", "preset", "preset_overrid
                  "source", "conversation"}
 
 
-class TraceError(ValueError):
+class TraceError(MmrewardError, ValueError):
     """A trace that is not a valid episode; the message names the file, line and trace id when known."""
 
     def __init__(self, reason: str, path: str | Path | None = None, line: int | None = None, trace_id: str | None = None):

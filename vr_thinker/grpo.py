@@ -42,11 +42,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vr_thinker.grpo_config import ADVANTAGE_SCALES, KL_PLACES, LOSS_AGGREGATIONS
 from vr_thinker.rollout import RolloutTrace
-
-ADVANTAGE_SCALES = ("std", "none")
-KL_PLACES = ("reward", "loss")
-LOSS_AGGREGATIONS = ("constant", "token_mean", "trace_mean")
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ def load_judge_config(model_dir: str | Path) -> tuple[ProtocolPreset, tuple[Dime
         preset = ProtocolPreset.from_dict(payload["preset"], where=str(path))
         return preset, tuple(DimensionSpec(**d) for d in payload["dimensions"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, PresetError) as err:
-        raise ValueError(f"{path}: not a valid judge config ({err})") from err
+        raise PresetError(f"{path}: not a valid judge config ({err})") from err
 
 
 def resolve_dimensions(preset: ProtocolPreset, dimensions: str | Sequence[DimensionSpec] | None

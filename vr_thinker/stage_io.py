@@ -2,23 +2,32 @@
 record files, the judge a stage starts from (checked through its manifest) and saving the trained judge.
 
 One place for these keeps the stages' command lines and error messages the same: a setting is missing, a data path
-holds no records, or a model directory is not a finished VR-Thinker stage.
+holds no records, or a model directory is not a finished VR-Thinker stage. Every such problem is one of the project's
+errors (``mmreward.errors``) naming the flag, which ``mmreward.cli.run`` prints as one line.
+
+The argument dataclasses and checks import neither torch nor transformers (a stage's ``--help`` answers at once); what
+needs them (the judge config, LoRA, saving) imports them when called.
 """
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from peft import PeftModel
-
-from mmreward.backbones.vlm import LoRASettings
+from mmreward.errors import MissingInputError, UsageError
 from mmreward.manifest import read_manifest
-from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config, resolve_dimensions, save_judge_config
-from vr_thinker.presets import DimensionSpec, PresetError, ProtocolPreset, load_preset
+from vr_thinker.presets import (
+    PRESET_NAMES,
+    DimensionSpec,
+    PresetError,
+    ProtocolPreset,
+    load_preset,
+)
+
+if TYPE_CHECKING:
+    from mmreward.backbones.vlm import LoRASettings
 
 
 @dataclass
@@ -27,17 +36,20 @@ class PresetArguments:
     preset_overrides: dotted ``key=value`` changes recorded with the run (e.g. ``frames.per_video=8`` for tiny
     CPU runs); dimensions: a dimension set of the preset (default: its default set)."""
 
-    preset: str = field(default="vr-thinker", metadata={"help": "protocol preset name or YAML file"})
+    preset: str = field(default="vr-thinker", metadata={"help": f"protocol preset: a name ({', '.join(PRESET_NAMES)}) "
+                                                                "or a YAML file"})
     preset_overrides: list[str] = field(default_factory=list, metadata={"help": "preset changes, key=value"})
     dimensions: str | None = field(default=None, metadata={"help": "dimension set of the preset"})
 
     def protocol(self) -> tuple[ProtocolPreset, tuple[DimensionSpec, ...]]:
-        """The preset and dimensions; stops with the problem when they cannot be used."""
+        """The preset and dimensions; a UsageError naming ``--preset`` when they cannot be used."""
+        from vr_thinker.judge import resolve_dimensions
+
         try:
             preset = load_preset(self.preset, self.preset_overrides)
             return preset, resolve_dimensions(preset, self.dimensions)
         except PresetError as err:
-            raise SystemExit(f"--preset {self.preset}: {err}") from err
+            raise UsageError(f"--preset {self.preset}: {err}") from err
 
 
 @dataclass
@@ -53,14 +65,22 @@ class LoRAArguments:
 
     def lora(self) -> LoRASettings | None:
         """The adapter settings for ``VLMLoadConfig.lora`` (None without ``use_lora``)."""
+        from mmreward.backbones.vlm import LoRASettings
+
         return LoRASettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout) if self.use_lora else None
 
 
-def require_settings(parser: argparse.ArgumentParser, **values: Any) -> None:
-    """Stop with the parser's usage error naming every setting (``--name``) whose value is empty."""
+def require_settings(**values: Any) -> None:
+    """A UsageError naming every setting (``--name``) whose value is empty."""
     missing = [name for name, value in values.items() if not value]
     if missing:
-        parser.error(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+        raise UsageError(f"missing required setting(s): {', '.join('--' + m for m in missing)}")
+
+
+def check_resume_checkpoint(checkpoint: str | None) -> None:
+    """A MissingInputError naming ``--resume_from_checkpoint`` when it names no folder (TRL stages)."""
+    if checkpoint is not None and not Path(checkpoint).is_dir():
+        raise MissingInputError(f"--resume_from_checkpoint {checkpoint}: no such checkpoint folder")
 
 
 def record_file(data: str, split: str) -> Path:
@@ -69,7 +89,7 @@ def record_file(data: str, split: str) -> Path:
     if path.is_dir():
         path = path / "videos" / f"{split}.jsonl"
     if not path.is_file():
-        raise SystemExit(f"--data {data}: no record file {path}")
+        raise MissingInputError(f"--data {data}: no record file {path}")
     return path
 
 
@@ -79,21 +99,28 @@ def eval_record_file(eval_pairs: int, eval_records: str | None, data: str, eval_
     if eval_pairs <= 0:
         return None
     if eval_records is not None:
+        if not Path(eval_records).is_file():
+            raise MissingInputError(f"--eval_records {eval_records}: no such file")
         return Path(eval_records)
     path = Path(data) / "videos" / f"{eval_split}.jsonl"
     if not path.is_file():
-        raise SystemExit(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
+        raise UsageError(f"--eval_pairs needs --eval_records (no synthetic split at {path})")
     return path
 
 
 def read_judge_input(model_path: str, stages: Sequence[str]
                      ) -> tuple[dict[str, Any], ProtocolPreset, tuple[DimensionSpec, ...]]:
     """(manifest, preset, dimensions) of a finished stage directory of one of ``stages`` that a stage continues
-    from; stops when the directory is unfinished, of another stage or has no judge config."""
+    from; a MissingInputError / RunDirError naming ``--model_path`` when it is missing, unfinished, of another stage
+    or has no judge config."""
+    from vr_thinker.judge import JUDGE_CONFIG_NAME, load_judge_config
+
+    if not Path(model_path).is_dir():
+        raise MissingInputError(f"--model_path {model_path}: no such directory (a {' / '.join(stages)} stage output)")
     manifest = read_manifest(model_path, expect_stage=tuple(stages))
     saved = load_judge_config(model_path)
     if saved is None:
-        raise SystemExit(f"--model_path {model_path}: no {JUDGE_CONFIG_NAME} (protocol of the model)")
+        raise MissingInputError(f"--model_path {model_path}: no {JUDGE_CONFIG_NAME} (protocol of the model)")
     preset, dims = saved
     return manifest, preset, dims
 
@@ -106,6 +133,10 @@ def save_trained_judge(model: Any, processor: Any, out: Path, preset: ProtocolPr
     state_dict: the full weights when the model's parameters are sharded (ZeRO-3, FSDP:
     ``accelerator.get_state_dict(model)``, gathered on every process); a sharded LoRA model cannot be merged here.
     """
+    from peft import PeftModel
+
+    from vr_thinker.judge import save_judge_config
+
     if isinstance(model, PeftModel):
         if state_dict is not None:
             raise ValueError("a LoRA model with sharded weights (ZeRO-3 / FSDP) cannot be merged and saved; "

@@ -20,11 +20,13 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    """Steps `initial..total` of a run. enabled: False on every process but the main one."""
+    """Steps `initial..total` of a run. enabled: False on every process but the main one; value_name: what the
+    value passed to `update` is (the loss, or e.g. the mean reward of an RL loop)."""
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, desc: str = "training",
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, value_name: str = "loss"):
         self.total, self.start_step, self.step = total, initial, initial
+        self.value_name = value_name
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.started = time.perf_counter()
@@ -45,11 +47,11 @@ class Progress:
         if self.bar is not None:
             self.bar.update(advance)
             if loss is not None:
-                self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                self.bar.set_postfix({self.value_name: f"{loss:.4f}"}, refresh=False)
         elif logged:
             rate = self.rate()
             left = (self.total - step) / rate if rate > 0 else float("nan")
-            loss_text = f"  loss {loss:.4f}" if loss is not None else ""
+            loss_text = f"  {self.value_name} {loss:.4f}" if loss is not None else ""
             print(f"step {step}/{self.total}{loss_text}  {rate:.2f} steps/s  about {_duration(left)} left",
                   file=self.stream, flush=True)
 

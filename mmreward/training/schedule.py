@@ -14,6 +14,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch.utils.data
 
+from mmreward.errors import MmrewardError
+
+
+class ScheduleError(MmrewardError, ValueError):
+    """The training data cannot fill the schedule asked for (a phase smaller than one global batch, an empty
+    curriculum pool)."""
+
 
 @dataclass(frozen=True)
 class Phase:
@@ -39,9 +46,9 @@ class StepSchedule:
         global_batch = batch_size * world_size
         for phase in self.phases:
             if len(phase.pool) < global_batch:
-                raise ValueError(
+                raise ScheduleError(
                     f"phase {phase.name!r} has {len(phase.pool)} records, fewer than one global batch "
-                    f"({batch_size} pairs x {world_size} processes)"
+                    f"({batch_size} pairs x {world_size} processes): lower --batch_size or use more pairs"
                 )
 
     def _phase(self, micro: int) -> tuple[int, Phase]:

@@ -38,7 +38,7 @@ from mmreward.training.config import RewardTrainingConfig
 from mmreward.training.distributed import DistributedModeError, settle_deepspeed_config
 from mmreward.training.distributed import make_accelerator as make_mode_accelerator
 from mmreward.training.progress import Progress
-from mmreward.training.schedule import Phase, ScheduledBatchSampler, StepSchedule
+from mmreward.training.schedule import Phase, ScheduledBatchSampler, ScheduleError, StepSchedule
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_NAME = "train_log.jsonl"
@@ -181,14 +181,14 @@ def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]
     allowed, picked = set(dims), []
     for i, record in enumerate(data.records):
         if "varies" not in record.meta:
-            raise ValueError(
+            raise ScheduleError(
                 f"{data.records.path}: record {record.id!r} has no meta['varies']; the curriculum needs it"
             )
         varies = set(record.meta["varies"])
         if varies and varies <= allowed:
             picked.append(i)
     if not picked:
-        raise ValueError(f"{data.records.path}: no record varies only in {sorted(allowed)} (curriculum pool empty)")
+        raise ScheduleError(f"{data.records.path}: no record varies only in {sorted(allowed)} (curriculum pool empty)")
     return tuple(picked)
 
 

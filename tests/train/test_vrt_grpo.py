@@ -1,5 +1,7 @@
 """The VR-Thinker GRPO stage end to end: outputs and logs, SIGKILL + resume, and the reward rising while it trains."""
 
+import contextlib
+import io
 import json
 import signal
 import subprocess
@@ -15,6 +17,7 @@ from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 
 from mmreward.manifest import INCOMPLETE_MARKER, RunDirError, read_manifest
+from mmreward.training.distributed import DistributedModeError
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "train"))
@@ -64,10 +67,26 @@ def _log(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, judge, data):
+    """The smoke run; what it printed is kept next to its folder (console.txt: stderr, then stdout)."""
     out = tmp_path_factory.mktemp("grpo") / "straight"
-    metrics = stage.main(_args(judge, data, out, *SMOKE, "--eval_pairs", "2"))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        metrics = stage.main(_args(judge, data, out, *SMOKE, "--eval_pairs", "2"))
+    (out.parent / "console.txt").write_text(stderr.getvalue() + stdout.getvalue())
     AcceleratorState._reset_state(reset_partial_state=True)
     return out, metrics
+
+
+def test_progress_lines_and_the_closing_summary(straight):
+    """Not a terminal here: a plain progress line per logged step (with the mean reward), and a last line naming the
+    output folder and the fixed eval set's figures."""
+    out, metrics = straight
+    lines = (out.parent / "console.txt").read_text().splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["1/3", "2/3", "3/3"]
+    assert all(" reward " in line and "steps/s" in line for line in steps)
+    assert lines[-1].startswith(f"done: {metrics['steps']} GRPO steps") and str(out) in lines[-1]
+    assert "eval end: reward" in lines[-1] and "overall accuracy" in lines[-1]
 
 
 def test_stage_outputs_logs_and_reloads(straight, judge):
@@ -115,7 +134,7 @@ def test_a_sharded_launch_is_refused(flag, tmp_path, judge, data, monkeypatch):
     """The loop does not support DeepSpeed / FSDP (full-model rollouts and reference copy): a launch asking for
     them stops before anything is written, instead of training as DDP (which accelerate falls back to on CPU)."""
     monkeypatch.setenv(flag, "true")
-    with pytest.raises(SystemExit, match="GRPO loop runs on one process or DDP, not (deepspeed|fsdp).*vrt_grpo_trl"):
+    with pytest.raises(DistributedModeError, match="GRPO loop runs on one process or DDP, not (deepspeed|fsdp).*vrt_grpo_trl"):
         stage.main(_args(judge, data, tmp_path / "out", "--max_steps", "1"))
     assert not (tmp_path / "out").exists()
 
@@ -144,7 +163,7 @@ def test_sigkill_then_resume_gives_identical_weights(straight, judge, data, tmp_
     assert steps == [1, 2, 3]  # lines a killed run wrote after its last checkpoint are not duplicated
 
 
-def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypatch):
+def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypatch, capsys):
     import vrt_grpo_trl as baseline
 
     monkeypatch.setenv("TRL_EXPERIMENTAL_SILENCE", "1")
@@ -157,6 +176,8 @@ def test_trl_baseline_runs_without_memory_window(judge, data, tmp_path, monkeypa
     assert manifest["metrics"]["steps"] == 2 and len(metrics["log"]) == 2
     assert all(np.isfinite(row["reward"]) for row in metrics["log"])
     assert json.loads((out / "vr_thinker.json").read_text())["preset"]["limits"]["memory_window"] is None
+    last = capsys.readouterr().out.splitlines()[-1]  # the closing summary names the folder and the rewards
+    assert last.startswith("done: 2 GRPO steps") and "mean reward" in last and str(out) in last
 
 
 def _learning_run(judge, data, out, steps: int) -> list[dict]:

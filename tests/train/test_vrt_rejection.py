@@ -1,12 +1,15 @@
 """Rejection sampling end to end: kept traces are right and replayable, statistics add up, shards resume."""
 
+import contextlib
+import io
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from mmreward.manifest import read_manifest
+from mmreward.errors import UsageError
+from mmreward.manifest import read_manifest, start_run_dir
 from vr_thinker.cold_start import read_traces
 from vr_thinker.rollout import HFRolloutEngine
 
@@ -17,7 +20,6 @@ import vrt_rejection as stage  # noqa: E402  (train/vrt_rejection.py, the script
 import vrt_sft  # noqa: E402  (the next stage reads the output)
 from stage_helpers import run_ddp, subprocess_env  # noqa: E402
 from vrt_tiny_judge import synthetic_videos, tiny_judge  # noqa: E402
-
 
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
@@ -40,8 +42,26 @@ def _args(judge, data, out, *extra):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, judge, data):
+    """The plain run; what it printed is kept next to its folder (console.txt: stderr, then stdout)."""
     out = tmp_path_factory.mktemp("rejection") / "straight"
-    return out, stage.main(_args(judge, data, out))
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        metrics = stage.main(_args(judge, data, out))
+    (out.parent / "console.txt").write_text(stderr.getvalue() + stdout.getvalue())
+    return out, metrics
+
+
+def test_progress_lines_and_the_closing_summary(straight):
+    """Not a terminal here: a plain line per batch of pairs (with the acceptance so far), and a last line naming the
+    kept traces' file and the acceptance rate."""
+    out, metrics = straight
+    lines = (out.parent / "console.txt").read_text().splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["2/4", "4/4"]  # 4 pairs, 2 per batch
+    assert all(" accepted " in line for line in steps)
+    assert lines[-1] == (f"done: {metrics['samples']} samples of 4 pairs, {metrics['acceptance_rate']:.1%} accepted, "
+                         f"format-valid {metrics['format_valid_rate']:.1%}; {metrics['kept_traces']} kept traces in "
+                         f"{out / 'traces.jsonl'} (train on them with train/vrt_sft.py --data {out})")
 
 
 def test_kept_traces_are_right_and_feed_the_next_sft(straight, data):
@@ -87,6 +107,7 @@ def test_resume_skips_done_pairs_and_ends_with_the_same_output(straight, judge, 
     shard = next((out / "shards").glob("shard-*.jsonl"))
     complete = shard.read_text().splitlines(keepends=True)
     resumed = tmp_path / "resumed"
+    start_run_dir(resumed, stage.STAGE)  # what the killed run left: its marker and a shard with a cut last line
     (resumed / "shards").mkdir(parents=True)
     (resumed / "shards" / shard.name).write_text("".join(complete[:2]) + complete[2][: len(complete[2]) // 2])
     rolled = []
@@ -109,7 +130,7 @@ def test_refuses_to_resume_shards_sampled_otherwise(straight, judge, data, tmp_p
 
     out = tmp_path / "other"
     shutil.copytree(straight[0] / "shards", out / "shards")
-    with pytest.raises(SystemExit, match="samples_per_pair"):
+    with pytest.raises(UsageError, match="samples_per_pair"):
         stage.main(_args(judge, data, out, "--samples_per_pair", "3"))
 
 

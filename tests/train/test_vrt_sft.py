@@ -58,10 +58,13 @@ def is_vision(name: str) -> bool:
     return name.startswith("visual.")  # checkpoint names: visual.* (vision tower), model.* and lm_head (text)
 
 
-def test_stage_writes_a_judge_and_chains_through_its_manifest(data, tmp_path):
+def test_stage_writes_a_judge_and_chains_through_its_manifest(data, tmp_path, capsys):
     first = tmp_path / "sft"
     metrics = run("--model_path", "tiny", "--data", str(data), "--output_dir", str(first), "--max_pairs", "4",
                   "--max_steps", "1", "--eval_pairs", "2", "--eval_before", "true", "--eval_max_new_tokens", "4")
+    last = capsys.readouterr().out.splitlines()[-1]  # the closing summary names the folder and the figures
+    assert last.startswith(f"done: 1 steps on 4 traces ({metrics['rows']} rows), train loss ") and str(first) in last
+    assert "eval before: format-valid" in last and "eval after: format-valid" in last
     manifest = read_manifest(first, expect_stage="vrt_sft")
     assert manifest["metrics"]["traces"] == 4 and manifest["metrics"]["train_steps"] == 1
     assert manifest["inputs"]["data"] == str(data)
@@ -204,6 +207,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(data, tmp_path, single
 
 
 def test_unknown_tiny_family_is_refused_naming_the_option(tmp_path):
-    with pytest.raises(SystemExit, match="--model_path tiny:qwen9: unknown tiny family 'qwen9'"):
+    from mmreward.errors import UsageError
+
+    with pytest.raises(UsageError, match="--model_path tiny:qwen9: unknown tiny family 'qwen9'"):
         stage.resolve_model("tiny:qwen9", tmp_path, state=None)
     assert not (tmp_path / "tiny_backbone").exists()

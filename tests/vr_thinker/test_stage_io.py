@@ -1,10 +1,9 @@
 """What the VR-Thinker stage scripts share: required settings, record files, the input judge, LoRA fields."""
 
-import argparse
-
 import pytest
 
 from mmreward.backbones.vlm import LoRASettings
+from mmreward.errors import MissingInputError, UsageError
 from mmreward.manifest import RunDirError, finalize_run_dir, start_run_dir
 from vr_thinker.judge import save_judge_config
 from vr_thinker.presets import load_preset
@@ -19,12 +18,10 @@ from vr_thinker.stage_io import (
 )
 
 
-def test_require_settings_names_every_missing_one(capsys):
-    parser = argparse.ArgumentParser(prog="stage")
-    require_settings(parser, model_path="m", data="d")
-    with pytest.raises(SystemExit):
-        require_settings(parser, model_path="", data="d", output_dir=None)
-    assert "missing required setting(s): --model_path, --output_dir" in capsys.readouterr().err
+def test_require_settings_names_every_missing_one():
+    require_settings(model_path="m", data="d")
+    with pytest.raises(UsageError, match=r"^missing required setting\(s\): --model_path, --output_dir$"):
+        require_settings(model_path="", data="d", output_dir=None)
 
 
 def test_record_file_and_eval_record_file(tmp_path):
@@ -33,12 +30,15 @@ def test_record_file_and_eval_record_file(tmp_path):
     (tmp_path / "videos" / "val.jsonl").write_text("")
     assert record_file(str(tmp_path), "train") == tmp_path / "videos" / "train.jsonl"
     assert record_file(str(tmp_path / "videos" / "val.jsonl"), "ignored") == tmp_path / "videos" / "val.jsonl"
-    with pytest.raises(SystemExit, match="no record file .*test.jsonl"):
+    with pytest.raises(MissingInputError, match="^--data .*: no record file .*test.jsonl"):
         record_file(str(tmp_path), "test")
     assert eval_record_file(0, None, str(tmp_path), "val") is None
     assert eval_record_file(2, None, str(tmp_path), "val") == tmp_path / "videos" / "val.jsonl"
-    assert eval_record_file(2, "other.jsonl", str(tmp_path), "val").name == "other.jsonl"
-    with pytest.raises(SystemExit, match="--eval_pairs needs --eval_records"):
+    (tmp_path / "other.jsonl").write_text("")
+    assert eval_record_file(2, str(tmp_path / "other.jsonl"), str(tmp_path), "val").name == "other.jsonl"
+    with pytest.raises(MissingInputError, match="^--eval_records .*missing.jsonl: no such file"):
+        eval_record_file(2, str(tmp_path / "missing.jsonl"), str(tmp_path), "val")
+    with pytest.raises(UsageError, match="--eval_pairs needs --eval_records"):
         eval_record_file(2, None, str(tmp_path), "test")
 
 
@@ -47,8 +47,10 @@ def test_read_judge_input_checks_the_stage_and_the_judge_config(tmp_path):
     start_run_dir(run)
     (run / "weights.bin").write_bytes(b"w")
     finalize_run_dir(run, "vrt_sft", inputs={}, metrics={})
-    with pytest.raises(SystemExit, match="no vr_thinker.json"):
+    with pytest.raises(MissingInputError, match="^--model_path .*: no vr_thinker.json"):
         read_judge_input(str(run), ("vrt_sft",))
+    with pytest.raises(MissingInputError, match="^--model_path .*nowhere: no such directory"):
+        read_judge_input(str(tmp_path / "nowhere"), ("vrt_sft",))
     with pytest.raises(RunDirError):
         read_judge_input(str(run), ("vrt_grpo",))
 
@@ -67,9 +69,9 @@ def test_read_judge_input_checks_the_stage_and_the_judge_config(tmp_path):
 def test_preset_arguments_resolve_or_stop():
     preset, dims = PresetArguments(preset="vrthinker", dimensions="mjbench_video").protocol()
     assert preset.name == "vrthinker" and dims[0].label == "Alignment"
-    with pytest.raises(SystemExit, match="--preset vr-thinker.*no dimension set 'x'"):
+    with pytest.raises(UsageError, match="--preset vr-thinker.*no dimension set 'x'"):
         PresetArguments(dimensions="x").protocol()
-    with pytest.raises(SystemExit, match="has no such field"):
+    with pytest.raises(UsageError, match="has no such field"):
         PresetArguments(preset_overrides=["frames.x=1"]).protocol()
 
 

@@ -26,11 +26,13 @@ from typing import Any
 
 import yaml
 
+from mmreward.errors import MmrewardError
+
 PRESET_DIR = Path(__file__).resolve().parent
 PRESET_NAMES = tuple(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
 
 
-class PresetError(ValueError):
+class PresetError(MmrewardError, ValueError):
     """A preset file, name or override that cannot be used; the message names it."""
 
 

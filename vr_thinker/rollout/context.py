@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from mmreward.errors import MmrewardError
+
 Message = dict[str, Any]
 
 
-class RolloutError(RuntimeError):
+class RolloutError(MmrewardError, RuntimeError):
     """The conversation cannot be turned into token ids that extend the generated ones (template, media)."""
 
 
