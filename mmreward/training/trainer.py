@@ -303,12 +303,16 @@ class RewardTrainer:
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg
         everything = tuple(range(len(self.train_data)))
-        phases = [Phase("all", 0, everything)]
-        if cfg.curriculum_steps:
-            warm = curriculum_pool(self.train_data, cfg.curriculum_varies)
-            phases = [Phase("curriculum", 0, warm), Phase("all", cfg.curriculum_steps * cfg.grad_accum_steps, everything)]
-            if cfg.curriculum_steps >= cfg.max_steps:
-                phases = phases[:1]
+        phases, steps = [], 0
+        if cfg.curriculum_steps:  # the warm-up steps, split evenly among the phases (the first ones take the rest)
+            share, rest = divmod(cfg.curriculum_steps, len(cfg.curriculum_varies))
+            for number, dims in enumerate(cfg.curriculum_varies):
+                if steps < cfg.max_steps:
+                    pool = curriculum_pool(self.train_data, dims.split("+"))
+                    phases.append(Phase(f"curriculum:{dims}", steps * cfg.grad_accum_steps, pool))
+                steps += share + (number < rest)
+        if steps < cfg.max_steps:
+            phases.append(Phase("all", steps * cfg.grad_accum_steps, everything))
         return StepSchedule(phases, cfg.batch_size, self.accelerator.num_processes, cfg.seed)
 
     def unwrapped_model(self) -> RewardModel:
@@ -500,7 +504,7 @@ class RewardTrainer:
                 values = {
                     "train/loss": last_loss,
                     "train/lr": self.scheduler.get_last_lr()[-1],  # the backbone's (last group)
-                    "train/curriculum": float(phase == "curriculum"),
+                    "train/curriculum": float(phase != "all"),
                     "train/steps_per_s": (step - start_step) / max(time.perf_counter() - started, 1e-9),
                 }
                 values["train/grad_norm"] = grad_norm.item()
