@@ -134,7 +134,7 @@ class SyntheticConfig:
     video_degradations: tuple[str, ...] = ("noise",)  # blur is invisible to the tiny frozen tower at 84 px
     degradations: tuple[str, ...] | None = None
     motion_faults: tuple[str, ...] = ("jitter", "frozen")
-    displacement_frac: tuple[float, float] = (0.15, 0.25)
+    displacement_frac: tuple[float, float] = (0.25, 0.35)  # at 0.15-0.25 a frozen clip was hard to tell apart
     jitter_frac: tuple[float, float] = (0.12, 0.18)
     video_codec: str = "libx264"
     qp: int = 18
