@@ -192,6 +192,22 @@ def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]
     return tuple(picked)
 
 
+def training_phases(data: PreferenceDataset, cfg: RewardTrainingConfig) -> list[Phase]:
+    """The curriculum's warm-up phases (`curriculum_varies` in order, `curriculum_steps` split evenly among them,
+    the first ones taking the remainder), then every record; phases past `max_steps` are left out."""
+    phases, steps = [], 0
+    if cfg.curriculum_steps:
+        share, rest = divmod(cfg.curriculum_steps, len(cfg.curriculum_varies))
+        for number, dims in enumerate(cfg.curriculum_varies):
+            if steps < cfg.max_steps:
+                pool = curriculum_pool(data, dims.split("+"))
+                phases.append(Phase(f"curriculum:{dims}", steps * cfg.grad_accum_steps, pool))
+            steps += share + (number < rest)
+    if steps < cfg.max_steps:
+        phases.append(Phase("all", steps * cfg.grad_accum_steps, tuple(range(len(data)))))
+    return phases
+
+
 def use_fused_adamw(acc: Accelerator) -> bool:
     """Whether AdamW should run as one fused kernel per step: on CUDA, unless FSDP / DeepSpeed shard it.
 
@@ -302,18 +318,7 @@ class RewardTrainer:
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg
-        everything = tuple(range(len(self.train_data)))
-        phases, steps = [], 0
-        if cfg.curriculum_steps:  # the warm-up steps, split evenly among the phases (the first ones take the rest)
-            share, rest = divmod(cfg.curriculum_steps, len(cfg.curriculum_varies))
-            for number, dims in enumerate(cfg.curriculum_varies):
-                if steps < cfg.max_steps:
-                    pool = curriculum_pool(self.train_data, dims.split("+"))
-                    phases.append(Phase(f"curriculum:{dims}", steps * cfg.grad_accum_steps, pool))
-                steps += share + (number < rest)
-        if steps < cfg.max_steps:
-            phases.append(Phase("all", steps * cfg.grad_accum_steps, everything))
-        return StepSchedule(phases, cfg.batch_size, self.accelerator.num_processes, cfg.seed)
+        return StepSchedule(training_phases(self.train_data, cfg), cfg.batch_size, self.accelerator.num_processes, cfg.seed)
 
     def unwrapped_model(self) -> RewardModel:
         return self.accelerator.unwrap_model(self.model)

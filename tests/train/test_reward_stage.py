@@ -365,6 +365,26 @@ def test_learning_check_video_all_dimensions(tiny, default_videos, tmp_path, hea
         assert metrics[f"val/accuracy/{dim}"] >= 0.75, dim
 
 
+def test_curriculum_phases_follow_curriculum_varies_in_order(data):
+    """Several warm-up phases: `curriculum_steps` split evenly among `curriculum_varies` (the first phase takes the
+    odd step), each phase's pool the records varying only within its '+'-joined dimensions, then every record."""
+    from mmreward.training.config import RewardTrainingConfig
+    from mmreward.training.trainer import training_phases
+
+    train = PreferenceDataset(data["images/train"], MediaConfig())
+    varies = [set(record.meta["varies"]) for record in train.records]
+    cfg = RewardTrainingConfig(max_steps=20, grad_accum_steps=2, curriculum_steps=5, curriculum_varies=["VQ", "VQ+TA"])
+    phases = training_phases(train, cfg)
+    assert [(p.name, p.start) for p in phases] == [("curriculum:VQ", 0), ("curriculum:VQ+TA", 6), ("all", 10)]
+    assert {i for i, v in enumerate(varies) if v == {"VQ"}} == set(phases[0].pool)
+    assert {i for i, v in enumerate(varies) if v and v <= {"VQ", "TA"}} == set(phases[1].pool)
+    assert phases[2].pool == tuple(range(len(train)))
+    short = RewardTrainingConfig(max_steps=3, curriculum_steps=5, curriculum_varies=["VQ", "VQ+TA"])
+    assert [p.name for p in training_phases(train, short)] == ["curriculum:VQ"]
+    with pytest.raises(ValueError, match="at least one step"):
+        RewardTrainingConfig(curriculum_steps=1, curriculum_varies=["VQ", "TA"])
+
+
 def test_unknown_tiny_family_is_refused_naming_the_option(tiny, data, tmp_path):
     from mmreward.errors import UsageError
 
