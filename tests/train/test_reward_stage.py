@@ -315,7 +315,7 @@ def quick_videos(tmp_path_factory):
 @pytest.mark.parametrize("head", ["scalar", pytest.param("reward_token", marks=pytest.mark.slow)])
 def test_video_recipe_improves_every_dimension(tiny, quick_videos, tmp_path, head):
     """<= ~1 CPU minute: the shipped video recipe, shortened (300 steps, the first 150 on text-alignment pairs only:
-    too short for the recipe's TA + MQ warm-up), raises held-out VQ, MQ and TA above the untrained model's."""
+    too short for the recipe's TA then TA + MQ warm-up), raises held-out VQ, MQ and TA above the untrained model's."""
     config, dims = VIDEO_RECIPES[head]
     out = tmp_path / head
     started = time.process_time()
