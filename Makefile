@@ -25,7 +25,7 @@ $(DS_STAMP): $(STAMP) requirements-deepspeed.txt
 	touch $(DS_STAMP)
 
 demo: $(STAMP)
-	$(VPY) -m mmreward.demo --out runs/demo
+	$(VPY) demo/run.py --out runs/demo
 
 test: $(DS_STAMP)
 	$(VPY) -m pytest -q

@@ -7,8 +7,8 @@
   scored in one CLIP call per step (`VecCLIPReward`, mode "step").
 
 Both arms use the same tiny open_clip model (RANDOM weights, 224 px input, like ViT-bigG-14's) and the
-same textured scene. Each arm runs for at least `--seconds` after a warm-up step (GL contexts, first
-CLIP call). The last line is `RESULT clip_reward ratio=<batched/original> target=3`.
+same scene (the paper's, the default). Each arm runs for at least `--seconds` after a warm-up step (GL
+contexts, first CLIP call). The last line is `RESULT clip_reward ratio=<batched/original> target=3`.
 """
 
 from __future__ import annotations

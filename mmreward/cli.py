@@ -256,7 +256,7 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None) -> 
             raise
         print(f"error: {one_line(err)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
-    sys.exit(code if isinstance(code, int) else 0)
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)  # metrics, paths: success
 
 
 def module_names(package: str, exclude: Iterable[str] = ()) -> list[str]:

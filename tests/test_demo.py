@@ -1,41 +1,54 @@
 """The end-to-end demo as `make demo` runs it (minutes on CPU, so `slow`), and its progress readers (fast)."""
 
 import html
+import importlib.util
 import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
-from mmreward.demo import check_same_pairs, line_count_progress, log_progress, main, train_log_progress
+
+def _load_demo():
+    """demo/run.py, loaded by path (the demo is a script of the checkout, not a module of the library)."""
+    spec = importlib.util.spec_from_file_location("demo_run", Path(__file__).resolve().parents[1] / "demo" / "run.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+demo = _load_demo()
 
 
 def test_log_progress_reads_the_last_tqdm_count(tmp_path):
     log = tmp_path / "stage.log"
-    assert log_progress(log)() is None  # not written yet
+    assert demo.log_progress(log)() is None  # not written yet
     log.write_text("Loading weights: 100%|##| 57/57 [00:00<00:00]\n")
-    assert log_progress(log)() == (57, 57)
+    assert demo.log_progress(log)() == (57, 57)
     with log.open("a") as handle:
         handle.write("  3%|#  | 18/600 [00:09<04:51,  2.0it/s]\r  3%|#  | 19/600 [00:10<04:50,  2.0it/s]")
-    assert log_progress(log)() == (19, 600)
+    assert demo.log_progress(log)() == (19, 600)
 
 
 def test_train_log_progress_reads_the_last_step(tmp_path):
     path = tmp_path / "train_log.jsonl"
-    assert train_log_progress(path, 10)() is None
+    assert demo.train_log_progress(path, 10)() is None
     path.write_text(json.dumps({"step": 0, "eval/reward": 0.1}) + "\n" + json.dumps({"step": 3, "loss": 1.0}) + "\n")
-    assert train_log_progress(path, 10)() == (3, 10)
+    assert demo.train_log_progress(path, 10)() == (3, 10)
     with path.open("a") as handle:
         handle.write('{"step": 4, "lo')  # a line being written is not read
-    assert train_log_progress(path, 10)() == (3, 10)
+    assert demo.train_log_progress(path, 10)() == (3, 10)
 
 
 def test_line_count_progress_counts_complete_lines_of_all_shards(tmp_path):
-    assert line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (0, 16)
+    assert demo.line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (0, 16)
     (tmp_path / "shards").mkdir()
     (tmp_path / "shards" / "shard-00000-of-00002.jsonl").write_text("{}\n{}\n")
     (tmp_path / "shards" / "shard-00001-of-00002.jsonl").write_text("{}\n{\"cut")
     (tmp_path / "shards" / "settings.json").write_text("{}\n")
-    assert line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (3, 16)
+    assert demo.line_count_progress(tmp_path / "shards", "shard-*.jsonl", 16)() == (3, 16)
 
 
 def test_check_same_pairs_refuses_other_pairs(tmp_path):
@@ -46,17 +59,16 @@ def test_check_same_pairs_refuses_other_pairs(tmp_path):
         return path
 
     reference = write("main.jsonl", [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")])
-    check_same_pairs(reference, write("same.jsonl", [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")]))
+    same = [("p0", "one red circle", "a"), ("p1", "two blue squares", "tie")]
+    demo.check_same_pairs(reference, write("same.jsonl", same))
     for name, rows in {"label.jsonl": [("p0", "one red circle", "a"), ("p1", "two blue squares", "b")],
                        "fewer.jsonl": [("p0", "one red circle", "a")],
                        "order.jsonl": [("p1", "two blue squares", "tie"), ("p0", "one red circle", "a")]}.items():
         with pytest.raises(RuntimeError, match=name):
-            check_same_pairs(reference, write(name, rows))
+            demo.check_same_pairs(reference, write(name, rows))
 
 
 def test_main_times_each_step_and_leaves_out_vr_thinker_when_asked(tmp_path, monkeypatch, capsys):
-    import mmreward.demo as demo
-
     ran = []
 
     def fake(name):
@@ -67,13 +79,36 @@ def test_main_times_each_step_and_leaves_out_vr_thinker_when_asked(tmp_path, mon
 
     monkeypatch.setattr(demo, "step_vr_thinker", fake("vr_thinker"))
     monkeypatch.setattr(demo, "STEPS", [("data", fake("data")), ("VR-Thinker chain", demo.step_vr_thinker)])
-    report = html.unescape(main(["--out", str(tmp_path / "off"), "--vr-thinker", "off"]).read_text())
+    report = html.unescape(demo.main(["--out", str(tmp_path / "off"), "--vr-thinker", "off"]).read_text())
     assert ran == ["data"]
     timings = _table_after(report, "Timings")
     assert "<td>data</td>" in timings and "<td>total</td>" in timings and "VR-Thinker" not in timings
-    main(["--out", str(tmp_path / "demo")])
+    demo.main(["--out", str(tmp_path / "demo")])
     assert ran == ["data", "data", "vr_thinker"]
     assert "VR-Thinker chain: 0 s wall, 0 s CPU" in capsys.readouterr().out
+
+
+def test_background_stages_run_in_order_and_hand_over_a_failure(tmp_path):
+    scenes = tmp_path / "scenes"
+    chain = demo.BackgroundStages([
+        ("eval/humanoid_scenes.py", ["--output_dir", str(scenes), "--poses", "standing", "--repeats", "1",
+                                     "--render_size", "32"], tmp_path / "logs" / "scenes.log"),
+        ("eval/humanoid_scenes.py", ["--no_such_flag", "1"], tmp_path / "logs" / "bad.log"),
+        ("eval/humanoid_scenes.py", ["--output_dir", str(tmp_path / "never")], tmp_path / "logs" / "never.log"),
+    ])
+    with pytest.raises(RuntimeError, match="a background stage failed: eval/humanoid_scenes.py failed"):
+        chain.wait()
+    assert (scenes / "scenes.png").is_file() and json.loads((scenes / "scenes.json").read_text())["rows"]
+    assert not (tmp_path / "logs" / "never.log").exists()  # nothing runs after a failed stage
+    assert chain.seconds > 0
+
+
+def test_stopping_background_stages_kills_the_running_stage(tmp_path):
+    chain = demo.BackgroundStages([("train/standin_clip.py", ["--output_dir", str(tmp_path / "standin")],
+                               tmp_path / "standin.log")])
+    chain.stop()
+    assert isinstance(chain.error, RuntimeError) and "stopped before it finished" in str(chain.error)
+    assert not (tmp_path / "standin" / "manifest.json").exists()
 
 
 def _table_after(report: str, heading: str) -> str:
@@ -85,7 +120,7 @@ def _table_after(report: str, heading: str) -> str:
 @pytest.mark.slow
 def test_demo_writes_a_report_with_every_section(tmp_path):
     out = tmp_path / "demo"
-    main(["--out", str(out)])
+    demo.main(["--out", str(out)])
     check_report(out)
 
 
@@ -123,11 +158,24 @@ def check_report(out):
     assert "vr_thinker/sft/example_trace.html" in report
     assert "Initial frames" in teacher and re.search(r"\d+ \(Video 1\)", teacher) and "vr-thinker" in teacher
 
+    # VLM-RM: both scenes, the stand-in CLIP (said plainly not to be zero-shot) with its per-task AUC / EPIC
+    # table, the reward curves of the alpha sweep, the SAC run driven by it.
+    assert "NOT a zero-shot reward model" in report
+    per_task = _table_after(report, "Per paper task")
+    for task in ("kneeling", "lotus", "standing", "arms_raised", "splits", "hands_on_hips", "one_leg", "arms_crossed"):
+        assert f"<td>{task}</td>" in per_task
+    assert "AUC a=0" in per_task and "EPIC a=1" in per_task
+    for png in ("vlm_rm/scenes/scenes.png", "vlm_rm/reward_curves/reward_curves.png", "humanoid_sac/reward_curve.png"):
+        assert f"src='{png}'" in report and (out / png).is_file()
+    sac = json.loads((out / "humanoid_sac" / "manifest.json").read_text())
+    assert "NOT zero-shot" in sac["clip_note"] and not sac["metrics"]["clip_random_weights"]
+
     # The humanoid video and the per-step timings.
     video = re.search(r"<video src='([^']+)'", report)
     assert video and (out / video.group(1)).is_file()
     timings = _table_after(report, "Timings")
-    for step in ("BaseReward training", "VR-Thinker chain", "evaluation", "humanoid SAC with a CLIP reward", "total"):
+    for step in ("VLM-RM chain started in the background", "BaseReward training", "VR-Thinker chain", "evaluation",
+                 "humanoid SAC with a CLIP reward", "total"):
         assert f"<td>{step}</td>" in timings
     assert (out / "basereward_video" / "manifest.json").exists()
     assert (out / "eval" / "clip_baseline" / "metrics.json").exists()

@@ -32,14 +32,21 @@ TINY: dict[str, list[str]] = {
                           "--save_steps", "0"],
     "train/vrt_grpo_trl.py": ["--max_steps", "1", "--max_pairs", "2", "--num_generations", "2",
                               "--per_device_train_batch_size", "2", "--max_completion_length", "128"],
-    "train/humanoid_sac.py": ["--total_timesteps", "50", "--learning_starts", "10", "--eval_freq", "0",
-                              "--checkpoint_freq", "0"],
+    "train/humanoid_sac.py": ["--total_timesteps", "50", "--learning_starts", "10", "--eval_freq", "50",
+                              "--checkpoint_freq", "50", "--eval_episodes", "1"],
+    "eval/humanoid_scenes.py": ["--poses", "standing", "--repeats", "1", "--render_size", "32"],
+    "train/standin_clip.py": ["--steps", "3", "--batch_size", "8", "--trajectories_per_pose", "1",
+                              "--points_per_trajectory", "3", "--fall_episodes", "1",
+                              "--heldout_trajectories_per_pose", "1", "--heldout_fall_episodes", "0"],
+    "eval/humanoid_reward_curve.py": ["--num_points", "3", "--alphas", "0", "1",
+                                      "--heldout_trajectories_per_pose", "1"],
 }
 # The scripts whose docstrings show commands, in the order a user follows them (each needs the outputs of the
 # ones before it); a docstring's own commands keep their order.
 DOC_ORDER = ["data/make_synthetic.py", "train/reward.py", "eval/preference.py", "eval/compare.py",
              "eval/master_key.py", "train/vrt_sft.py", "train/vrt_rejection.py", "train/vrt_grpo.py",
-             "train/vrt_grpo_trl.py", "train/humanoid_sac.py", "eval/humanoid_reward_curve.py"]
+             "train/vrt_grpo_trl.py", "eval/humanoid_scenes.py", "train/standin_clip.py", "train/humanoid_sac.py",
+             "eval/humanoid_reward_curve.py"]
 
 
 def _shell_lines(text: str) -> list[str]:

@@ -5,7 +5,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_FROM_LIBRARY = {"vr_thinker", "vlm_rm", "train", "eval", "bench"}
+FORBIDDEN_FROM_LIBRARY = {"vr_thinker", "vlm_rm", "train", "eval", "bench", "demo"}
 
 
 def _imported_top_levels(path: Path) -> set[str]:
@@ -32,7 +32,7 @@ def test_apps_never_import_scripts():
     offenders = {}
     for package in ("vr_thinker", "vlm_rm"):
         for path in (ROOT / package).rglob("*.py"):
-            bad = _imported_top_levels(path) & {"train", "eval", "bench"}
+            bad = _imported_top_levels(path) & {"train", "eval", "bench", "demo"}
             if bad:
                 offenders[str(path.relative_to(ROOT))] = sorted(bad)
     assert offenders == {}
@@ -55,3 +55,38 @@ def test_no_machine_specific_paths():
             if pattern.search(path.read_text(errors="ignore")):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+SCRIPT_PATH = re.compile(r"(train|eval|data|bench|demo)/[\w./-]*\.(py|sh)")
+
+
+def _script_paths_in_code(path: Path) -> list[str]:
+    """String constants of a module that are a script's path (what a subprocess call or a loader is given);
+    prose that names a script (docstrings, messages) is allowed."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return [node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and SCRIPT_PATH.fullmatch(node.value.strip())]
+
+
+def test_packages_never_run_scripts():
+    """The packages work in a non-editable install: none runs or loads a script of the repository by its path
+    (the demo does, from demo/, which is not a package)."""
+    offenders = {}
+    for package in ("mmreward", "vr_thinker", "vlm_rm"):
+        for path in (ROOT / package).rglob("*.py"):
+            found = _script_paths_in_code(path)
+            if found:
+                offenders[str(path.relative_to(ROOT))] = found
+    assert offenders == {}
+
+
+def test_script_path_check_detects_a_violation(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text('"""Run `python train/reward.py`."""\nimport subprocess\n'
+                   'subprocess.run(["python", "train/reward.py"])\nraise SystemExit("see train/reward.py")\n')
+    assert _script_paths_in_code(bad) == ["train/reward.py"]

@@ -1,4 +1,4 @@
-"""Every script a user runs (train/, eval/, data/, bench/) answers `--help` quickly with its purpose, and turns a
+"""Every script a user runs (train/, eval/, data/, bench/, demo/) answers `--help` quickly with its purpose, and turns a
 mistake into one line and exit code 2, never a traceback.
 
 Scripts are found, not listed: a new script is checked the day it is added.
@@ -18,10 +18,10 @@ import pytest
 from mmreward.cli import run
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT_DIRS = ("train", "eval", "data", "bench")
+SCRIPT_DIRS = ("train", "eval", "data", "bench", "demo")
 # Measurement programs import what they measure (torch, transformers) before parsing; their help is not
 # held to the 2-second bar of the commands users type to train, evaluate and prepare data.
-FAST_HELP_DIRS = ("train", "eval", "data")
+FAST_HELP_DIRS = ("train", "eval", "data", "demo")
 HELP_CPU_SECONDS = 2.0
 
 

@@ -17,31 +17,21 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmreward.cli import ScriptParser, run
+from mmreward.errors import MissingInputError, UsageError
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the first GL context
 
-import numpy as np
-import torch
-import yaml
-from stable_baselines3 import SAC
-from stable_baselines3.common.callbacks import BaseCallback, CallbackList
-from stable_baselines3.common.vec_env import VecMonitor
-from trl import TrlParser
+if TYPE_CHECKING:
+    from stable_baselines3 import SAC
 
-from mmreward.backbones.clip import build_tiny_clip
-from mmreward.manifest import finalize_run_dir, start_run_dir
-from vlm_rm.envs import CameraConfig, HumanoidEnvConfig
-from vlm_rm.poses import check_pose, pose_for_prompt
-from vlm_rm.reward import CLIPReward
-from vlm_rm.sac_checkpoint import (
-    SACCheckpointCallback, latest_sac_checkpoint, load_sac_checkpoint, save_sac_checkpoint,
-)
-from vlm_rm.video import write_mp4
-from vlm_rm.wrappers import FRAME_KEY, RelabelRewardsCallback, make_rendering_env, make_reward_vec_env
+    from vlm_rm.envs import HumanoidEnvConfig
+    from vlm_rm.reward import CLIPReward
 
 STAGE = "humanoid_sac"
 TINY = "tiny"
@@ -72,7 +62,12 @@ class HumanoidSACConfig:
     vec_env: str = field(default="dummy", metadata={"help": "'dummy' (one process) or 'subproc'"})
     episode_length: int = 100
     render_size: int = field(default=0, metadata={"help": "frame side in pixels; 0 = the CLIP input size"})
-    textured: bool = True
+    scene: str = field(default="paper", metadata={
+        "help": "'paper' (the VLM-RM paper's textures and light), 'procedural' (builtin textures) or 'plain' "
+                "(gymnasium's scene)"})
+    render_path: str = field(default="direct", metadata={
+        "help": "'direct': render at the CLIP input size, fast settings; 'paper': render 480 px at default "
+                "quality, then resize (as the paper)"})
     camera_distance: float = 3.5
     camera_elevation: float = -10.0
     camera_azimuth: float = 180.0
@@ -101,22 +96,55 @@ class HumanoidSACConfig:
     resume: bool = field(default=False, metadata={"help": "continue from the newest checkpoint"})
 
     def validate(self) -> None:
+        from vlm_rm.envs import RENDER_PATHS, SCENES
+
         if self.reward_mode not in ("step", "rollout"):
-            raise ValueError(f"reward_mode must be 'step' or 'rollout', got {self.reward_mode!r}")
+            raise UsageError(f"reward_mode must be 'step' or 'rollout', got {self.reward_mode!r}")
+        if self.scene not in SCENES:
+            raise UsageError(f"scene must be one of {SCENES}, got {self.scene!r}")
+        if self.render_path not in RENDER_PATHS:
+            raise UsageError(f"render_path must be one of {RENDER_PATHS}, got {self.render_path!r}")
         if self.vec_env not in ("dummy", "subproc"):
-            raise ValueError(f"vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
+            raise UsageError(f"vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
         for name in ("n_envs", "episode_length", "total_timesteps", "eval_freq", "eval_episodes", "checkpoint_freq"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+                raise UsageError(f"{name} must be positive, got {getattr(self, name)}")
+
+
+def check_inputs(cfg: HumanoidSACConfig) -> tuple[Path, int] | None:
+    """Settings, the CLIP model, the pose and the output folder (with the checkpoint `--resume` continues
+    from), before any model is loaded or env built. Returns that checkpoint (path, steps) or None."""
+    from mmreward.backbones.clip import check_clip_source
+    from mmreward.manifest import check_run_dir
+    from vlm_rm.poses import POSE_NAMES
+    from vlm_rm.sac_checkpoint import latest_sac_checkpoint
+
+    cfg.validate()
+    if cfg.clip_model != TINY:
+        check_clip_source(cfg.clip_model, cfg.clip_pretrained)
+    if cfg.pose is not None and cfg.pose not in POSE_NAMES:
+        raise UsageError(f"--pose {cfg.pose!r}: known poses are {', '.join(POSE_NAMES)}")
+    check_run_dir(cfg.output_dir, STAGE)
+    out = Path(cfg.output_dir)
+    resume_from = latest_sac_checkpoint(out / "checkpoints") if cfg.resume else None
+    if cfg.resume and resume_from is None:
+        raise MissingInputError(f"{out / 'checkpoints'}: --resume given but no sac_<steps>_steps.zip checkpoint "
+                                "found")
+    return resume_from
 
 
 def resolve_device(device: str) -> str:
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def build_reward(cfg: HumanoidSACConfig, out: Path, device: str) -> CLIPReward:
+    from mmreward.backbones.clip import build_tiny_clip
+    from vlm_rm.reward import CLIPReward
+
     model_name, pretrained = cfg.clip_model, cfg.clip_pretrained
     if model_name == TINY:
         model_name, pretrained = str(build_tiny_clip(out / "tiny_clip", seed=cfg.seed)), None
@@ -127,15 +155,22 @@ def build_reward(cfg: HumanoidSACConfig, out: Path, device: str) -> CLIPReward:
 
 
 def env_config(cfg: HumanoidSACConfig, reward: CLIPReward) -> HumanoidEnvConfig:
+    from vlm_rm.envs import CameraConfig, HumanoidEnvConfig
+
     size = cfg.render_size or reward.image_size[0]
     camera = CameraConfig(distance=cfg.camera_distance, elevation=cfg.camera_elevation, azimuth=cfg.camera_azimuth)
-    return HumanoidEnvConfig(render_size=size, max_episode_steps=cfg.episode_length, textured=cfg.textured,
-                             camera=camera)
+    return HumanoidEnvConfig(render_size=size, max_episode_steps=cfg.episode_length, scene=cfg.scene,
+                             render_path=cfg.render_path, camera=camera)
 
 
 def run_episodes(model: SAC, env, reward: CLIPReward, episodes: int, pose: str | None, seed: int) -> dict:
     """Deterministic policy episodes; frames scored in one batch per episode. Returns metrics + frames
     of the first episode (reset frame included)."""
+    import numpy as np
+
+    from vlm_rm.poses import check_pose
+    from vlm_rm.wrappers import FRAME_KEY
+
     returns, successes, video = [], [], []
     for episode in range(episodes):
         obs, _ = env.reset(seed=seed + episode)
@@ -183,50 +218,69 @@ def plot_reward_curve(history: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-class EvalCallback(BaseCallback):
-    """Every `eval_freq` env steps: evaluation episodes, an MP4, TensorBoard scalars and the curve PNG."""
+def eval_callback(cfg: HumanoidSACConfig, out: Path, reward: CLIPReward, env_cfg: HumanoidEnvConfig,
+                  pose: str | None, history: list[dict], title: str):
+    """The SB3 callback that evaluates every `eval_freq` env steps (SB3 imported only here, after parsing)."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    def __init__(self, cfg: HumanoidSACConfig, out: Path, reward: CLIPReward, env_cfg: HumanoidEnvConfig,
-                 pose: str | None, history: list[dict], title: str) -> None:
-        super().__init__()
-        self.cfg, self.out, self.reward, self.pose, self.history, self.title = cfg, out, reward, pose, history, title
-        self.env = make_rendering_env(env_cfg)
-        self.fps = self.env.unwrapped.metadata["render_fps"]
-        self.next_eval = (history[-1]["step"] if history else 0) + cfg.eval_freq
+    from vlm_rm.video import write_mp4
+    from vlm_rm.wrappers import make_rendering_env
 
-    def _on_step(self) -> bool:
-        if self.num_timesteps >= self.next_eval:
-            self.evaluate()
-            self.next_eval = self.num_timesteps + self.cfg.eval_freq
-        return True
+    class EvalCallback(BaseCallback):
+        """Every `eval_freq` env steps: evaluation episodes, an MP4, TensorBoard scalars and the curve PNG."""
 
-    def evaluate(self) -> dict:
-        result = run_episodes(self.model, self.env, self.reward, self.cfg.eval_episodes, self.pose, self.cfg.seed + 10_000)
-        video = write_mp4(self.out / "videos" / f"eval_{self.num_timesteps:09d}.mp4", result.pop("frames"), fps=self.fps)
-        entry = {"step": int(self.num_timesteps), **result, "video": video.relative_to(self.out).as_posix()}
-        if self.history and self.history[-1]["step"] == entry["step"]:
-            self.history.pop()
-        self.history.append(entry)
-        self.logger.record("eval/clip_return", result["clip_return_mean"])
-        if result["success_rate"] is not None:
-            self.logger.record("eval/success_rate", result["success_rate"])
-        (self.out / "eval_history.json").write_text(json.dumps(self.history, indent=2) + "\n")
-        plot_reward_curve(self.history, self.out / "reward_curve.png", self.title)
-        return entry
+        def __init__(self, cfg: HumanoidSACConfig, out: Path, reward: CLIPReward, env_cfg: HumanoidEnvConfig,
+                     pose: str | None, history: list[dict], title: str) -> None:
+            super().__init__()
+            self.cfg, self.out, self.reward, self.pose, self.history, self.title = cfg, out, reward, pose, history, title
+            self.env = make_rendering_env(env_cfg)
+            self.fps = self.env.unwrapped.metadata["render_fps"]
+            self.next_eval = (history[-1]["step"] if history else 0) + cfg.eval_freq
 
-    def _on_training_end(self) -> None:
-        if not self.history or self.history[-1]["step"] != self.num_timesteps:
-            self.evaluate()
-        self.env.close()
+        def _on_step(self) -> bool:
+            if self.num_timesteps >= self.next_eval:
+                self.evaluate()
+                self.next_eval = self.num_timesteps + self.cfg.eval_freq
+            return True
+
+        def evaluate(self) -> dict:
+            result = run_episodes(self.model, self.env, self.reward, self.cfg.eval_episodes, self.pose, self.cfg.seed + 10_000)
+            video = write_mp4(self.out / "videos" / f"eval_{self.num_timesteps:09d}.mp4", result.pop("frames"), fps=self.fps)
+            entry = {"step": int(self.num_timesteps), **result, "video": video.relative_to(self.out).as_posix()}
+            if self.history and self.history[-1]["step"] == entry["step"]:
+                self.history.pop()
+            self.history.append(entry)
+            self.logger.record("eval/clip_return", result["clip_return_mean"])
+            if result["success_rate"] is not None:
+                self.logger.record("eval/success_rate", result["success_rate"])
+            (self.out / "eval_history.json").write_text(json.dumps(self.history, indent=2) + "\n")
+            plot_reward_curve(self.history, self.out / "reward_curve.png", self.title)
+            return entry
+
+        def _on_training_end(self) -> None:
+            if not self.history or self.history[-1]["step"] != self.num_timesteps:
+                self.evaluate()
+            self.env.close()
+
+    return EvalCallback(cfg, out, reward, env_cfg, pose, history, title)
 
 
-def train(cfg: HumanoidSACConfig) -> dict:
-    cfg.validate()
+def train(cfg: HumanoidSACConfig, resume_from: tuple[Path, int] | None = None) -> dict:
+    """The SAC run of a checked config (`check_inputs`); returns the manifest."""
+    import torch
+    import yaml
+    from stable_baselines3 import SAC
+    from stable_baselines3.common.callbacks import CallbackList
+    from stable_baselines3.common.vec_env import VecMonitor
+
+    from mmreward.backbones.clip import local_clip_note
+    from mmreward.manifest import finalize_run_dir, start_run_dir
+    from vlm_rm.poses import pose_for_prompt
+    from vlm_rm.sac_checkpoint import SACCheckpointCallback, load_sac_checkpoint, save_sac_checkpoint
+    from vlm_rm.wrappers import RelabelRewardsCallback, make_reward_vec_env
+
     out = Path(cfg.output_dir)
-    resume_from = latest_sac_checkpoint(out / "checkpoints") if cfg.resume else None
-    if cfg.resume and resume_from is None:
-        raise FileNotFoundError(f"{out / 'checkpoints'}: --resume given but no sac_<steps>_steps.zip checkpoint found")
-    start_run_dir(out)
+    start_run_dir(out, STAGE)
     (out / "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     device = resolve_device(cfg.device)
     if cfg.torch_threads > 0:
@@ -256,7 +310,7 @@ def train(cfg: HumanoidSACConfig) -> dict:
             history = [h for h in json.loads(old.read_text()) if h["step"] <= model.num_timesteps]
     tiny = cfg.clip_model == TINY
     title = f"{cfg.goal_prompts[0]!r} | CLIP {cfg.clip_model}{' (RANDOM weights)' if tiny else ''} | alpha {cfg.alpha}"
-    evaluator = EvalCallback(cfg, out, reward, env_cfg, pose, history, title)
+    evaluator = eval_callback(cfg, out, reward, env_cfg, pose, history, title)
     callbacks = [
         SACCheckpointCallback(out / "checkpoints", every=cfg.checkpoint_freq, with_buffer=cfg.save_replay_buffer),
         evaluator,
@@ -292,15 +346,26 @@ def train(cfg: HumanoidSACConfig) -> dict:
         "resumed_from": str(resume_from[0]) if resume_from else None,
     }
     extra = {"note": "tiny CLIP with RANDOM weights: rewards and success carry no meaning"} if tiny else None
+    if not tiny and local_clip_note(cfg.clip_model):  # e.g. the stand-in CLIP's "NOT zero-shot"
+        extra = {"clip_note": local_clip_note(cfg.clip_model)}
     return finalize_run_dir(out, stage=STAGE, inputs=inputs, metrics=metrics, extra=extra)
 
 
+def summary(out: Path, metrics: dict) -> str:
+    """The run's last words: where its outputs are and its main figures."""
+    success = metrics["eval_success_rate"]
+    return (f"done: {metrics['env_steps']} env steps ({metrics['env_steps_per_s']} per s); evaluation CLIP return "
+            f"{metrics['eval_clip_return']:.3f}, {metrics['pose']} success rate "
+            f"{'n/a' if success is None else f'{success:.2f}'}; run in {out} (reward_curve.png, videos/, model.zip)")
+
+
 def main(argv: list[str] | None = None) -> dict:
-    (cfg,) = TrlParser(dataclass_types=[HumanoidSACConfig]).parse_args_and_config(argv)
-    manifest = train(cfg)
-    print(json.dumps(manifest["metrics"], indent=2))
+    (cfg,) = ScriptParser([HumanoidSACConfig], __doc__).parse(argv)
+    resume_from = check_inputs(cfg)
+    manifest = train(cfg, resume_from)
+    print(summary(Path(cfg.output_dir), manifest["metrics"]))
     return manifest
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    run(main)

@@ -1,11 +1,16 @@
 """Gymnasium Humanoid-v5 in a textured scene, rendered for CLIP.
 
 Differences from plain Humanoid-v5, each fixing a problem of the original VLM-RM setup:
-- the scene (sky, checkered floor, textured body; `assets/scene.xml`) is merged into gymnasium's own
-  humanoid.xml at run time, so the robot model stays gymnasium's;
-- frames are rendered at the CLIP input size with fast settings (no offscreen multisampling, no
-  shadows, no reflections) from a fixed free camera (default distance 3.5, look-at [0, 0, 1],
-  elevation -10, azimuth 180, i.e. facing the robot);
+- a scene is merged into gymnasium's own humanoid.xml at run time, so the robot model stays
+  gymnasium's. Scenes (`SCENES`): "paper" (default), the VLM-RM paper's stone-tile floor, cloudy sky,
+  silver robot and overhead light, with its MIT-licensed images (`assets/paper_scene/`); "procedural",
+  builtin textures only (gradient sky, green checker floor, skin-tone body; `assets/procedural_scene/`);
+  "plain", gymnasium's own scene (for the texture ablation);
+- render paths (`RENDER_PATHS`): "direct" (default) renders at the CLIP input size with fast settings
+  (no offscreen multisampling, no shadows, no reflections); "paper" renders as the paper did, at
+  480 px with gymnasium's default quality, then resizes to the CLIP input size (bicubic, antialiased,
+  as the original's torchvision resize; the result is rounded to uint8). Both use a fixed free
+  camera (default distance 3.5, look-at [0, 0, 1], elevation -10, azimuth 180, i.e. facing the robot);
 - `render()` always shows the current state: after `reset` it is the reset state, after a step the
   post-step qpos (MuJoCo leaves body poses one substep behind qpos after mj_step; render recomputes them);
 - each env owns a `mujoco.Renderer` whose GL context is made current before every render, so several
@@ -32,11 +37,16 @@ from pathlib import Path  # noqa: E402
 import gymnasium as gym  # noqa: E402
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision.transforms.functional as TF  # noqa: E402
 from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv  # noqa: E402
 from gymnasium.utils import EzPickle  # noqa: E402
 
 ENV_ID = "vlm_rm/TexturedHumanoid-v0"
-SCENE_XML = "scene.xml"
+SCENE_XML = "scene.xml"  # inside each scene's folder under assets/, beside its texture files
+SCENES = ("paper", "procedural", "plain")  # "plain": gymnasium's own scene, nothing merged
+RENDER_PATHS = ("direct", "paper")
+PAPER_RENDER_SIZE = 480  # gymnasium's default frame size, which the paper rendered at
 FLOOR_GEOM = "floor"
 FLOOR_MATERIAL = "vlmrm_floor"
 BODY_MATERIAL = "vlmrm_body"
@@ -58,19 +68,43 @@ class HumanoidEnvConfig:
 
     render_size: int = 224  # square frame side; use the CLIP model's input size
     max_episode_steps: int = 100  # the paper's episode length; reaching it truncates
-    textured: bool = True  # False renders gymnasium's plain scene (for the texture ablation)
-    fast_render: bool = True  # no offscreen multisampling, shadows or reflections
+    scene: str = "paper"  # one of SCENES
+    render_path: str = "direct"  # one of RENDER_PATHS
+    fast_render: bool = True  # direct path: no offscreen multisampling, shadows or reflections
     terminate_when_unhealthy: bool = False  # gymnasium's fall termination; off for floor poses
     reset_noise_scale: float = 1e-2
     camera: CameraConfig = field(default_factory=CameraConfig)
 
 
-def scene_xml_path() -> Path:
-    return Path(str(resources.files("vlm_rm") / "assets" / SCENE_XML))
+def scene_xml_path(scene: str = "paper") -> Path:
+    """The scene file of a textured scene ("paper" or "procedural")."""
+    if scene not in SCENES or scene == "plain":
+        raise ValueError(f"no scene file for {scene!r}; textured scenes: paper, procedural")
+    return Path(str(resources.files("vlm_rm") / "assets" / f"{scene}_scene" / SCENE_XML))
+
+
+def scene_texture_files(scene_xml: str | Path) -> dict[str, bytes]:
+    """The image files a scene's textures name, read from the scene's folder (MuJoCo's `assets` map)."""
+    folder = Path(scene_xml).parent
+    files = {}
+    for texture in ET.parse(scene_xml).getroot().iter("texture"):
+        name = texture.get("file")
+        if name is None:
+            continue
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{scene_xml}: texture file {name!r} not found in {folder}")
+        files[name] = path.read_bytes()
+    return files
 
 
 def build_textured_xml(base_xml: str | Path, scene_xml: str | Path | None = None) -> str:
-    """gymnasium's humanoid XML with the textured scene merged in (see assets/scene.xml)."""
+    """gymnasium's humanoid XML with a scene merged in (default: the paper's, assets/paper_scene).
+
+    The scene's <visual> children replace the base's of the same tag, its <asset> replaces the base's,
+    and lights in its <worldbody> replace the base's lights. Texture files keep their relative names:
+    load the result with `mujoco.MjModel.from_xml_string(xml, scene_texture_files(scene_xml))`.
+    """
     base = ET.parse(base_xml).getroot()
     scene = ET.parse(scene_xml or scene_xml_path()).getroot()
 
@@ -100,6 +134,15 @@ def build_textured_xml(base_xml: str | Path, scene_xml: str | Path | None = None
         raise ValueError(f"{base_xml}: no geom named {FLOOR_GEOM!r} to texture")
     floor.set("material", FLOOR_MATERIAL)
     floor.attrib.pop("rgba", None)
+
+    scene_world = scene.find("worldbody")
+    lights = scene_world.findall("light") if scene_world is not None else []
+    if lights:
+        world = base.find("worldbody")
+        for old in world.findall("light"):
+            world.remove(old)
+        for position, light in enumerate(lights):
+            world.insert(position, light)
     return ET.tostring(base, encoding="unicode")
 
 
@@ -112,7 +155,8 @@ class TexturedHumanoidEnv(HumanoidEnv):
         self,
         render_size: int = 224,
         camera: CameraConfig | dict | None = None,
-        textured: bool = True,
+        scene: str = "paper",
+        render_path: str = "direct",
         fast_render: bool = True,
         terminate_when_unhealthy: bool = False,
         render_mode: str = "rgb_array",
@@ -120,28 +164,37 @@ class TexturedHumanoidEnv(HumanoidEnv):
     ) -> None:
         if render_mode != "rgb_array":
             raise ValueError(f"TexturedHumanoidEnv renders frames only (render_mode='rgb_array'), got {render_mode!r}")
+        if scene not in SCENES:
+            raise ValueError(f"scene must be one of {SCENES}, got {scene!r}")
+        if render_path not in RENDER_PATHS:
+            raise ValueError(f"render_path must be one of {RENDER_PATHS}, got {render_path!r}")
         self.render_size = int(render_size)
         self.camera_config = CameraConfig(**camera) if isinstance(camera, dict) else (camera or CameraConfig())
-        self.textured = textured
-        self.fast_render = fast_render
+        self.scene = scene
+        self.render_path = render_path
+        # The paper path draws as gymnasium does by default; fast settings belong to the direct path.
+        self.fast_render = fast_render and render_path == "direct"
+        draw_size = PAPER_RENDER_SIZE if render_path == "paper" else self.render_size
         self._renderer: mujoco.Renderer | None = None
         super().__init__(
             render_mode=render_mode,
-            width=self.render_size,
-            height=self.render_size,
+            width=draw_size,
+            height=draw_size,
             terminate_when_unhealthy=terminate_when_unhealthy,
             **humanoid_kwargs,
         )
         self.metadata = {"render_modes": ["rgb_array"], "render_fps": int(np.round(1.0 / self.dt))}
-        EzPickle.__init__(self, render_size, self.camera_config, textured, fast_render,
+        EzPickle.__init__(self, render_size, self.camera_config, scene, render_path, fast_render,
                           terminate_when_unhealthy, render_mode, **humanoid_kwargs)
 
     def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
         # Called by MujocoEnv.__init__ with self.fullpath = gymnasium's humanoid.xml.
-        if self.textured:
-            model = mujoco.MjModel.from_xml_string(build_textured_xml(self.fullpath))
-        else:
+        if self.scene == "plain":
             model = mujoco.MjModel.from_xml_path(self.fullpath)
+        else:
+            scene_xml = scene_xml_path(self.scene)
+            model = mujoco.MjModel.from_xml_string(build_textured_xml(self.fullpath, scene_xml),
+                                                   scene_texture_files(scene_xml))
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
         if self.fast_render:
@@ -171,13 +224,24 @@ class TexturedHumanoidEnv(HumanoidEnv):
         # Renderer.render makes this env's GL context current first, so envs sharing a process
         # never draw into each other's framebuffer.
         self._renderer.update_scene(self.data, camera=self._camera)
-        return np.ascontiguousarray(self._renderer.render())
+        frame = self._renderer.render()
+        if frame.shape[0] != self.render_size:
+            frame = resize_frame(frame, self.render_size)
+        return np.ascontiguousarray(frame)
 
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
         super().close()
+
+
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3], bicubic with antialiasing on the tensor (the original VLM-RM
+    resized its 480 px frames this way inside its CLIP transform), rounded back to uint8."""
+    pixels = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+    resized = TF.resize(pixels, [size, size], interpolation=TF.InterpolationMode.BICUBIC, antialias=True)
+    return resized.permute(1, 2, 0).numpy()
 
 
 def make_humanoid_env(config: HumanoidEnvConfig | None = None) -> gym.Env:
@@ -188,7 +252,8 @@ def make_humanoid_env(config: HumanoidEnvConfig | None = None) -> gym.Env:
         max_episode_steps=cfg.max_episode_steps,
         render_size=cfg.render_size,
         camera=cfg.camera,
-        textured=cfg.textured,
+        scene=cfg.scene,
+        render_path=cfg.render_path,
         fast_render=cfg.fast_render,
         terminate_when_unhealthy=cfg.terminate_when_unhealthy,
         reset_noise_scale=cfg.reset_noise_scale,

@@ -13,23 +13,37 @@ Reward functions are vectorised: `reward(states [N, ...], actions [N, ...], next
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 RewardFn = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 
+# A sample whose spread is below this fraction of its magnitude is constant up to float rounding; its
+# correlation with anything would be a correlation with rounding noise.
+RELATIVE_SPREAD_TOL = 1e-9
 
-def pearson_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """sqrt((1 - rho) / 2) of two equally long samples; both must vary."""
+
+def pearson_distance(x: np.ndarray, y: np.ndarray, scales: tuple[float, float] | None = None) -> float:
+    """sqrt((1 - rho) / 2) of two equally long samples; both must vary.
+
+    A sample counts as constant when its standard deviation is at most RELATIVE_SPREAD_TOL times its
+    scale: its largest absolute value, or the given `scales` (x's, y's), the magnitude of the numbers
+    each sample was computed from. EPIC passes those: a canonical reward that is zero up to rounding
+    (a pure potential-shaping reward) is then refused instead of giving a distance to noise.
+    """
     x = np.asarray(x, dtype=np.float64).ravel()
     y = np.asarray(y, dtype=np.float64).ravel()
     if x.shape != y.shape or x.size < 2:
         raise ValueError(f"need two samples of equal length >= 2, got {x.shape} and {y.shape}")
+    own_scales = (float(np.abs(x).max()), float(np.abs(y).max()))
+    for name, sample, scale in zip(("first", "second"), (x, y), scales or own_scales):
+        if sample.std() <= RELATIVE_SPREAD_TOL * scale:
+            raise ValueError(f"the {name} reward is constant on the samples (spread {sample.std():.3g} against a "
+                             f"magnitude of {scale:.3g}); the Pearson distance is undefined. After EPIC's "
+                             "canonicalisation this is a constant or pure potential-shaping reward")
     xc, yc = x - x.mean(), y - y.mean()
     denom = np.sqrt((xc @ xc) * (yc @ yc))
-    if denom == 0:
-        raise ValueError("a canonical reward is constant on the samples; the Pearson distance is undefined")
     rho = float(np.clip((xc @ yc) / denom, -1.0, 1.0))
     return float(np.sqrt((1.0 - rho) / 2.0))
 
@@ -42,6 +56,11 @@ def _tile_rows(a: np.ndarray, times: int) -> np.ndarray:
     return np.tile(a, (times,) + (1,) * (a.ndim - 1))
 
 
+class CanonicalReward(NamedTuple):
+    values: np.ndarray  # C(R) on the N transitions
+    scale: float  # the largest magnitude among the terms C(R) adds up: the scale of its rounding error
+
+
 def canonicalize(
     reward: RewardFn,
     states: np.ndarray,
@@ -50,7 +69,7 @@ def canonicalize(
     coverage_states: np.ndarray,
     coverage_actions: np.ndarray,
     gamma: float,
-) -> np.ndarray:
+) -> CanonicalReward:
     """Canonical reward C(R) [N] on N transitions, expectations over M coverage pairs (S_j, A_j).
 
     The paper draws S, A, S' independently; here S' is the coverage states shifted by one position
@@ -76,7 +95,10 @@ def canonicalize(
     from_state = expect_from(states)  # E[R(s, A, S')]
     baseline = float(np.mean(np.asarray(reward(cov_s, cov_a, cov_next), dtype=np.float64)))  # E[R(S, A, S')]
     direct = np.asarray(reward(states, actions, next_states), dtype=np.float64)
-    return direct + gamma * from_next - from_state - gamma * baseline
+    canonical = direct + gamma * from_next - from_state - gamma * baseline
+    scale = max(float(np.abs(direct).max()), gamma * float(np.abs(from_next).max()),
+                float(np.abs(from_state).max()), gamma * abs(baseline))
+    return CanonicalReward(canonical, scale)
 
 
 def epic_distance(
@@ -97,4 +119,4 @@ def epic_distance(
     cov_a = actions if coverage_actions is None else coverage_actions
     ca = canonicalize(reward_a, states, actions, next_states, cov_s, cov_a, gamma)
     cb = canonicalize(reward_b, states, actions, next_states, cov_s, cov_a, gamma)
-    return pearson_distance(ca, cb)
+    return pearson_distance(ca.values, cb.values, scales=(ca.scale, cb.scale))

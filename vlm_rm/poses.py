@@ -13,7 +13,8 @@ Thresholds (module constants below, one per idea):
 - lotus (cross-legged sit): pelvis ≤ 0.35 m, torso upright, knees low and spread ≥ 0.35 m apart,
   each foot closer to the midline than its knee (legs folded inward).
 - arms raised: torso upright, both hands above the top of the head.
-- splits: feet ≥ 1.2 m apart (legs spread beyond ~90°), both on the floor, pelvis ≤ 0.6 m.
+- splits: feet ≥ 1.2 m apart (legs spread beyond ~90°), both on the floor, pelvis ≤ 0.6 m, torso up
+  (cos tilt ≥ 0.5): a robot sprawled on the floor with its legs apart is not doing the splits.
 - hands on hips: torso upright, each hand within 0.22 m of its own hip joint.
 - standing on one leg: torso upright (≥ 0.8), head ≥ 1.2 m, one foot on the floor, the other ≥ 0.35 m up.
 - arms crossed: torso upright, each hand past the body midline on the other side, in front of the
@@ -27,6 +28,8 @@ from typing import Callable, Mapping
 
 import mujoco
 import numpy as np
+
+from mmreward.errors import UnknownNameError
 
 # Shared thresholds (metres unless noted).
 UPRIGHT_STRICT = 0.9  # cos of torso tilt: within ~25° of vertical
@@ -42,6 +45,7 @@ LOTUS_KNEE_SPREAD = 0.35
 HANDS_ABOVE_HEAD = 0.0  # hands higher than the head centre plus this margin
 SPLITS_FEET_APART = 1.2
 SPLITS_PELVIS_Z = 0.6
+UPRIGHT_SPLITS = 0.5  # within 60°: the reference splits lean the torso 45° forward
 HAND_ON_HIP_DIST = 0.22
 ONE_LEG_HEAD_Z = 1.2
 ONE_LEG_LIFT_Z = 0.35
@@ -131,7 +135,7 @@ def is_arms_raised(f: PoseFeatures) -> bool:
 
 def is_splits(f: PoseFeatures) -> bool:
     apart = float(np.linalg.norm(f.feet[0] - f.feet[1])) >= SPLITS_FEET_APART
-    return apart and _feet_down(f) and f.pelvis[2] <= SPLITS_PELVIS_Z
+    return apart and _feet_down(f) and f.pelvis[2] <= SPLITS_PELVIS_Z and f.uprightness >= UPRIGHT_SPLITS
 
 
 def is_hands_on_hips(f: PoseFeatures) -> bool:
@@ -175,12 +179,14 @@ PROMPT_TO_POSE = {
     "a humanoid robot standing up on one leg": "one_leg",
     "a humanoid robot standing up, with its arms crossed": "arms_crossed",
 }
+PAPER_PROMPTS: dict[str, str] = {pose: prompt for prompt, pose in PROMPT_TO_POSE.items()}  # pose -> its task prompt
+PAPER_BASELINE_PROMPT = "a humanoid robot"
 
 
 def check_pose(name: str, model: mujoco.MjModel, data: mujoco.MjData) -> bool:
     """Whether the state in `data` shows pose `name` (one of POSE_NAMES)."""
     if name not in POSE_CHECKS:
-        raise KeyError(f"unknown pose {name!r}; known: {', '.join(POSE_NAMES)}")
+        raise UnknownNameError(f"unknown pose {name!r}; known: {', '.join(POSE_NAMES)}")
     return POSE_CHECKS[name](pose_features(model, data))
 
 
@@ -213,7 +219,7 @@ REFERENCE_POSES: dict[str, dict[str, float]] = {
         "right_shoulder1": 50, "right_shoulder2": -65, "right_elbow": -30,
         "left_shoulder1": -50, "left_shoulder2": 65, "left_elbow": -30,
     },
-    "one_leg": {"left_hip_y": -60, "left_knee": -100},
+    "one_leg": {"left_hip_y": -90, "left_knee": -120},  # lifted foot 0.51 m up (the check needs 0.35)
     "arms_crossed": {
         "right_shoulder1": 60, "right_shoulder2": 40, "right_elbow": -90,
         "left_shoulder1": -60, "left_shoulder2": -40, "left_elbow": -90,
@@ -238,26 +244,26 @@ def _lowest_point(model: mujoco.MjModel, data: mujoco.MjData) -> float:
     return float(lowest)
 
 
-def _grounded(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
+def grounded(model: mujoco.MjModel, qpos: np.ndarray) -> np.ndarray:
     """qpos with the root height shifted so the lowest body point touches the floor."""
     data = mujoco.MjData(model)
     data.qpos[:] = qpos
     mujoco.mj_forward(model, data)
-    grounded = qpos.copy()
-    grounded[2] -= _lowest_point(model, data)
-    return grounded
+    out = qpos.copy()
+    out[2] -= _lowest_point(model, data)
+    return out
 
 
 def reference_qpos(model: mujoco.MjModel, name: str) -> np.ndarray:
     """qpos of constructed pose `name`, root lowered so the lowest body point touches the floor."""
     if name not in REFERENCE_POSES:
-        raise KeyError(f"unknown reference pose {name!r}; known: {', '.join(REFERENCE_POSES)}")
+        raise UnknownNameError(f"unknown reference pose {name!r}; known: {', '.join(REFERENCE_POSES)}")
     qpos = model.qpos0.copy()
     for joint, degrees in REFERENCE_POSES[name].items():
         qpos[model.joint(joint).qposadr[0]] = np.deg2rad(degrees)
     pitch = np.deg2rad(REFERENCE_ROOT_PITCH.get(name, 0.0))
     qpos[3:7] = [np.cos(pitch / 2), 0.0, np.sin(pitch / 2), 0.0]
-    return _grounded(model, qpos)
+    return grounded(model, qpos)
 
 
 def interpolate_qpos(model: mujoco.MjModel, start: np.ndarray, end: np.ndarray, fraction: float) -> np.ndarray:
@@ -265,4 +271,4 @@ def interpolate_qpos(model: mujoco.MjModel, start: np.ndarray, end: np.ndarray, 
     (a linear root height would sink the body into the floor or float it mid-way)."""
     qpos = (1.0 - fraction) * start + fraction * end
     qpos[3:7] /= np.linalg.norm(qpos[3:7])
-    return _grounded(model, qpos)
+    return grounded(model, qpos)

@@ -21,9 +21,16 @@ from torchvision import transforms as T
 from mmreward.backbones.clip import clip_image_size, load_clip
 
 
+# How far an image embedding's norm may stray from 1 (float32 normalisation is exact to ~1e-7;
+# half-precision embeddings normalised in float32 stay well inside this).
+UNIT_NORM_TOL = 1e-3
+
+
 def projection_reward(x: torch.Tensor, goal: torch.Tensor, baseline: torch.Tensor, alpha: float) -> torch.Tensor:
     """`1 - 0.5 * ||(x - goal) P||^2` for each row of x [N, D]; goal, baseline [D] used as given.
 
+    The rows of x must be unit image embeddings (the formula assumes it; an unnormalised row gives a
+    reward off by up to half its squared norm), so other rows are refused rather than scored.
     P is never materialised: P is symmetric, so (x - g) P = alpha * ((x - g)·d / ||d||^2) d + (1 - alpha)(x - g).
     """
     if not 0.0 <= alpha <= 1.0:
@@ -31,6 +38,12 @@ def projection_reward(x: torch.Tensor, goal: torch.Tensor, baseline: torch.Tenso
     if x.ndim != 2 or goal.shape != x.shape[1:] or baseline.shape != goal.shape:
         raise ValueError(f"expected x [N, D] and goal, baseline [D]; got {tuple(x.shape)}, "
                          f"{tuple(goal.shape)}, {tuple(baseline.shape)}")
+    norms = x.detach().norm(dim=-1)
+    off = (norms - 1.0).abs() > UNIT_NORM_TOL
+    if off.any():
+        first = int(off.nonzero()[0, 0])
+        raise ValueError(f"image embeddings must be unit vectors (L2-normalise them first); {int(off.sum())} of "
+                         f"{len(x)} rows are not, e.g. row {first} has norm {norms[first].item():.4g}")
     diff = x - goal
     projected = (1.0 - alpha) * diff
     if alpha > 0.0:
@@ -48,6 +61,13 @@ def _normalize_transform(preprocess: Callable) -> T.Normalize:
         if isinstance(step, T.Normalize):
             return step
     raise ValueError(f"preprocess has no torchvision Normalize step: {preprocess}")
+
+
+def _rgb_frame(frame: np.ndarray) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.ndim != 3 or frame.dtype != np.uint8 or frame.shape[-1] != 3:
+        raise ValueError(f"a frame must be uint8 RGB [H, W, 3], got {frame.dtype} {frame.shape}")
+    return frame
 
 
 class CLIPReward(torch.nn.Module):
@@ -125,14 +145,18 @@ class CLIPReward(torch.nn.Module):
         return F.normalize(mean, dim=0) if self.renormalize_means else mean
 
     def pixels(self, frames: np.ndarray | Sequence[np.ndarray] | Sequence[Image.Image]) -> torch.Tensor:
-        """Model-ready pixel tensor [N, 3, S, S] from uint8 frames [N, H, W, 3] or PIL images."""
-        if isinstance(frames, np.ndarray) and frames.ndim == 4 and frames.shape[1:3] == self.image_size:
-            if frames.dtype != np.uint8 or frames.shape[-1] != 3:
+        """Model-ready pixel tensor [N, 3, S, S] from uint8 frames [N, H, W, 3] or PIL images.
+
+        Frames of any other dtype or layout are refused (a float frame in [0, 1] would otherwise be read
+        as nearly black)."""
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 4 or frames.dtype != np.uint8 or frames.shape[-1] != 3:
                 raise ValueError(f"frames must be uint8 RGB [N, H, W, 3], got {frames.dtype} {frames.shape}")
-            batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
-            batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-            return (batch - self.pixel_mean) / self.pixel_std
-        images = [f if isinstance(f, Image.Image) else Image.fromarray(np.asarray(f)) for f in frames]
+            if frames.shape[1:3] == self.image_size:
+                batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+                batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+                return (batch - self.pixel_mean) / self.pixel_std
+        images = [f if isinstance(f, Image.Image) else Image.fromarray(_rgb_frame(f)) for f in frames]
         return torch.stack([self.preprocess(im) for im in images]).to(self.device)
 
     @torch.no_grad()
@@ -147,6 +171,7 @@ class CLIPReward(torch.nn.Module):
         return torch.cat(out)
 
     def reward_from_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Rewards [N] of unit image embeddings [N, D] (as `embed_frames` returns; others are refused)."""
         return projection_reward(embeddings.to(self.device).float(), self.goal, self.baseline, self.alpha)
 
     def forward(self, frames: np.ndarray | Sequence) -> torch.Tensor:

@@ -26,13 +26,15 @@ import numpy as np
 from stable_baselines3 import SAC
 from stable_baselines3.common.callbacks import BaseCallback
 
+from mmreward.errors import MmrewardError
+
 PREFIX = "sac"
 # ReplayBuffer arrays, all [buffer_size // n_envs, n_envs, ...]; `pos` and `full` say which rows hold data.
 BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 _ZIP = re.compile(rf"{PREFIX}_(\d+)_steps\.zip")
 
 
-class SACCheckpointError(ValueError):
+class SACCheckpointError(MmrewardError, ValueError):
     """A SAC checkpoint that cannot be loaded (the message names the file)."""
 
 

@@ -68,6 +68,34 @@ def _looks_like_path(value: str) -> bool:
     return "/" in value or "\\" in value or Path(value).suffix in {".bin", ".pt", ".pth", ".safetensors"}
 
 
+def check_clip_source(model_name: str | Path, pretrained: str | Path | None = None
+                      ) -> tuple[str, Path | None, Path | None]:
+    """Check a CLIP model naming (see `load_clip`) without loading anything: the model directory or
+    built-in name, and the weights file when `pretrained` is a path. Returns (open_clip name, local
+    directory or None, weights file or None); raises `CLIPLoadError` naming what is wrong."""
+    import open_clip
+
+    name, local_dir = _resolve_name(model_name)
+    weights_file: Path | None = None
+    if pretrained is not None:
+        pretrained = str(pretrained)
+        if Path(pretrained).is_file():
+            weights_file = Path(pretrained)
+        elif _looks_like_path(pretrained):
+            raise CLIPLoadError(f"{pretrained}: CLIP weights file not found")
+        elif local_dir is not None:
+            raise CLIPLoadError(
+                f"{model_name}: a local model directory takes its weights from the directory or from a "
+                f"weights file, not from the pretrained tag {pretrained!r}"
+            )
+    if local_dir is None:
+        known = set(open_clip.list_models())
+        if name.replace("/", "-") not in known and not name.startswith("hf-hub:"):
+            what = "no such model directory, nor" if _looks_like_path(name) else "unknown"
+            raise CLIPLoadError(f"{model_name}: {what} open_clip model name (see open_clip.list_models())")
+    return name, local_dir, weights_file
+
+
 def load_clip(
     model_name: str | Path,
     pretrained: str | Path | None = None,
@@ -89,24 +117,8 @@ def load_clip(
     """
     import open_clip  # deferred: importing open_clip pulls timm and takes seconds
 
-    name, local_dir = _resolve_name(model_name)
-    weights_file: Path | None = None
-    if pretrained is not None:
-        pretrained = str(pretrained)
-        if Path(pretrained).is_file():
-            weights_file = Path(pretrained)
-        elif _looks_like_path(pretrained):
-            raise CLIPLoadError(f"{pretrained}: CLIP weights file not found")
-        elif local_dir is not None:
-            raise CLIPLoadError(
-                f"{model_name}: a local model directory takes its weights from the directory or from a "
-                f"weights file, not from the pretrained tag {pretrained!r}"
-            )
-
-    if local_dir is None:
-        known = set(open_clip.list_models())
-        if name.replace("/", "-") not in known and not name.startswith("hf-hub:"):
-            raise CLIPLoadError(f"{model_name}: unknown open_clip model name (see open_clip.list_models())")
+    name, local_dir, weights_file = check_clip_source(model_name, pretrained)
+    pretrained = None if pretrained is None else str(pretrained)
     try:
         if local_dir is not None:
             model, _, preprocess = open_clip.create_model_and_transforms(
@@ -126,6 +138,34 @@ def load_clip(
     return model, preprocess, tokenizer
 
 
+def create_clip_dir(out_dir: str | Path, model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any], note: str,
+                    seed: int = 0) -> tuple[torch.nn.Module, Path]:
+    """Write `open_clip_config.json` for a new model to `out_dir` and build that model with seeded random weights.
+
+    Save the weights (trained or not) with `save_clip_weights`; `load_clip(out_dir)` then loads the directory
+    offline like any local open_clip model.
+    """
+    import open_clip
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg, "note": note}
+    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    torch.manual_seed(seed)
+    return open_clip.create_model(LOCAL_DIR_PREFIX + str(out), load_weights=False), out
+
+
+def save_clip_weights(model: torch.nn.Module, out_dir: str | Path) -> Path:
+    """Write the model's state dict as `open_clip_model.safetensors` (the name open_clip looks for first)."""
+    from safetensors.torch import save_file
+
+    # safetensors refuses tensors that share storage; none do in CLIP, but make them contiguous copies.
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    path = Path(out_dir) / TINY_WEIGHTS_NAME
+    save_file(state, str(path))
+    return path
+
+
 def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     """Write a tiny random-weight open_clip model (config + safetensors) to `out_dir`; return it.
 
@@ -133,23 +173,23 @@ def build_tiny_clip(out_dir: str | Path, seed: int = 0) -> Path:
     `load_clip(out_dir)` loads it offline; the tokenizer is open_clip's SimpleTokenizer, whose BPE
     vocabulary ships inside the open_clip package.
     """
-    import open_clip
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {
-        "model_cfg": TINY_CLIP_CONFIG,
-        "preprocess_cfg": TINY_PREPROCESS_CFG,
-        "note": "tiny open_clip model with RANDOM weights (built offline by mmreward.backbones.clip)",
-    }
-    (out / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    torch.manual_seed(seed)
-    model = open_clip.create_model(LOCAL_DIR_PREFIX + str(out), load_weights=False)
-    # safetensors refuses tensors that share storage; none do in CLIP, but make them contiguous copies.
-    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    save_file(state, str(out / TINY_WEIGHTS_NAME))
+    model, out = create_clip_dir(out_dir, TINY_CLIP_CONFIG, TINY_PREPROCESS_CFG,
+                                 "tiny open_clip model with RANDOM weights (built offline by mmreward.backbones.clip)",
+                                 seed=seed)
+    save_clip_weights(model, out)
     return out
+
+
+def local_clip_note(model_name: str | Path) -> str | None:
+    """The "note" a local model directory's open_clip_config.json carries (what built it, e.g. "RANDOM
+    weights" or a stand-in's caveat), or None for hub names and directories without one."""
+    try:
+        _, local = _resolve_name(model_name)
+    except CLIPLoadError:
+        return None
+    if local is None:
+        return None
+    return json.loads((local / CONFIG_NAME).read_text()).get("note")
 
 
 def clip_image_size(model: torch.nn.Module) -> tuple[int, int]:

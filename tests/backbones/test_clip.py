@@ -15,6 +15,7 @@ from mmreward.backbones.clip import (
     build_tiny_clip,
     clip_image_size,
     load_clip,
+    local_clip_note,
 )
 
 PROMPTS = ["a humanoid robot kneeling", "a humanoid robot"]
@@ -82,3 +83,13 @@ def test_bad_inputs_name_the_problem(tmp_path, tiny_dir):
         load_clip("ViT-Nonexistent-99")
     with pytest.raises(CLIPLoadError, match="not from the pretrained tag 'laion2b'"):
         load_clip(tiny_dir, pretrained="laion2b")
+
+
+def test_local_clip_note_reads_what_built_the_directory(tmp_path, tiny_dir):
+    assert "RANDOM weights" in local_clip_note(tiny_dir)
+    assert "RANDOM weights" in local_clip_note(f"local-dir:{tiny_dir}")
+    assert local_clip_note("ViT-B-32") is None and local_clip_note(tmp_path / "missing") is None
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / CONFIG_NAME).write_text(json.dumps({"model_cfg": TINY_CLIP_CONFIG}))
+    assert local_clip_note(bare) is None

@@ -46,13 +46,6 @@ stage = _load_stage()
 IMAGE_DIMS = ["VQ", "TA", "overall"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (the state is a process-wide singleton)."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     config = SyntheticConfig(image_splits=SplitSizes(48, 24, 0), video_splits=SplitSizes(8, 4, 0))

@@ -40,13 +40,6 @@ VIDEO_CONFIG = ROOT / "train" / "configs" / "rewarddance_video.yaml"
 QUALITY_QUESTION = 'Is this {media} of "{prompt}" clean and sharp?'
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own Accelerator (the state is a process-wide singleton)."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 def _quality_pairs(root: Path, train: int, test: int, videos: int = 0) -> dict[str, Path]:
     """Quality-only pairs (one side clean, the other noisy): a signal a tiny model picks up in a few steps."""
     config = SyntheticConfig(

@@ -72,12 +72,6 @@ DEFAULT_RUN = "zero3"  # the sharded mode in the default suite; the others are s
 MODE_PARAMS = [pytest.param(name, marks=() if name == DEFAULT_RUN else pytest.mark.slow) for name in MODES]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     config = SyntheticConfig(image_splits=SplitSizes(48, 8, 0), video_splits=SplitSizes(0, 0, 0))

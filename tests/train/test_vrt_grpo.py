@@ -27,12 +27,6 @@ from stage_helpers import run_ddp, subprocess_env  # noqa: E402
 from vrt_tiny_judge import relabelled, synthetic_videos, tiny_judge  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 pytestmark = pytest.mark.usefixtures("single_torch_thread")
 
 

@@ -30,13 +30,6 @@ FAST = ["--motion_frames", "2", "--per_device_train_batch_size", "1", "--report_
         "--warmup_steps", "0"]
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process run builds its own accelerate state (a process-wide singleton)."""
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     config = SyntheticConfig(image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(24, 8, 0), num_frames=8,

@@ -61,7 +61,29 @@ def test_pearson_distance_exact_values_and_errors():
         pearson_distance(x, x[:3])
 
 
+def test_a_pure_potential_shaping_reward_is_refused_not_measured(transitions):
+    """Canonicalised, pure shaping is zero up to rounding (spread ~1e-15); its 'distance' would be to noise."""
+    pure_shaping = lambda s, a, s2: GAMMA * potential(s2) - potential(s)  # noqa: E731
+    with pytest.raises(ValueError, match="constant or pure potential-shaping"):
+        epic_distance(reward, pure_shaping, *transitions, gamma=GAMMA)
+    with pytest.raises(ValueError, match="second reward is constant"):
+        epic_distance(reward, lambda s, a, s2: np.full(len(s), 3.0), *transitions, gamma=GAMMA)
+
+
+def test_pearson_distance_refuses_a_sample_constant_up_to_rounding():
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    near_constant = 5.0 + np.array([0.0, 1.0, -1.0, 2.0]) * np.spacing(5.0)
+    with pytest.raises(ValueError, match="second reward is constant"):
+        pearson_distance(x, near_constant)
+    noise = np.array([1.0, -2.0, 0.5, 1.5]) * 1e-15
+    assert pearson_distance(x, noise) < 1.0  # on its own scale, noise is a sample like any other...
+    with pytest.raises(ValueError, match="second reward is constant"):
+        pearson_distance(x, noise, scales=(4.0, 10.0))  # ...but not against the numbers it came from
+    assert pearson_distance(x, 1e-6 * x, scales=(4.0, 10.0)) == pytest.approx(0.0, abs=1e-7)
+
+
 def test_canonical_reward_of_a_constant_is_a_constant(transitions):
     const = lambda s, a, s2: np.full(len(s), 5.0)  # noqa: E731
     out = canonicalize(const, *transitions, transitions[0], transitions[1], GAMMA)
-    assert np.allclose(out, 5.0 + GAMMA * 5.0 - 5.0 - GAMMA * 5.0)
+    assert np.allclose(out.values, 5.0 + GAMMA * 5.0 - 5.0 - GAMMA * 5.0)
+    assert out.scale == 5.0  # the largest term it summed

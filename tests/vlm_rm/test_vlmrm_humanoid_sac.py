@@ -1,6 +1,5 @@
 """Smoke run of train/humanoid_sac.py (tiny random CLIP): outputs, rollout relabelling, resume, SIGKILL + resume."""
 
-import importlib.util
 import json
 import random
 import sys
@@ -8,7 +7,6 @@ from pathlib import Path
 
 import av
 import pytest
-import torch
 
 from mmreward.manifest import read_manifest
 
@@ -22,15 +20,9 @@ SMALL = ["--episode_length", "10", "--total_timesteps", "40", "--learning_starts
 
 
 @pytest.fixture(scope="module")
-def trainer():
-    spec = importlib.util.spec_from_file_location("train_humanoid_sac", ROOT / "train" / "humanoid_sac.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    threads = torch.get_num_threads()
-    yield module
-    torch.set_num_threads(threads)
-    sys.modules.pop(spec.name, None)  # the CPU config sets 1 thread; leave the session as it was
+def trainer(stage_script):
+    with stage_script("train/humanoid_sac.py") as module:
+        yield module
 
 
 def _frame_count(path):
@@ -65,6 +57,10 @@ def test_short_run_writes_its_outputs_and_resumes(trainer, tmp_path):
 def test_bad_settings_are_refused(trainer, tmp_path):
     with pytest.raises(ValueError, match="reward_mode must be"):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "a"), "--reward_mode", "episode"])
+    with pytest.raises(ValueError, match="scene must be one of"):
+        trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "c"), "--scene", "moon"])
+    with pytest.raises(ValueError, match="render_path must be one of"):
+        trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "d"), "--render_path", "ray"])
     with pytest.raises(FileNotFoundError, match="no sac_<steps>_steps.zip checkpoint"):
         trainer.main(["--config", str(CPU_CONFIG), "--output_dir", str(tmp_path / "b"), "--resume", "true"])
 

@@ -7,6 +7,7 @@ import pytest
 from vlm_rm.envs import TexturedHumanoidEnv
 from vlm_rm.poses import (
     POSE_CHECKS,
+    grounded,
     POSE_NAMES,
     check_pose,
     interpolate_qpos,
@@ -73,6 +74,18 @@ def test_lying_down_is_nothing(model):
     lying[2] = 0.2
     features = pose_features(model, _state(model, lying))
     assert not any(check(features) for check in POSE_CHECKS.values())
+
+
+@pytest.mark.parametrize("roll", [70.0, 80.0])
+def test_a_robot_sprawled_on_its_side_with_legs_apart_is_not_doing_the_splits(model, roll):
+    sprawled = reference_qpos(model, "splits")
+    half = np.deg2rad(roll) / 2
+    sprawled[3:7] = [np.cos(half), np.sin(half), 0.0, 0.0]  # rolled onto its side
+    features = pose_features(model, _state(model, grounded(model, sprawled)))
+    # what made the old check say "splits": feet far apart and down, pelvis low; but the torso lies flat
+    assert np.linalg.norm(features.feet[0] - features.feet[1]) > 1.2 and features.pelvis[2] < 0.6
+    assert all(foot[2] < 0.3 for foot in features.feet) and features.uprightness < 0.35
+    assert not check_pose("splits", model, _state(model, grounded(model, sprawled)))
 
 
 def test_the_way_down_to_kneeling_passes_standing_then_neither_then_kneeling(model):

@@ -98,3 +98,52 @@ def test_load_by_local_dir_and_bad_prompts(tiny_clip_dir):
     assert reward(_frames(2)).shape == (2,)
     with pytest.raises(ValueError, match="at least one goal prompt"):
         CLIPReward.load(tiny_clip_dir, [], BASELINE)
+
+
+def test_unnormalised_image_embeddings_are_refused(clip_reward):
+    # The old code scored them: x = 3 * unit row gave a reward off by several units from the unit row's.
+    unit = F.normalize(torch.randn(4, clip_reward.goal.shape[0], generator=torch.Generator().manual_seed(0)), dim=-1)
+    assert torch.allclose(clip_reward.reward_from_embeddings(unit),
+                          projection_reward(unit, clip_reward.goal, clip_reward.baseline, 0.5))
+    scaled = unit.clone()
+    scaled[2] *= 3.0
+    with pytest.raises(ValueError, match=r"unit vectors .* 1 of 4 rows are not, e.g. row 2 has norm 3"):
+        clip_reward.reward_from_embeddings(scaled)
+    with pytest.raises(ValueError, match="unit vectors"):
+        projection_reward(X * 0.5, G, B, 0.0)
+    projection_reward(X * (1 + 5e-4), G, B, 0.0)  # float rounding of a normalised embedding is not refused
+
+
+def test_frames_at_model_size_take_the_tensor_path_without_the_transform(clip_reward, monkeypatch):
+    frames = _frames(3, seed=2)
+    expected = clip_reward.pixels(frames)
+    calls = []
+
+    def spy(image):
+        calls.append(image.size)
+        raise AssertionError("the PIL transform ran for frames already at the model's size")
+
+    monkeypatch.setattr(clip_reward, "preprocess", spy)
+    assert torch.equal(clip_reward.pixels(frames), expected)  # spy not called: no exception
+    manual = (torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255 - clip_reward.pixel_mean) / clip_reward.pixel_std
+    assert torch.allclose(expected, manual, atol=1e-6)
+    with pytest.raises(AssertionError, match="PIL transform ran"):
+        clip_reward.pixels(_frames(1, size=100))  # other sizes do go through the transform
+    assert calls == [(100, 100)]
+
+
+@pytest.mark.parametrize("size", [224, 120])
+def test_non_uint8_frames_are_refused(clip_reward, size):
+    floats = _frames(2, size=size).astype(np.float32) / 255.0  # [0, 1] floats: nearly black if read as 0..255
+    with pytest.raises(ValueError, match=r"uint8 RGB \[N, H, W, 3\], got float32"):
+        clip_reward(floats)
+    with pytest.raises(ValueError, match=r"uint8 RGB \[H, W, 3\], got float32"):
+        clip_reward(list(floats))
+    with pytest.raises(ValueError, match=r"uint8 RGB \[N, H, W, 3\], got uint8 \(2, 224, 224, 4\)"):
+        clip_reward(np.zeros((2, 224, 224, 4), dtype=np.uint8))
+
+
+def test_an_empty_frame_list_is_refused(clip_reward):
+    for empty in ([], np.zeros((0, 224, 224, 3), dtype=np.uint8)):
+        with pytest.raises(ValueError, match="no frames to embed"):
+            clip_reward(empty)
