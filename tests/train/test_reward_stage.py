@@ -307,15 +307,15 @@ def quick_videos(tmp_path_factory):
 
 @pytest.mark.parametrize("head", ["scalar", pytest.param("reward_token", marks=pytest.mark.slow)])
 def test_video_recipe_improves_every_dimension(tiny, quick_videos, tmp_path, head):
-    """<= ~1 CPU minute: the shipped video recipe, shortened (300 steps, the first 150 on text-alignment pairs only:
-    too short for the recipe's TA then TA + MQ warm-up), raises held-out VQ, MQ and TA above the untrained model's."""
+    """<= ~1 CPU minute: the shipped video recipe, shortened (300 steps: 75 on text-alignment pairs, 75 on text- and
+    motion-alignment pairs, then all), raises held-out VQ, MQ and TA above the untrained model's."""
     config, dims = VIDEO_RECIPES[head]
     out = tmp_path / head
     started = time.process_time()
     metrics = stage.main(["--config", str(ROOT / "train" / "configs" / config), "--backbone", str(tiny),
                           "--train_file", str(quick_videos["videos/train"]),
                           "--val_file", str(quick_videos["videos/val"]), "--output_dir", str(out),
-                          "--max_steps", "300", "--curriculum_steps", "150", "--curriculum_varies", "TA",
+                          "--max_steps", "300", "--curriculum_steps", "150", "--curriculum_varies", "TA", "TA+MQ",
                           "--eval_steps", "0", "--save_steps", "0"])
     cpu_seconds = time.process_time() - started
     untrained = _untrained_accuracy(tiny, quick_videos["videos/val"], dims, head=head)
