@@ -133,7 +133,7 @@ def step_data(ctx: DemoContext) -> None:
     ctx.report.heading("Synthetic preference data")
     ctx.report.text(
         "Seeded image and video pairs whose preference is known: text alignment (colour/shape/count of "
-        "the drawn objects against the prompt), visual quality (noise, blur) and, for videos, motion "
+        "the drawn objects against the prompt), visual quality (noise) and, for videos, motion "
         "quality (smooth vs jittery or frozen)."
     )
     rows = [{"split": key, "pairs": count} for key, count in manifest["pairs"].items()]

@@ -109,7 +109,7 @@ class SyntheticConfig:
     """
 
     image_splits: SplitSizes = field(default_factory=lambda: SplitSizes(1024, 128, 256))
-    video_splits: SplitSizes = field(default_factory=lambda: SplitSizes(192, 32, 64))
+    video_splits: SplitSizes = field(default_factory=lambda: SplitSizes(576, 32, 64))  # 192 overfit in 800 steps
     image_size: int = 84
     video_size: int = 84
     num_frames: int = 16
@@ -122,20 +122,20 @@ class SyntheticConfig:
     mixed_share: float = 0.10
     dim_weights: dict[str, float] = field(default_factory=lambda: {"VQ": 1.0, "MQ": 1.0, "TA": 1.0})
     image_ta_attribute_weights: dict[str, float] = field(default_factory=lambda: {"color": 1.0})
-    video_ta_attribute_weights: dict[str, float] = field(
-        default_factory=lambda: {"color": 0.6, "count": 0.3, "shape": 0.1}
-    )
+    video_ta_attribute_weights: dict[str, float] = field(default_factory=lambda: {"color": 1.0})
+    image_ta_loser_from_split: bool = False
+    video_ta_loser_from_split: bool = True
     overall_priority: tuple[str, ...] = ("TA", "MQ", "VQ")
     image_radius_frac: tuple[float, float] = (0.13, 0.16)
     video_radius_frac: tuple[float, float] = (0.10, 0.12)
     noise_sigma: tuple[float, float] = (55.0, 80.0)
     blur_frac: tuple[float, float] = (0.03, 0.045)
     image_degradations: tuple[str, ...] = ("noise",)
-    video_degradations: tuple[str, ...] = ("noise", "blur")
+    video_degradations: tuple[str, ...] = ("noise",)  # blur is invisible to the tiny frozen tower at 84 px
     degradations: tuple[str, ...] | None = None
     motion_faults: tuple[str, ...] = ("jitter", "frozen")
-    displacement_frac: tuple[float, float] = (0.15, 0.25)
-    jitter_frac: tuple[float, float] = (0.06, 0.10)
+    displacement_frac: tuple[float, float] = (0.25, 0.35)  # at 0.15-0.25 a frozen clip was hard to tell apart
+    jitter_frac: tuple[float, float] = (0.12, 0.18)
     video_codec: str = "libx264"
     qp: int = 18
 
@@ -186,6 +186,10 @@ class SyntheticConfig:
     def ta_attribute_weights(self, video: bool) -> dict[str, float]:
         """Relative frequency of each attribute a TA mismatch of this modality changes."""
         return self.video_ta_attribute_weights if video else self.image_ta_attribute_weights
+
+    def ta_loser_from_split(self, video: bool) -> bool:
+        """Whether a TA loser of this modality draws another prompt of the pair's split."""
+        return self.video_ta_loser_from_split if video else self.image_ta_loser_from_split
 
 
 @dataclass(frozen=True)
@@ -282,6 +286,8 @@ def allocate_kinds(n: int, dims: Sequence[str], config: SyntheticConfig, rng: np
     """The differing dimensions of each of n pairs: exactly round(n * tie_share) ties (``()``),
     round(n * mixed_share) two-dimension pairs, the rest single dimensions by ``dim_weights``;
     shuffled."""
+    if n == 0:
+        return []  # an empty split needs no weights (a set without images may zero the image dimensions)
     n_tie = math.floor(n * config.tie_share + 0.5)
     n_mixed = min(n - n_tie, math.floor(n * config.mixed_share + 0.5))
     weights = {d: config.dim_weights[d] for d in dims}
@@ -311,6 +317,25 @@ def _mismatch(target: ObjectSpec, attribute: str, config: SyntheticConfig, rng: 
     return replace(target, count=_choose(rng, [n for n in config.counts if n != target.count]))
 
 
+def _differs_only_in(x: ObjectSpec, y: ObjectSpec, attribute: str) -> bool:
+    return all((getattr(x, a) != getattr(y, a)) == (a == attribute) for a in ("color", "shape", "count"))
+
+
+def _ta_attribute(rng: np.random.Generator, video: bool, config: SyntheticConfig) -> str:
+    weights = config.ta_attribute_weights(video)
+    attrs = list(weights)
+    return _choose(rng, attrs, [weights[a] for a in attrs])
+
+
+def _prompt_pair(
+    rng: np.random.Generator, prompts: Sequence[ObjectSpec], attribute: str
+) -> tuple[ObjectSpec, ObjectSpec] | None:
+    """(prompt, loser): an ordered pair of the split's prompts that differ in ``attribute`` alone, drawn
+    uniformly, so every drawing loses as often as it wins; None when the split has no such pair."""
+    pairs = [(x, y) for x in prompts for y in prompts if _differs_only_in(x, y, attribute)]
+    return pairs[int(rng.integers(len(pairs)))] if pairs else None
+
+
 def plan_pair(
     rng: np.random.Generator,
     video: bool,
@@ -323,6 +348,11 @@ def plan_pair(
     size = config.video_size if video else config.image_size
     radius_frac = config.video_radius_frac if video else config.image_radius_frac
     target = _choose(rng, prompts)
+    ta_attribute, ta_loser = None, None
+    if "TA" in varies and config.ta_loser_from_split(video):
+        ta_attribute = _ta_attribute(rng, video, config)
+        if (pair := _prompt_pair(rng, prompts, ta_attribute)) is not None:
+            target, ta_loser = pair
     sides: dict[str, SideSpec] = {}
     for name in ("a", "b"):
         side = SideSpec(objects=target, radius_px=round(float(rng.uniform(*radius_frac)) * size, 2))
@@ -331,16 +361,14 @@ def plan_pair(
         sides[name] = side
     dims = VIDEO_DIMS if video else IMAGE_DIMS
     label = {d: "tie" for d in dims}
-    ta_attribute = None
     for dim in varies:
         winner = _choose(rng, ("a", "b"))
         loser = "b" if winner == "a" else "a"
         label[dim] = winner
         if dim == "TA":
-            weights = config.ta_attribute_weights(video)
-            attrs = list(weights)
-            ta_attribute = _choose(rng, attrs, [weights[a] for a in attrs])
-            sides[loser] = replace(sides[loser], objects=_mismatch(target, ta_attribute, config, rng))
+            ta_attribute = ta_attribute or _ta_attribute(rng, video, config)
+            objects = ta_loser or _mismatch(target, ta_attribute, config, rng)
+            sides[loser] = replace(sides[loser], objects=objects)
         elif dim == "VQ":
             kind = _choose(rng, config.degradation_kinds(video))
             if kind == "noise":

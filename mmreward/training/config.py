@@ -147,10 +147,12 @@ class RewardTrainingConfig:
     margin: float = field(default=0.0, metadata={"help": "BT margin"})
     tie_theta: float = field(default=5.0, metadata={"help": "BTT tie parameter"})
     center_coef: float = field(default=0.0, metadata={"help": "reward centering weight"})
-    curriculum_steps: int = field(default=0, metadata={"help": "warm-up steps on the curriculum subset first"})
+    curriculum_steps: int = field(default=0, metadata={
+        "help": "warm-up steps on curriculum subsets first, split evenly among the curriculum_varies phases"})
     curriculum_varies: list[str] = field(
         default_factory=list,
-        metadata={"help": "warm-up subset: records whose meta['varies'] is non-empty and within these dims"},
+        metadata={"help": "warm-up phases in order, each a dimension or '+'-joined dimensions (e.g. TA TA+MQ): "
+                          "records whose meta['varies'] is non-empty and within that phase's dimensions"},
     )
     logging_steps: int = field(default=10, metadata={"help": "log every N steps"})
     eval_steps: int = field(default=0, metadata={"help": "validate every N steps (0: only at the end)"})
@@ -180,6 +182,8 @@ class RewardTrainingConfig:
             problems.append("warmup_ratio must be in [0, 1)")
         if self.curriculum_steps and not self.curriculum_varies:
             problems.append("curriculum_steps needs curriculum_varies (the warm-up dimensions)")
+        if self.curriculum_steps and self.curriculum_steps < len(self.curriculum_varies):
+            problems.append("curriculum_steps must give each curriculum_varies phase at least one step")
         if problems:
             raise ValueError("invalid RewardTrainingConfig: " + "; ".join(problems))
         self.loss()  # validates loss_kind / tie_theta / margin / center_coef

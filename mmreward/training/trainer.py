@@ -192,6 +192,22 @@ def curriculum_pool(data: PreferenceDataset, dims: list[str]) -> tuple[int, ...]
     return tuple(picked)
 
 
+def training_phases(data: PreferenceDataset, cfg: RewardTrainingConfig) -> list[Phase]:
+    """The curriculum's warm-up phases (`curriculum_varies` in order, `curriculum_steps` split evenly among them,
+    the first ones taking the remainder), then every record; phases past `max_steps` are left out."""
+    phases, steps = [], 0
+    if cfg.curriculum_steps:
+        share, rest = divmod(cfg.curriculum_steps, len(cfg.curriculum_varies))
+        for number, dims in enumerate(cfg.curriculum_varies):
+            if steps < cfg.max_steps:
+                pool = curriculum_pool(data, dims.split("+"))
+                phases.append(Phase(f"curriculum:{dims}", steps * cfg.grad_accum_steps, pool))
+            steps += share + (number < rest)
+    if steps < cfg.max_steps:
+        phases.append(Phase("all", steps * cfg.grad_accum_steps, tuple(range(len(data)))))
+    return phases
+
+
 def use_fused_adamw(acc: Accelerator) -> bool:
     """Whether AdamW should run as one fused kernel per step: on CUDA, unless FSDP / DeepSpeed shard it.
 
@@ -302,14 +318,7 @@ class RewardTrainer:
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg
-        everything = tuple(range(len(self.train_data)))
-        phases = [Phase("all", 0, everything)]
-        if cfg.curriculum_steps:
-            warm = curriculum_pool(self.train_data, cfg.curriculum_varies)
-            phases = [Phase("curriculum", 0, warm), Phase("all", cfg.curriculum_steps * cfg.grad_accum_steps, everything)]
-            if cfg.curriculum_steps >= cfg.max_steps:
-                phases = phases[:1]
-        return StepSchedule(phases, cfg.batch_size, self.accelerator.num_processes, cfg.seed)
+        return StepSchedule(training_phases(self.train_data, cfg), cfg.batch_size, self.accelerator.num_processes, cfg.seed)
 
     def unwrapped_model(self) -> RewardModel:
         return self.accelerator.unwrap_model(self.model)
@@ -500,7 +509,7 @@ class RewardTrainer:
                 values = {
                     "train/loss": last_loss,
                     "train/lr": self.scheduler.get_last_lr()[-1],  # the backbone's (last group)
-                    "train/curriculum": float(phase == "curriculum"),
+                    "train/curriculum": float(phase != "all"),
                     "train/steps_per_s": (step - start_step) / max(time.perf_counter() - started, 1e-9),
                 }
                 values["train/grad_norm"] = grad_norm.item()
