@@ -290,6 +290,9 @@ def _read_jsonl(path: Path) -> list[dict]:
 # 15 CPU minutes; the configs (and `make test-slow`) train longer.
 DEMO_REWARD_STEPS = {"basereward_image": 800, "basereward_video": 400,
                      "rewarddance_image": 300, "rewarddance_video": 250}
+# The video recipe's warm-up (600 of its 1200 steps) shortened with it: 200 warm-up steps of 400
+# (measured on the default data: held-out VQ .85, MQ .58, TA .58; the full recipe reaches .87 / .75 / .95).
+DEMO_CURRICULUM_STEPS = {"basereward_video": 200}
 
 
 def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str) -> Path:
@@ -300,7 +303,8 @@ def _train_reward_model(ctx: DemoContext, name: str, config: str, modality: str)
         "train/reward.py",
         ["--config", f"train/configs/{config}", "--backbone", str(ctx.paths["vlm"]),
          "--train_file", str(data / "train.jsonl"), "--val_file", str(data / "val.jsonl"),
-         "--output_dir", str(run), "--max_steps", str(DEMO_REWARD_STEPS[name])],
+         "--output_dir", str(run), "--max_steps", str(DEMO_REWARD_STEPS[name]),
+         *(["--curriculum_steps", str(DEMO_CURRICULUM_STEPS[name])] if name in DEMO_CURRICULUM_STEPS else [])],
         ctx.out / "logs" / f"{name}.log",
         progress=train_log_progress(run / "logs" / "train_log.jsonl", DEMO_REWARD_STEPS[name]),
     )
