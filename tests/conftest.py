@@ -1,9 +1,14 @@
 """Suite-wide settings: offline, deterministic, headless."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# Shared helpers of the suite (script_loading) import by name under --import-mode=importlib.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # Set before any test module imports transformers / qwen_vl_utils / mujoco.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

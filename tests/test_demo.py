@@ -1,25 +1,15 @@
 """The end-to-end demo as `make demo` runs it (minutes on CPU, so `slow`), and its progress readers (fast)."""
 
 import html
-import importlib.util
 import json
 import re
-import sys
-from pathlib import Path
 
 import pytest
 
-
-def _load_demo():
-    """demo/run.py, loaded by path (the demo is a script of the checkout, not a module of the library)."""
-    spec = importlib.util.spec_from_file_location("demo_run", Path(__file__).resolve().parents[1] / "demo" / "run.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from script_loading import load_script
 
 
-demo = _load_demo()
+demo = load_script("demo/run.py")  # the demo is a script of the checkout, not a module of the library
 
 
 def test_log_progress_reads_the_last_tqdm_count(tmp_path):

@@ -12,12 +12,12 @@ import importlib
 import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmreward.cli import run
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PLACEHOLDER = re.compile(r"/models/|/ckpt/|/path/|/data/|/tmp/|\bDIR\b|\bFILE\b|\bOUT\b|\bCKPT\b|DATA/|\.\.\.|\[--|\$|"
@@ -103,10 +103,7 @@ def _target(command: str) -> tuple[str, list[str]]:
 
 def _run_command(script: str, args: list[str]) -> None:
     if script.endswith(".py"):
-        spec = importlib.util.spec_from_file_location(f"documented_{Path(script).stem}", ROOT / script)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        module = load_script(script)
     else:
         module = importlib.import_module(script)
     with pytest.raises(SystemExit) as exited:

@@ -4,31 +4,22 @@ exactly as `python script.py ...` runs them."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from mmreward.cli import run
 from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthetic
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _script(relative: str):
-    spec = importlib.util.spec_from_file_location(f"mistakes_{Path(relative).stem}", ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fails(relative: str, argv: list[str], capsys) -> str:
     """Run the script; assert exit code 2 and one line on stderr; return that line."""
     with pytest.raises(SystemExit) as exited:
-        run(_script(relative).main, argv)
+        run(load_script(relative).main, argv)
     # transformers' own "Loading weights" bar may come first when a model was loaded before the mistake showed
     lines = [line for line in capsys.readouterr().err.strip().splitlines() if "Loading weights" not in line]
     assert exited.value.code == 2, lines
@@ -89,7 +80,7 @@ def test_evaluation_mistakes(synthetic, scalar_checkpoint, tmp_path, capsys):
                  capsys)
     assert f"--out {other}" in err and "holds a 'reward' run" in err
     with pytest.raises(SystemExit, match="0"):
-        run(_script("eval/preference.py").main, ["--model", str(scalar_checkpoint), "--data", test_file, "--out",
+        run(load_script("eval/preference.py").main, ["--model", str(scalar_checkpoint), "--data", test_file, "--out",
                                                  str(out)])
     capsys.readouterr()
     err = _fails("eval/preference.py", ["--model", str(scalar_checkpoint), "--data", str(synthetic["images/val"]),

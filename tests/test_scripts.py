@@ -6,7 +6,6 @@ Scripts are found, not listed: a new script is checked the day it is added.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import resource
 import subprocess
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from mmreward.cli import run
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT_DIRS = ("train", "eval", "data", "bench", "demo")
@@ -38,18 +38,10 @@ SCRIPTS = _scripts()
 IDS = [str(p.relative_to(ROOT)) for p in SCRIPTS]
 
 
-def _load(script: Path):
-    spec = importlib.util.spec_from_file_location(f"script_{script.parent.name}_{script.stem}", script)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses of the script look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
 def _run_in_process(script: Path, argv: list[str], capsys) -> tuple[int, str, str]:
     """Run a script's `main` through `mmreward.cli.run` as `python script.py argv` would; (exit code, out, err)."""
     with pytest.raises(SystemExit) as exited:
-        run(_load(script).main, argv)
+        run(load_script(script).main, argv)
     captured = capsys.readouterr()
     return exited.value.code, captured.out, captured.err
 
