@@ -1,17 +1,15 @@
 """Shared fixtures for VLM-RM tests: one tiny random-weight CLIP per session; stage scripts as modules."""
 
-import importlib.util
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import torch
 
 from mmreward.backbones.clip import build_tiny_clip, load_clip
+from script_loading import load_script
 from vlm_rm.reward import CLIPReward
 
-ROOT = Path(__file__).resolve().parents[2]
 GOAL = ["a humanoid robot kneeling"]
 BASELINE = ["a humanoid robot"]
 
@@ -34,19 +32,17 @@ def clip_reward(tiny_clip):
 
 @contextmanager
 def script_module(relative: str):
-    """A train/ or eval/ script imported as a module (scripts are not a package); torch's thread count and
-    sys.modules are restored afterwards (stage configs may set one thread)."""
-    name = relative.removesuffix(".py").replace("/", "_")
-    spec = importlib.util.spec_from_file_location(name, ROOT / relative)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
+    """A train/ or eval/ script imported as a module (`load_script`); torch's thread count and sys.modules are
+    restored afterwards (stage configs may set one thread)."""
     threads = torch.get_num_threads()
+    module = None
     try:
-        spec.loader.exec_module(module)
+        module = load_script(relative)
         yield module
     finally:
         torch.set_num_threads(threads)
-        sys.modules.pop(name, None)
+        if module is not None:
+            sys.modules.pop(module.__name__, None)
 
 
 @pytest.fixture(scope="session")
