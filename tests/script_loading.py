@@ -15,5 +15,9 @@ def load_script(relative: str | Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses of the script look their module up while it executes
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)  # no half-run script left behind for the next load
+        raise
     return module
