@@ -128,13 +128,16 @@ class ScriptParser(argparse.ArgumentParser):
 
     def _apply_config(self, path: str) -> None:
         config = self._read_config(path)
-        actions = {a.dest: a for a in self._actions if a.option_strings}
-        unknown = [key for key in config if key not in actions or key in ("config", "debug")]
+        dests = {a.dest for a in self._actions if a.option_strings}
+        unknown = [key for key in config if key not in dests or key in ("config", "debug")]
         if unknown:
             raise UsageError(f"--config {path}: " + "; ".join(self._unknown("--" + str(k), "setting") for k in unknown))
-        for key, value in config.items():
-            actions[key].default = value
-            actions[key].required = False
+        # Every action of a setting takes the file's value: a bool that defaults to true has two (--flag and
+        # --no_flag), and argparse fills the namespace from the first one's default.
+        for action in self._actions:
+            if action.option_strings and action.dest in config:
+                action.default = config[action.dest]
+                action.required = False
 
     @staticmethod
     def _read_config(path: str) -> dict:

@@ -20,6 +20,17 @@ if TYPE_CHECKING:  # the settings' own types load torch: imported where they are
 HEAD_NAMES = module_names("mmreward.heads", exclude=("base",))  # a head's name is its module's
 
 
+def settings_mapping(value: dict | str | None, name: str) -> dict:
+    """A setting that holds options: a YAML mapping, a JSON object string (from a flag) or None (no options)."""
+    try:
+        mapping = json.loads(value) if isinstance(value, str) else (value or {})
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{name} must be a mapping (YAML or a JSON object), got {value!r}: {err}") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"{name} must be a mapping (YAML or a JSON object), got {value!r}")
+    return mapping
+
+
 @dataclass
 class RewardModelArguments:
     """The reward model to train."""
@@ -72,10 +83,7 @@ class RewardModelArguments:
 
     def head_options(self) -> dict:
         options = {"inner_dim": self.head_inner_dim} if self.head_inner_dim is not None else {}
-        extra = json.loads(self.head_kwargs) if isinstance(self.head_kwargs, str) else (self.head_kwargs or {})
-        if not isinstance(extra, dict):
-            raise ValueError(f"head_kwargs must be a mapping, got {self.head_kwargs!r}")
-        return {**options, **extra}
+        return {**options, **settings_mapping(self.head_kwargs, "head_kwargs")}
 
 
 @dataclass
@@ -140,6 +148,9 @@ class RewardTrainingConfig:
         default=None, metadata={"help": "vision tower learning rate when it trains (default: learning_rate)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     lr_scheduler: str = field(default="constant_with_warmup", metadata={"help": "transformers scheduler name"})
+    lr_scheduler_kwargs: dict | str | None = field(
+        default=None, metadata={"help": "the scheduler's own options: a YAML mapping or a JSON string, e.g. "
+                                        "warmup_stable_decay's '{\"num_decay_steps\": 300}'"})
     warmup_steps: int = field(default=0, metadata={"help": "learning-rate warm-up steps"})
     warmup_ratio: float = field(default=0.0, metadata={"help": "warm-up as a share of max_steps (the larger wins)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping (0 = off)"})
@@ -184,6 +195,10 @@ class RewardTrainingConfig:
             problems.append("curriculum_steps needs curriculum_varies (the warm-up dimensions)")
         if self.curriculum_steps and self.curriculum_steps < len(self.curriculum_varies):
             problems.append("curriculum_steps must give each curriculum_varies phase at least one step")
+        try:
+            self.scheduler_options()
+        except ValueError as err:
+            problems.append(str(err))
         if problems:
             raise ValueError("invalid RewardTrainingConfig: " + "; ".join(problems))
         self.loss()  # validates loss_kind / tie_theta / margin / center_coef
@@ -195,6 +210,10 @@ class RewardTrainingConfig:
             per_step = self.batch_size * self.grad_accum_steps * num_processes
             self.max_steps = max(1, math.ceil(self.epochs * num_pairs / per_step))
         self.warmup_steps = max(self.warmup_steps, math.ceil(self.warmup_ratio * self.max_steps))
+
+    def scheduler_options(self) -> dict:
+        """`lr_scheduler_kwargs` as a dict (transformers' `scheduler_specific_kwargs`)."""
+        return settings_mapping(self.lr_scheduler_kwargs, "lr_scheduler_kwargs")
 
     def loss(self) -> PreferenceLossConfig:
         from mmreward.losses import PreferenceLossConfig

@@ -31,7 +31,7 @@ from transformers import get_scheduler
 from mmreward.backbones.vlm import vision_tower
 from mmreward.collate import PairCollator
 from mmreward.data.dataset import PreferenceDataset
-from mmreward.errors import MmrewardError
+from mmreward.errors import MmrewardError, UsageError
 from mmreward.metrics import pair_accuracy
 from mmreward.model import RewardModel
 from mmreward.training.config import RewardTrainingConfig
@@ -283,9 +283,7 @@ class RewardTrainer:
         # Built on the prepared optimizer: with CPU optimizer offload DeepSpeed steps its own CPU Adam, not the
         # AdamW above. Stepped by hand once per optimizer step (not prepared: accelerate would step it once per
         # process), and checkpointed with the trainer state.
-        self.scheduler = get_scheduler(
-            cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=cfg.max_steps
-        )
+        self.scheduler = self._lr_scheduler()
         self.accelerator.register_for_checkpointing(self.scheduler, self.state)
         self.schedule = self._schedule()
 
@@ -315,6 +313,15 @@ class RewardTrainer:
         ]
         return torch.optim.AdamW(groups, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                  fused=use_fused_adamw(self.accelerator))
+
+    def _lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
+        cfg = self.cfg
+        try:
+            return get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
+                                 num_training_steps=cfg.max_steps, scheduler_specific_kwargs=cfg.scheduler_options())
+        except (TypeError, ValueError) as err:  # an unknown name, or options the scheduler does not take
+            raise UsageError(f"lr_scheduler {cfg.lr_scheduler!r} with lr_scheduler_kwargs "
+                             f"{cfg.scheduler_options()}: {err}") from None
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg

@@ -396,3 +396,44 @@ def test_cli_writes_a_readable_set(tmp_path, capsys):
     assert sum(r.label["overall"] == "tie" for r in read_records(paths["images/train"])) == 3
     assert len(read_records(paths["videos/test"])) == 2
     assert json.loads(paths["manifest"].read_text())["seed"] == 3
+
+
+def test_tiny_vision_tower_sees_motion_quality(tmp_path):
+    """The motion-quality signal reaches the tiny model's visual tokens at the recipes' frame count (8 of 16), size
+    (84 px) and temporal patch (2 frames), even with its random, untrained tower: from one temporal patch to the next
+    a frozen clip's tokens change by the codec's flicker only (<1% of its smooth partner's) and a jittery clip's change more than its smooth partner's. (Whether
+    a head then learns it is the training tests' business.)"""
+    import torch
+
+    from mmreward.backbones.tiny import build_tiny_vlm
+    from mmreward.collate import CollateConfig, PairCollator
+    from mmreward.data.dataset import PreferenceDataset
+    from mmreward.data.media import MediaConfig
+    from mmreward.model import RewardModel
+
+    paths = generate_synthetic(tmp_path / "set", seed=1, config=SyntheticConfig(
+        image_splits=SplitSizes(0, 0, 0), video_splits=SplitSizes(0, 72, 0), tie_share=0.0, mixed_share=0.0))
+    model = RewardModel.from_backbone(build_tiny_vlm(tmp_path / "tiny"), dimensions=["MQ"]).eval()
+    data = PreferenceDataset(paths["videos/val"], MediaConfig(num_frames=8))
+    collate = PairCollator(model.processor, ["MQ"], CollateConfig())
+    tower = model.backbone.model.visual
+    seen = Counter()
+    with torch.no_grad():
+        for index, record in enumerate(data.records):
+            if record.meta["varies"] != ["MQ"]:
+                continue
+            inputs = collate([data[index]])["inputs"]
+            grid = inputs["video_grid_thw"]
+            tokens = tower(inputs["pixel_values_videos"], grid_thw=grid).pooler_output
+            steps = int(grid[0, 0])
+            change = {side: float((clip.reshape(steps, -1, clip.shape[-1]).diff(dim=0)).norm(dim=-1).mean())
+                      for side, clip in zip("ab", tokens.chunk(2))}
+            winner = record.label["MQ"]
+            loser = "b" if winner == "a" else "a"
+            fault = record.meta[loser]["motion"]
+            if fault == "frozen":
+                assert change[loser] < 0.01 * change[winner], (record.id, change)  # the codec's flicker only
+            else:
+                assert change[loser] > change[winner], (record.id, change)
+            seen[fault] += 1
+    assert seen["frozen"] >= 5 and seen["jitter"] >= 5, seen
