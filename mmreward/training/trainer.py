@@ -315,13 +315,12 @@ class RewardTrainer:
                                  fused=use_fused_adamw(self.accelerator))
 
     def _lr_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler:
-        cfg = self.cfg
+        cfg, options = self.cfg, self.cfg.scheduler_options()
         try:
             return get_scheduler(cfg.lr_scheduler, self.optimizer, num_warmup_steps=cfg.warmup_steps,
-                                 num_training_steps=cfg.max_steps, scheduler_specific_kwargs=cfg.scheduler_options())
+                                 num_training_steps=cfg.max_steps, scheduler_specific_kwargs=options)
         except (TypeError, ValueError) as err:  # an unknown name, or options the scheduler does not take
-            raise UsageError(f"lr_scheduler {cfg.lr_scheduler!r} with lr_scheduler_kwargs "
-                             f"{cfg.scheduler_options()}: {err}") from None
+            raise UsageError(f"lr_scheduler {cfg.lr_scheduler!r} with lr_scheduler_kwargs {options}: {err}") from None
 
     def _schedule(self) -> StepSchedule:
         cfg = self.cfg

@@ -1,7 +1,6 @@
 """Benchmark readers on tiny fixtures with the benchmarks' real field names (tests/fixtures/benchmarks)."""
 
 import csv
-import importlib.util
 from collections import Counter
 import json
 import shutil
@@ -13,6 +12,7 @@ from mmreward.data.formats import MODULES, READERS, describe_missing_labels, mis
 from mmreward.data.formats.multimodal_rewardbench import category_of
 from mmreward.data.formats.vl_rewardbench import subset_of
 from mmreward.data.records import RecordError, read_records, write_records
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "benchmarks"
@@ -273,16 +273,8 @@ def test_bad_source_files_fail_with_the_file_and_row(tmp_path):
     assert len(str(info.value)) < 400
 
 
-def _load_cli():
-    path = Path(__file__).resolve().parents[2] / "data" / "convert_benchmark.py"
-    spec = importlib.util.spec_from_file_location("convert_benchmark", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convert_benchmark_cli(bench, capsys):
-    cli = _load_cli()
+    cli = load_script("data/convert_benchmark.py")
     root, src = bench("vl_rewardbench")
     cli.main(["vl_rewardbench", str(src), "--out", str(root / "records.jsonl")])
     assert "wrote 5 records" in capsys.readouterr().out
@@ -297,7 +289,7 @@ def test_convert_benchmark_cli(bench, capsys):
 def test_convert_mjbench_video_reports_missing_labels_and_media(bench, capsys):
     """The documented command on MJ-Bench-Video's layout: the paths resolve in videos/, the summary
     counts the labels left missing, and absent videos are reported."""
-    cli = _load_cli()
+    cli = load_script("data/convert_benchmark.py")
     root, src = bench("mjbench_video")
     cli.main(["mjbench_video", str(src), "--out", str(root / "records.jsonl")])
     out = capsys.readouterr()

@@ -401,8 +401,8 @@ def test_cli_writes_a_readable_set(tmp_path, capsys):
 def test_tiny_vision_tower_sees_motion_quality(tmp_path):
     """The motion-quality signal reaches the tiny model's visual tokens at the recipes' frame count (8 of 16), size
     (84 px) and temporal patch (2 frames), even with its random, untrained tower: from one temporal patch to the next
-    a frozen clip's tokens change by the codec's flicker only (<1% of its smooth partner's) and a jittery clip's change more than its smooth partner's. (Whether
-    a head then learns it is the training tests' business.)"""
+    a frozen clip's tokens change by the codec's flicker only (<1% of its smooth partner's) and a jittery clip's
+    change more than its smooth partner's. (Whether a head then learns it is the training tests' business.)"""
     import torch
 
     from mmreward.backbones.tiny import build_tiny_vlm

@@ -3,7 +3,6 @@ servers, retries that stop at a 400 or 401), and the verl custom reward function
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from mmreward.reward_fn import RewardFunction
 from mmreward.serve import RemoteReward, RemoteRewardError
 from mmreward.serve.client import RETRIED_STATUSES
+from script_loading import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMPT = "two red circles"
@@ -98,9 +98,7 @@ def test_remote_reward_does_not_retry_bad_items_or_a_wrong_token(start_server, m
 
 
 def test_verl_custom_reward_function_example(start_server, model, media_root, monkeypatch):
-    spec = importlib.util.spec_from_file_location("verl_reward", ROOT / "examples" / "verl_reward.py")
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = load_script("examples/verl_reward.py")
     server = start_server()
     expected = RewardFunction(model)([PROMPT, "a bouncing ball"], ["an answer", "another"],
                                      images=[[str(media_root / "a.png")], None],

@@ -1,7 +1,6 @@
 """The reward training stage end to end: outputs, SIGKILL + resume, NaN guard, learning (DDP and the sharded modes:
 test_sharded_stages.py)."""
 
-import importlib.util
 import json
 import sys
 import time
@@ -21,6 +20,7 @@ from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthe
 from mmreward.heads import ScalarHead
 from mmreward.manifest import read_manifest
 from mmreward.model import RewardModel
+from script_loading import load_script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stage_helpers import (  # noqa: E402
@@ -33,15 +33,7 @@ from stage_helpers import (  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load_stage():
-    """train/reward.py, the script under test (train/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("train_reward_stage", ROOT / "train" / "reward.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-stage = _load_stage()
+stage = load_script("train/reward.py")  # the script under test
 
 IMAGE_DIMS = ["VQ", "TA", "overall"]
 
@@ -139,10 +131,7 @@ def test_video_stage_reward_token_lora_vision_and_statistics(tiny, data, tmp_pat
     trained = model.backbone.get_input_embeddings().weight
     assert torch.equal(trained[: base.shape[0]], base) and trained.shape[0] == base.shape[0] + 3
     # An evaluation follows the checkpoint: normalised rewards, overall = their sum, recorded in its manifest.
-    spec = importlib.util.spec_from_file_location("eval_preference", ROOT / "eval" / "preference.py")
-    evaluation = importlib.util.module_from_spec(spec)
-    sys.modules["eval_preference"] = evaluation
-    spec.loader.exec_module(evaluation)
+    evaluation = load_script("eval/preference.py")
     AcceleratorState._reset_state(reset_partial_state=True)
     evaluation.main(["--model", str(out), "--data", str(data["videos/val"]), "--out", str(tmp_path / "eval"),
                      "--n_bootstrap", "20", "--progress", "false", "--cpu", "true"])

@@ -14,7 +14,6 @@ offload (DeepSpeed's CPU Adam, see MODES: 7e-7). Each launch takes 30-60 s here;
 others are `slow` (the offload one also compiles DeepSpeed's CPU Adam once, ~3 min).
 """
 
-import importlib.util
 import json
 import shutil
 import sys
@@ -30,6 +29,7 @@ from mmreward.data.synthetic import SplitSizes, SyntheticConfig, generate_synthe
 from mmreward.manifest import INCOMPLETE_MARKER, read_manifest
 from mmreward.model import RewardModel
 from mmreward.training import distributed
+from script_loading import load_script
 from vr_thinker.judge import VRThinkerJudge
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -277,9 +277,7 @@ def test_sharded_sft_stage_matches_ddp_and_resumes_exactly(name, videos, sft_ddp
 def test_a_mode_that_cannot_be_had_is_refused(tiny, data, tmp_path, monkeypatch):
     """Asking for FSDP without a launcher (no process group) or for DeepSpeed without it installed stops the stage
     before anything is written, naming why; nothing trains as plain DDP/single instead."""
-    spec = importlib.util.spec_from_file_location("reward_stage", ROOT / "train" / "reward.py")
-    stage = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(stage)
+    stage = load_script("train/reward.py")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.raises(distributed.DistributedModeError, match=r"asked for fsdp but the Accelerator runs as single .*no process group"):
         stage.main(_args(tiny, data, tmp_path / "fsdp"))
